@@ -1,0 +1,50 @@
+"""Canonical records, segmentation and statistics. Imports only the standard library and pydantic."""
+
+from cm2data.schema.records import (
+    EVIDENCE_SOURCES,
+    FOCUS_VALUES,
+    REVIEW_STATES,
+    Checklist,
+    ChecklistItem,
+    Dialogue,
+    Evidence,
+    Message,
+    Provenance,
+    Review,
+    Tool,
+    ToolCall,
+    TurnChecklist,
+    canonical_json,
+    join_thinking,
+    split_thinking,
+    stable_id,
+)
+from cm2data.schema.segment import Step, Turn, segment, step_text
+from cm2data.schema.stats import STAT_NAMES, DialogueStats, dialogue_stats
+
+__all__ = [
+    "EVIDENCE_SOURCES",
+    "FOCUS_VALUES",
+    "REVIEW_STATES",
+    "STAT_NAMES",
+    "Checklist",
+    "ChecklistItem",
+    "Dialogue",
+    "DialogueStats",
+    "Evidence",
+    "Message",
+    "Provenance",
+    "Review",
+    "Step",
+    "Tool",
+    "ToolCall",
+    "Turn",
+    "TurnChecklist",
+    "canonical_json",
+    "dialogue_stats",
+    "join_thinking",
+    "segment",
+    "split_thinking",
+    "stable_id",
+    "step_text",
+]
