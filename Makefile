@@ -1,0 +1,10 @@
+# Convenience targets; the README's two commands are scripts/demo.sh and scripts/test.sh.
+.PHONY: demo test lint bench
+demo:
+	bash scripts/demo.sh
+test:
+	bash scripts/test.sh
+lint:
+	$$(bash scripts/bootstrap.sh)/bin/ruff check cm2data adapters tests benchmarks scripts
+bench:
+	$$(bash scripts/bootstrap.sh)/bin/python benchmarks/validate.py

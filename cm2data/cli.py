@@ -1,0 +1,270 @@
+"""The ``cm2data`` command line. Every command is a thin call into a module that has its own tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cm2data import store
+from cm2data.formats import FORMATS
+from cm2data.rejects import Reject, count_by_rule, read_rejects, write_rejects
+from cm2data.schema import Dialogue
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  help="Build, validate and inspect checklist-reward datasets for tool-using agents (CM2).")
+console = Console()
+err = Console(stderr=True)
+
+
+class Thinking(str, Enum):
+    auto = "auto"
+    required = "required"
+    forbidden = "forbidden"
+
+
+def _progress(transient: bool = True) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=transient, disable=not err.is_terminal)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _load(src: Path, fmt: str, what: str = "reading") -> tuple[list[Dialogue], list[Reject]]:
+    from cm2data.sources import load
+
+    if fmt not in FORMATS and fmt not in ("auto", "dataset"):
+        raise _fail(f"unknown format {fmt!r}; choose one of: auto, dataset, {', '.join(FORMATS)}")
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"{what} {src}", total=None)
+            return load(src, fmt, on_record=lambda: progress.advance(task))
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_rejects(rejects: list[Reject], limit: int = 10) -> None:
+    for r in rejects[:limit]:
+        err.print(f"  [yellow]{r.rule}[/] {r.where()}: {r.message}")
+    if len(rejects) > limit:
+        err.print(f"  … and {len(rejects) - limit} more (see the rejects file)")
+
+
+def _rule_table(title: str, counts: Counter[str], checked: int) -> Table:
+    table = Table(title=title)
+    table.add_column("rule")
+    table.add_column("failed", justify="right")
+    table.add_column("of", justify="right")
+    for rule, n in counts.items():
+        table.add_row(rule, f"[red]{n}[/]" if n else "0", str(checked))
+    return table
+
+
+@app.command()
+def formats() -> None:
+    """List the registered formats."""
+    table = Table(title="formats")
+    for col in ("name", "read", "write", "description", "lossy on write"):
+        table.add_column(col)
+    for f in FORMATS.values():
+        table.add_row(f.name, "yes", "yes" if f.write else "no", f.description, ", ".join(f.lossy))
+    console.print(table)
+
+
+@app.command()
+def ingest(
+    src: Annotated[Path, typer.Argument(help="A file (.json, .jsonl, .parquet) or a folder of them / a dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"auto, dataset, {', '.join(FORMATS)}")] = "auto",
+    split: Annotated[str, typer.Option(help="Split name to write.")] = store.DEFAULT_SPLIT,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any row was rejected.")] = False,
+) -> None:
+    """Read SRC into canonical records and write a dataset folder (plus rejects.jsonl for unreadable rows)."""
+    records, rejects = _load(src, fmt)
+    if not records and not rejects:
+        raise _fail(f"{src}: no rows found")
+    from cm2data.ingest import write_ingested
+
+    path = write_ingested(out, records, rejects, split=split, source=str(src))
+    console.print(f"ingested [bold]{len(records)}[/] records from {src} into {out} (split {split})")
+    if rejects:
+        err.print(f"[yellow]{len(rejects)} rows rejected[/] → {path}")
+        for rule, n in count_by_rule(rejects).most_common():
+            err.print(f"  {rule}: {n}")
+        _print_rejects(rejects)
+    if not records:
+        raise typer.Exit(1)
+    if strict and rejects:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    src: Annotated[Path, typer.Argument(help="A dataset folder (or a file with --format).")],
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    rejects_file: Annotated[Path | None, typer.Option("--rejects", help="Write rejects here (JSON lines).")] = None,
+    thinking: Annotated[Thinking, typer.Option(help="Whether assistant messages must carry <think>.")] = Thinking.auto,
+    rule: Annotated[list[str] | None, typer.Option("--rule", help="Run only these rules (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the validation gate; exit 0 only when every record passes every rule."""
+    from cm2data.validate import RuleConfig, run_gate
+
+    records, read_rejects_ = _load(src, fmt)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("validating", total=len(records))
+            result = run_gate(records, config=RuleConfig(thinking=thinking.value), rules=rule or None,
+                              on_progress=lambda n: progress.advance(task, n))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    all_rejects = read_rejects_ + result.rejects
+    counts = Counter(result.counts)
+    for rule_name, n in count_by_rule(read_rejects_).items():
+        counts[rule_name] += n
+    if rejects_file is not None:
+        write_rejects(all_rejects, rejects_file)
+    if as_json:
+        console.print_json(json.dumps({"checked": result.checked, "accepted": len(result.accepted),
+                                       "rejected_records": len(result.rejected_ids) + len(read_rejects_),
+                                       "counts": dict(counts)}))
+    else:
+        console.print(_rule_table(f"validation of {src}", counts, result.checked + len(read_rejects_)))
+    if all_rejects:
+        n_bad = len(result.rejected_ids) + len(read_rejects_)
+        err.print(f"[bold red]FAILED[/]: {n_bad} of {result.checked + len(read_rejects_)} records break a rule")
+        _print_rejects(all_rejects)
+        raise typer.Exit(1)
+    console.print(f"[bold green]PASSED[/]: {result.checked} records, {len(result.rules)} rules")
+
+
+@app.command("filter")
+def filter_(
+    src: Annotated[Path, typer.Argument(help="Input dataset folder (or file with --format).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder for the records that pass.")],
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    thinking: Annotated[Thinking, typer.Option()] = Thinking.auto,
+    rule: Annotated[list[str] | None, typer.Option("--rule", help="Apply only these rule filters.")] = None,
+    with_checklists: Annotated[bool, typer.Option(help="Also apply the checklist rules and tables.")] = False,
+) -> None:
+    """Apply the rule filters of method §2.2; passing records go to OUT, the rest to OUT/rejects.jsonl."""
+    from cm2data.ingest import write_filtered
+    from cm2data.validate import RuleConfig, run_gate
+
+    records, read_rejects_ = _load(src, fmt)
+    stages = ("rules", "checklist", "tables") if with_checklists else ("rules",)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("filtering", total=len(records))
+            result = run_gate(records, config=RuleConfig(thinking=thinking.value), stages=stages,
+                              rules=rule or None, on_progress=lambda n: progress.advance(task, n))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    path = write_filtered(out, src, result, read_rejects_)
+    console.print(_rule_table(f"rule filters on {src}", result.counts, result.checked))
+    console.print(f"kept [bold]{len(result.accepted)}[/] of {result.checked} records → {out}; "
+                  f"{len(result.rejected_ids)} rejected → {path}")
+
+
+@app.command()
+def stats(
+    src: Annotated[Path, typer.Argument(help="Dataset folder (or file with --format).")],
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the statistics as JSON here.")] = None,
+) -> None:
+    """Distributions of the seven dialogue statistics (method §2.6) and of checklist sizes."""
+    from cm2data.describe import dataset_stats
+
+    records, rejects = _load(src, fmt)
+    result = dataset_stats(records)
+    table = Table(title=f"{src}: {len(records)} dialogues")
+    for col in ("statistic", "min", "mean", "median", "max", "distribution"):
+        table.add_column(col)
+    rows = {**result["statistics"], "items_per_turn": result["checklists"]["items_per_turn"],
+            "checklist_variants": result["checklists"]["variants"]}
+    for name, s in rows.items():
+        hist = s["histogram"]
+        shown = " ".join(f"{k}:{v}" for k, v in list(hist.items())[:8]) + (" …" if len(hist) > 8 else "")
+        table.add_row(name, str(s["min"]), str(s["mean"]), str(s["median"]), str(s["max"]), shown)
+    console.print(table)
+    c = result["checklists"]
+    console.print(f"checklist items: {c['items_total']} in {c['annotated_dialogues']} annotated dialogues; "
+                  f"must-pass {c['must_pass_fraction']:.0%}; with dependencies {c['items_with_dependencies']}")
+    console.print("focus_on: " + ", ".join(f"{k} {v}" for k, v in c["focus_on"].items()))
+    if "domains" in result:
+        console.print("domains: " + ", ".join(f"{k} {v}" for k, v in result["domains"].items()))
+    if rejects:
+        err.print(f"[yellow]{len(rejects)} rows could not be read[/]")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+@app.command()
+def show(
+    src: Annotated[Path, typer.Argument(help="Dataset folder (or file with --format).")],
+    record_id: Annotated[str | None, typer.Option("--id", help="Record id (default: the first record).")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    variant: Annotated[int, typer.Option(help="Checklist variant to show.")] = 0,
+    thinking: Annotated[bool, typer.Option(help="Show assistant thinking.")] = True,
+) -> None:
+    """Print one dialogue turn by turn, steps numbered, with its checklist."""
+    from cm2data.render import render_dialogue
+
+    records, _ = _load(src, fmt)
+    if not records:
+        raise _fail(f"{src} holds no readable records")
+    chosen = records[0] if record_id is None else next((r for r in records if r.id == record_id), None)
+    if chosen is None:
+        close = [r.id for r in records if record_id and record_id in r.id][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise _fail(f"no record with id {record_id!r} in {src}{hint}", 1)
+    console.print(render_dialogue(chosen, variant=variant, show_thinking=thinking))
+
+
+@app.command()
+def rejects(
+    src: Annotated[Path, typer.Argument(help="A dataset folder or a rejects .jsonl file.")],
+) -> None:
+    """Summarise a rejects table by stage and rule."""
+    path = src / store.REJECTS_FILE if src.is_dir() else src
+    items = read_rejects(path)
+    table = Table(title=f"{path}: {len(items)} rejects")
+    for col in ("stage", "rule", "count", "example"):
+        table.add_column(col)
+    by = Counter((r.stage, r.rule) for r in items)
+    for (stage, rule), n in by.most_common():
+        example = next(r for r in items if r.stage == stage and r.rule == rule)
+        table.add_row(stage, rule, str(n), f"{example.where()}: {example.message[:80]}")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the demo outputs.")] = Path("out/demo"),
+) -> None:
+    """The main job on the embedded default: ingest the shipped sample and the CM2 fixture, validate, filter, stats."""
+    from cm2data.demo import run_demo
+
+    code = run_demo(out, console=console)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

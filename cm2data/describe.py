@@ -1,0 +1,51 @@
+"""Dataset statistics: the seven per-dialogue statistics of method §2.6 and checklist sizes, as plain dicts."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from cm2data.schema import STAT_NAMES, Dialogue, dialogue_stats
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"count": 0, "min": 0, "mean": 0, "median": 0, "max": 0}
+    return {
+        "count": len(values),
+        "min": min(values),
+        "mean": round(statistics.fmean(values), 3),
+        "median": statistics.median(values),
+        "max": max(values),
+    }
+
+
+def dataset_stats(records: Sequence[Dialogue]) -> dict[str, Any]:
+    """Distributions (summary and value counts) of the seven statistics and of checklist sizes."""
+    per = [dialogue_stats(d).as_dict() for d in records]
+    out: dict[str, Any] = {"dialogues": len(records), "statistics": {}, "checklists": {}}
+    for name in STAT_NAMES:
+        values = [p[name] for p in per]
+        out["statistics"][name] = {**summarize(values), "histogram": dict(sorted(Counter(values).items()))}
+    items_per_turn = [len(b.items) for d in records for v in d.checklists for b in v]
+    variants = [len(d.checklists) for d in records]
+    focus = Counter(it.focus_on for d in records for v in d.checklists for b in v for it in b.items)
+    must = [it.required_for_next_turn for d in records for v in d.checklists for b in v for it in b.items]
+    with_deps = sum(1 for d in records for v in d.checklists for b in v for it in b.items if it.depends_on)
+    out["checklists"] = {
+        "annotated_dialogues": sum(1 for v in variants if v),
+        "variants": {**summarize(variants), "histogram": dict(sorted(Counter(variants).items()))},
+        "items_per_turn": {**summarize(items_per_turn), "histogram": dict(sorted(Counter(items_per_turn).items()))},
+        "items_total": len(must),
+        "must_pass_fraction": round(sum(must) / len(must), 3) if must else 0.0,
+        "items_with_dependencies": with_deps,
+        "focus_on": dict(focus.most_common()),
+    }
+    out["sources"] = dict(Counter(d.source for d in records).most_common())
+    out["review_status"] = dict(Counter(d.review.status for d in records).most_common())
+    domains = Counter(str(d.metadata["domain"]) for d in records if "domain" in d.metadata)
+    if domains:
+        out["domains"] = dict(domains.most_common())
+    return out

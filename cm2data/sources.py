@@ -1,0 +1,60 @@
+"""Load records from any source: a dataset folder written by cm2data, or files in a registered format.
+
+Returns the records and the rejects; a row that cannot be read, or that repeats an id already seen, becomes a
+reject with its location and rule, never an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cm2data import store
+from cm2data.formats import read_records
+from cm2data.rejects import Reject
+from cm2data.schema import Dialogue
+
+
+def load(src: Path, fmt: str = "auto", *, on_record: Callable[[], None] | None = None,
+         split: str | None = None) -> tuple[list[Dialogue], list[Reject]]:
+    """Read every record under ``src``. Dataset folders are recognised by their ``data/dialogues/`` files."""
+    records: list[Dialogue] = []
+    rejects: list[Reject] = []
+    seen: set[str] = set()
+    for item in _iter(src, fmt, split):
+        if on_record is not None:
+            on_record()
+        if isinstance(item, Reject):
+            rejects.append(item)
+        elif item.id in seen:
+            rejects.append(Reject(item.id, "read", "duplicate_id", f"record id {item.id!r} already read; "
+                                  "the later copy is kept here", None, item.model_dump(mode="json", by_alias=True)))
+        else:
+            seen.add(item.id)
+            records.append(item)
+    return records, rejects
+
+
+def _iter(src: Path, fmt: str, split: str | None):  # type: ignore[no-untyped-def]
+    if (fmt in ("auto", "dataset")) and store.is_dataset_folder(src):
+        import pyarrow.parquet as pq
+
+        for s, paths in store.split_files(src).items():
+            if split is not None and s != split:
+                continue
+            for path in paths:
+                offset = 0
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+                    for i, row in enumerate(batch.to_pylist()):
+                        try:
+                            yield store.from_row(row)
+                        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+                            yield Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0],
+                                         f"{path.name}#{offset + i}", row)
+                    offset += batch.num_rows
+        return
+    if fmt == "dataset":
+        raise FileNotFoundError(f"{src} is not a cm2data dataset folder (no data/dialogues/*.parquet)")
+    yield from read_records(src, fmt)

@@ -1,0 +1,284 @@
+"""The rule filters of method §2.2, each a named validator over one :class:`~cm2data.schema.Dialogue`.
+
+A validator takes the record (and the :class:`RuleConfig`) and returns a list of messages, one per violation; an
+empty list means the record passes. :data:`RULE_FILTERS` lists them in the order they run. Unlike the reference,
+``tool_schema`` really checks JSON types: a boolean is neither an integer nor a number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cm2data.schema import Dialogue
+
+ThinkingPolicy = Literal["auto", "required", "forbidden"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """Settings of the rule filters.
+
+    ``thinking``: ``required`` — every assistant message has exactly one ``<think>`` block; ``forbidden`` — none;
+    ``auto`` — required in a dialogue where any assistant message has one.
+    """
+
+    thinking: ThinkingPolicy = "auto"
+
+
+# ------------------------------------------------------------------------------------------------- JSON types
+
+
+def _type_ok(value: Any, expected: str) -> bool:
+    if expected == "string":
+        return isinstance(value, str)
+    if expected == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
+    if expected == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected == "boolean":
+        return isinstance(value, bool)
+    if expected == "array":
+        return isinstance(value, list)
+    if expected == "object":
+        return isinstance(value, dict)
+    if expected == "null":
+        return value is None
+    return True  # unknown type names are not ours to judge
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def check_value(value: Any, schema: dict[str, Any], path: str, out: list[str]) -> None:
+    """Check ``value`` against a JSON-schema subset (type, enum, properties, required, items)."""
+    if not isinstance(schema, dict):
+        return
+    expected = schema.get("type")
+    if expected is not None:
+        options = expected if isinstance(expected, list) else [expected]
+        if value is None and schema.get("nullable"):
+            return
+        if not any(_type_ok(value, t) for t in options):
+            out.append(f"{path}: expected {'|'.join(options)}, got {_json_type(value)} {value!r:.60}")
+            return
+    enum = schema.get("enum")
+    if enum is not None and value not in enum:
+        out.append(f"{path}: {value!r:.60} is not one of {enum}")
+    if isinstance(value, dict) and ("properties" in schema or "required" in schema):
+        check_object(value, schema, path, out)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            check_value(item, schema["items"], f"{path}[{i}]", out)
+
+
+def check_object(args: dict[str, Any], schema: dict[str, Any], path: str, out: list[str]) -> None:
+    props = schema.get("properties") or {}
+    for name in schema.get("required") or []:
+        if name not in args:
+            out.append(f"{path}: missing required parameter {name!r}")
+    additional = schema.get("additionalProperties", False if props else True)
+    for name, value in args.items():
+        sub = props.get(name)
+        if sub is None:
+            if additional is False:
+                out.append(f"{path}: unknown parameter {name!r}")
+            elif isinstance(additional, dict):
+                check_value(value, additional, f"{path}.{name}", out)
+            continue
+        check_value(value, sub, f"{path}.{name}", out)
+
+
+# ---------------------------------------------------------------------------------------------------- the rules
+
+
+def tool_schema(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """Every call names a candidate tool; its arguments are a JSON object that fits the tool's parameters."""
+    out: list[str] = []
+    tools = {t.name: t for t in d.tools}
+    for i, m in enumerate(d.messages):
+        for call in m.tool_calls:
+            where = f"message {i} call {call.name!r}"
+            tool = tools.get(call.name)
+            if tool is None:
+                out.append(f"{where}: not a candidate tool (candidates: {', '.join(tools) or 'none'})")
+                continue
+            try:
+                args = json.loads(call.arguments) if call.arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                out.append(f"{where}: arguments are not JSON ({exc.msg})")
+                continue
+            if not isinstance(args, dict):
+                out.append(f"{where}: arguments must be a JSON object, got {_json_type(args)}")
+                continue
+            check_object(args, tool.parameters, where, out)
+    return out
+
+
+_NEXT = {
+    "user": ("assistant",),
+    "assistant": ("tool", "user"),
+    "tool": ("tool", "assistant"),
+    "system": ("user",),
+}
+
+
+def role_order(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """System only first; user→assistant; assistant→tool|user; tool→tool|assistant; calls are answered by tool
+    messages and replies are not; the dialogue starts with a user turn and ends with an assistant reply."""
+    out: list[str] = []
+    msgs = d.messages
+    for i, m in enumerate(msgs):
+        if m.role == "system" and i != 0:
+            out.append(f"message {i}: system message not at the start")
+    body = msgs[1:] if msgs and msgs[0].role == "system" else msgs
+    if not body or body[0].role != "user":
+        out.append("the first non-system message is not a user message")
+    for i in range(len(msgs) - 1):
+        a, b = msgs[i], msgs[i + 1]
+        if b.role not in _NEXT.get(a.role, ()):
+            out.append(f"message {i + 1}: {a.role} followed by {b.role}")
+        elif a.role == "assistant":
+            if a.tool_calls and b.role != "tool":
+                out.append(f"message {i}: assistant calls tools but is followed by {b.role}")
+            elif not a.tool_calls and b.role == "tool":
+                out.append(f"message {i + 1}: tool message after an assistant message without tool calls")
+    if msgs and not (msgs[-1].role == "assistant" and not msgs[-1].tool_calls):
+        out.append("the dialogue does not end with an assistant reply")
+    return out
+
+
+def tool_call_response_match(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """N calls are followed by exactly N tool messages (whose ids, when given, answer those calls)."""
+    out: list[str] = []
+    msgs = d.messages
+    i = 0
+    while i < len(msgs):
+        m = msgs[i]
+        if m.role == "assistant" and m.tool_calls:
+            j = i + 1
+            while j < len(msgs) and msgs[j].role == "tool":
+                j += 1
+            n_calls, n_resp = len(m.tool_calls), j - i - 1
+            if n_calls != n_resp:
+                out.append(f"message {i}: {n_calls} tool calls answered by {n_resp} tool messages")
+            else:
+                call_ids = [c.id for c in m.tool_calls]
+                resp_ids = [r.tool_call_id for r in msgs[i + 1 : j]]
+                if all(call_ids) and all(resp_ids) and sorted(call_ids) != sorted(resp_ids):  # type: ignore[type-var]
+                    out.append(f"message {i}: tool_call_ids {resp_ids} do not answer calls {call_ids}")
+            i = j
+        else:
+            i += 1
+    orphans = 0
+    for i, m in enumerate(msgs):
+        if m.role == "tool" and (i == 0 or msgs[i - 1].role not in ("assistant", "tool")):
+            orphans += 1
+    if orphans:
+        out.append(f"{orphans} tool messages without a preceding call")
+    return out
+
+
+_RESPONSE_MARKERS = ("<tool_response>", "</tool_response>", "<|im_start|>", "<|im_end|>")
+
+
+def no_tool_response_in_assistant_message(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """Assistant text must not contain tool responses or chat-template markers (a model writing its own results)."""
+    out: list[str] = []
+    for i, m in enumerate(d.messages):
+        if m.role != "assistant":
+            continue
+        for text in (m.content, m.thinking or ""):
+            hits = [k for k in _RESPONSE_MARKERS if k in text]
+            if hits:
+                out.append(f"message {i}: assistant text contains {', '.join(hits)}")
+                break
+    return out
+
+
+def non_empty_content(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """User, system and tool messages and assistant replies have non-blank content (a call step may be empty)."""
+    out: list[str] = []
+    for i, m in enumerate(d.messages):
+        if m.role == "assistant" and m.tool_calls:
+            continue
+        if not m.content.strip():
+            kind = "assistant reply" if m.role == "assistant" else f"{m.role} message"
+            out.append(f"message {i}: empty {kind}")
+    return out
+
+
+def think_tags(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """Exactly one leading ``<think>…</think>`` per assistant message when thinking is required, none elsewhere."""
+    out: list[str] = []
+    assistant = [m for m in d.messages if m.role == "assistant"]
+    required = cfg.thinking == "required" or (
+        cfg.thinking == "auto" and any(m.thinking is not None for m in assistant)
+    )
+    for i, m in enumerate(d.messages):
+        stray = "<think>" in m.content or "</think>" in m.content
+        if m.role == "assistant":
+            if stray:
+                out.append(f"message {i}: misplaced or repeated <think> tags in assistant content")
+            elif required and m.thinking is None:
+                out.append(f"message {i}: assistant message without a <think> block")
+            elif cfg.thinking == "forbidden" and m.thinking is not None:
+                out.append(f"message {i}: <think> block where thinking is forbidden")
+        elif stray:
+            out.append(f"message {i}: <think> tags in a {m.role} message")
+    return out
+
+
+def tool_response_json_valid(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """Tool message contents parse as JSON."""
+    out: list[str] = []
+    for i, m in enumerate(d.messages):
+        if m.role == "tool":
+            try:
+                json.loads(m.content)
+            except json.JSONDecodeError as exc:
+                out.append(f"message {i}: tool content is not JSON ({exc.msg} at column {exc.colno})")
+    return out
+
+
+def duplicate_tools_by_name(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """Candidate tool names are unique."""
+    seen: set[str] = set()
+    dupes: list[str] = []
+    for t in d.tools:
+        if t.name in seen and t.name not in dupes:
+            dupes.append(t.name)
+        seen.add(t.name)
+    return [f"tool {name!r} is listed more than once" for name in dupes]
+
+
+Rule = Callable[[Dialogue, RuleConfig], list[str]]
+
+#: The rule filters in the order they run, keyed by the names used in reports and ``--rules``.
+RULE_FILTERS: dict[str, Rule] = {
+    "tool_schema": tool_schema,
+    "role_order": role_order,
+    "tool_call_response_match": tool_call_response_match,
+    "no_tool_response_in_assistant_message": no_tool_response_in_assistant_message,
+    "non_empty_content": non_empty_content,
+    "think_tags": think_tags,
+    "tool_response_json_valid": tool_response_json_valid,
+    "duplicate_tools_by_name": duplicate_tools_by_name,
+}
