@@ -59,7 +59,7 @@ def guess_format(row: dict[str, Any]) -> str:
         return "verl"
     if isinstance(row.get("metadata"), str) and "uuid" in row:
         return "nemotron"
-    if "uuid" in row or "checklists" in row:
+    if "uuid" in row:
         return "cm2"
     return "openai"
 

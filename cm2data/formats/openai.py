@@ -107,8 +107,10 @@ def checklists_from_stored(raw: Any) -> list[list[dict[str, Any]]]:
         raw = json.loads(raw)
     if not isinstance(raw, list):
         raise RecordError("checklist_shape", "'checklists' must be a list of variants")
-    if raw and isinstance(raw[0], list) and raw[0] and isinstance(raw[0][0], dict):
-        raw = [raw]  # a single variant given without the outer list
+    if raw and isinstance(raw[0], dict):
+        raw = [raw]  # one variant in the labeller's block form, without the outer list
+    elif raw and isinstance(raw[0], list) and raw[0] and isinstance(raw[0][0], dict) and "checklist" not in raw[0][0]:
+        raw = [raw]  # one variant in the stored form (turns of items), without the outer list
     variants = []
     for v, variant in enumerate(raw):
         if not isinstance(variant, list):

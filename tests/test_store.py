@@ -1,0 +1,87 @@
+"""Dataset folders: Hub layout, readable by plain ``datasets.load_dataset``, records come back unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from cm2data import store
+from cm2data.schema import Dialogue, Message, Tool, ToolCall
+
+
+def _call_dialogue(i: int, args: dict) -> Dialogue:
+    return Dialogue(
+        id=f"d{i}",
+        tools=[Tool(name="f", parameters={"type": "object", "properties": {k: {"type": "string"} for k in args}})],
+        messages=[
+            Message(role="user", content="go"),
+            Message(role="assistant", tool_calls=[ToolCall(id="c", name="f", arguments=args)]),
+            Message(role="tool", content="{}", tool_call_id="c"),
+            Message(role="assistant", content="done"),
+        ],
+        metadata={"domain": "x", f"only_in_{i}": i},
+    )
+
+
+def test_records_round_trip_through_folder(tmp_path: Path, reference_record: Dialogue) -> None:
+    reference_record.provenance.stamp("ingest", input="fixture")
+    reference_record.review.status = "reviewed"
+    store.write_dataset(tmp_path, [reference_record])
+    (back,) = store.read_dataset(tmp_path)
+    assert back == reference_record
+
+
+def test_load_dataset_reads_the_folder_like_a_hub_repo(tmp_path: Path, reference_record: Dialogue) -> None:
+    records = [reference_record, _call_dialogue(1, {"origin": "Oslo"}), _call_dialogue(2, {"city": "Rome"})]
+    store.write_dataset(tmp_path, records)
+    ds = datasets.load_dataset(str(tmp_path), "dialogues", split="train")
+    assert ds.num_rows == 3
+    assert ds["id"] == [r.id for r in records]
+    rows = list(ds)
+    assert [store.from_row(row) for row in rows] == records
+    header = store.read_card_header(tmp_path)
+    assert header["configs"][0]["config_name"] == "dialogues"
+    assert header["dataset_info"][0]["splits"][0]["num_examples"] == 3
+
+
+def test_arguments_do_not_gain_null_keys(tmp_path: Path) -> None:
+    """The Arrow trap: dict arguments of different rows would be unified; JSON strings are not."""
+    store.write_dataset(tmp_path, [_call_dialogue(1, {"origin": "Oslo"}), _call_dialogue(2, {"city": "Rome"})])
+    ds = datasets.load_dataset(str(tmp_path), split="train")
+    args = [json.loads(r["messages"][1]["tool_calls"][0]["arguments"]) for r in ds]
+    assert args == [{"origin": "Oslo"}, {"city": "Rome"}]
+    metas = [json.loads(r["metadata"]) for r in ds]
+    assert metas == [{"domain": "x", "only_in_1": 1}, {"domain": "x", "only_in_2": 2}]
+
+
+def test_rewriting_a_split_replaces_it(tmp_path: Path) -> None:
+    store.write_dataset(tmp_path, [_call_dialogue(i, {"a": "b"}) for i in range(5)], rows_per_file=2)
+    assert len(store.split_files(tmp_path)["train"]) == 3
+    store.write_dataset(tmp_path, [_call_dialogue(9, {"a": "b"})])
+    assert [r.id for r in store.read_dataset(tmp_path)] == ["d9"]
+    assert len(list((tmp_path / "data" / "dialogues").glob("*"))) == 1  # no stale shards or partial files
+
+
+def test_several_splits(tmp_path: Path) -> None:
+    store.write_dataset(tmp_path, [_call_dialogue(1, {"a": "b"})], split="train")
+    store.write_dataset(tmp_path, [_call_dialogue(2, {"a": "b"})], split="validation")
+    ds = datasets.load_dataset(str(tmp_path))
+    assert set(ds) == {"train", "validation"}
+    assert [r.id for r in store.read_dataset(tmp_path, split="validation")] == ["d2"]
+
+
+def test_card_body_survives_header_rewrite(tmp_path: Path) -> None:
+    store.write_dataset(tmp_path, [_call_dialogue(1, {"a": "b"})])
+    store.write_card(tmp_path, body="# My dataset\n\nHand-written text.\n", extra_header={"license": "apache-2.0"})
+    store.write_dataset(tmp_path, [_call_dialogue(2, {"a": "b"})])
+    text = (tmp_path / "README.md").read_text()
+    assert "Hand-written text." in text
+    assert store.read_card_header(tmp_path)["license"] == "apache-2.0"
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no parquet files"):
+        store.read_dataset(tmp_path)
