@@ -146,7 +146,8 @@ def validate(
         err.print(f"[bold red]FAILED[/]: {n_bad} of {result.checked + len(read_rejects_)} records break a rule")
         _print_rejects(all_rejects)
         raise typer.Exit(1)
-    console.print(f"[bold green]PASSED[/]: {result.checked} records, {len(result.rules)} rules")
+    # on stderr, so that --json leaves stdout pure JSON
+    err.print(f"[bold green]PASSED[/]: {result.checked} records, {len(result.rules)} rules")
 
 
 @app.command("filter")

@@ -30,9 +30,10 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 # install this checkout (editable, no dependencies: they are pinned above) unless it is already the one installed
-where="$("$venv/bin/python" -c 'import cm2data, os; print(os.path.dirname(os.path.dirname(cm2data.__file__)))' 2>/dev/null || true)"
+# (asked from / so that a checkout in the current directory cannot answer for the installed package)
+where="$(cd / && "$venv/bin/python" -c 'import cm2data, os; print(os.path.dirname(os.path.dirname(cm2data.__file__)))' 2>/dev/null || true)"
 if [ "$where" != "$here" ]; then
-  "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$here" 2>&1 \
+  "$venv/bin/python" -m pip install --quiet --no-deps -e "$here" 2>&1 \
     | { grep -v 'is ignored: it is neither a file nor a directory' || true; } >&2
 fi
 echo "$venv"
