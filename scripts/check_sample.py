@@ -167,7 +167,8 @@ def check_catalog(rep: Report, catalog) -> dict:
     for i, entry in enumerate(catalog):
         where = f"catalog[{i}]"
         if not isinstance(entry, dict) or set(entry) != {"domain", "type", "function"}:
-            rep.err(where, f"keys must be exactly domain/type/function, got {sorted(entry) if isinstance(entry, dict) else entry!r}")
+            got = sorted(entry) if isinstance(entry, dict) else entry
+            rep.err(where, f"keys must be exactly domain/type/function, got {got!r}")
             continue
         fn = entry["function"]
         name = fn.get("name") if isinstance(fn, dict) else None
@@ -187,7 +188,8 @@ def check_catalog(rep: Report, catalog) -> dict:
         if not (isinstance(fn["description"], str) and len(fn["description"].strip()) >= 15):
             rep.err(where, "description missing or too short")
         params = fn["parameters"]
-        if not isinstance(params, dict) or params.get("type") != "object" or not isinstance(params.get("properties"), dict):
+        if (not isinstance(params, dict) or params.get("type") != "object"
+                or not isinstance(params.get("properties"), dict)):
             rep.err(where, "parameters must be an object schema with properties")
             continue
         req = params.get("required")
@@ -435,7 +437,8 @@ def check_checklists(rep: Report, where: str, d: dict, turns, stats: Counter) ->
                 rep.err(iw, "item is not an object")
                 continue
             if set(it) != ITEM_KEYS:
-                rep.err(iw, f"keys differ from the reference: missing {sorted(ITEM_KEYS - set(it))}, extra {sorted(set(it) - ITEM_KEYS)}")
+                missing, extra = sorted(ITEM_KEYS - set(it)), sorted(set(it) - ITEM_KEYS)
+                rep.err(iw, f"keys differ from the reference: missing {missing}, extra {extra}")
             iid = it.get("id")
             iw = f"{bw} {iid}"
             if iid != f"C{k}":
@@ -517,7 +520,7 @@ def check_checklists(rep: Report, where: str, d: dict, turns, stats: Counter) ->
                 step_msgs = turns[et][es]
                 want_role = EVIDENCE_FROM[src]
                 if step_msgs[0].get("role") != want_role:
-                    rep.err(ew, f"from {src} but turn {et} step {es} is a {step_msgs[0].get('role')} step")
+                    rep.err(ew, f"from {src} but turn {et} step {es} holds a {step_msgs[0].get('role')} message")
                     continue
                 if src == "assistant.tool_calls" and not step_msgs[0].get("tool_calls"):
                     rep.err(ew, f"from assistant.tool_calls but turn {et} step {es} has no tool calls")
@@ -581,7 +584,6 @@ def check_dialogues(rep: Report, dialogues, catalog_by_name: dict, stats: Counte
                 rep.err(tw, f"tool {name!r} differs from its catalog entry")
         # ---- messages
         called = check_messages(rep, where, d, tools_by_name, stats)
-        stats["dialogue_tool_calls_max"] = max(stats["dialogue_tool_calls_max"], 0)
         unused = set(tools_by_name) - called
         if not unused:
             rep.err(where, "no distractor: every candidate tool is called")
