@@ -39,22 +39,40 @@ def load(src: Path, fmt: str = "auto", *, on_record: Callable[[], None] | None =
 
 def _iter(src: Path, fmt: str, split: str | None):  # type: ignore[no-untyped-def]
     if (fmt in ("auto", "dataset")) and store.is_dataset_folder(src):
-        import pyarrow.parquet as pq
-
         for s, paths in store.split_files(src).items():
             if split is not None and s != split:
                 continue
             for path in paths:
-                offset = 0
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-                    for i, row in enumerate(batch.to_pylist()):
-                        try:
-                            yield store.from_row(row)
-                        except (ValidationError, ValueError, KeyError, TypeError) as exc:
-                            yield Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0],
-                                         f"{path.name}#{offset + i}", row)
-                    offset += batch.num_rows
+                yield from _iter_shard(path)
         return
     if fmt == "dataset":
         raise FileNotFoundError(f"{src} is not a cm2data dataset folder (no data/dialogues/*.parquet)")
     yield from read_records(src, fmt)
+
+
+def _iter_shard(path: Path):  # type: ignore[no-untyped-def]
+    """Records of one parquet shard of a dataset folder; a damaged shard or row becomes a reject."""
+    import pyarrow.parquet as pq
+
+    offset = 0
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        yield Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", path.name)
+        return
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = batch.to_pylist() if batch is not None else []
+        except Exception as exc:  # damaged pages surface only while reading
+            yield Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")
+            return
+        if batch is None:
+            return
+        for i, row in enumerate(rows):
+            try:
+                yield store.from_row(row)
+            except (ValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                yield Reject(row.get("id"), "read", "record_schema", message, f"{path.name}#{offset + i}", row)
+        offset += batch.num_rows

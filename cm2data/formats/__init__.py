@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from cm2data.formats import cm2, nemotron, openai, sharegpt, verl
 from cm2data.formats.rows import iter_rows
@@ -33,10 +34,10 @@ class Format:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("cm2", "CM2 reference JSON [{uuid, messages, tools, checklists}]", cm2.read, cm2.write),
+        Format("cm2", "CM2 reference JSON [{uuid, messages, tools, checklists}]", cm2.read, cm2.write, cm2.LOSSY),
         Format("nemotron", "uuid, OpenAI messages, metadata JSON string with tools", nemotron.read, nemotron.write,
                nemotron.LOSSY),
-        Format("openai", "OpenAI-messages JSONL {messages, tools}", openai.read, openai.write),
+        Format("openai", "OpenAI-messages JSONL {messages, tools}", openai.read, openai.write, openai.LOSSY),
         Format("sharegpt", "ShareGPT/APIGen-MT {conversations, tools, system}", sharegpt.read, sharegpt.write,
                sharegpt.LOSSY),
         Format("verl", "VeRL parquet rows (reads the CM2 reference's *_forverl.parquet)", verl.read, None),
@@ -73,12 +74,45 @@ def _error_summary(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+#: the stored integer columns (checklist turns, evidence turn and step) are 64-bit
+_INT64_MAX = 2**63 - 1
+
+
+def _check_storable(d: Dialogue) -> None:
+    """Raise :class:`RecordError` for what the dataset store cannot hold: strings that are not valid Unicode (a lone
+    surrogate decoded from a ``\\udXXX`` escape, for example inside nested JSON such as ``metadata``), free-form
+    fields (metadata, tool parameters, extra info) that are not JSON, and integers beyond 64 bits."""
+    free = [d.metadata, [t.parameters for t in d.tools],
+            [it.extra_info for variant in d.checklists for block in variant for it in block.items],
+            d.provenance.history, d.review.decisions, d.review.agreement]
+    try:
+        json.dumps(free, ensure_ascii=False, sort_keys=True).encode("utf-8")  # as the store writes them
+        d.model_dump_json()  # the typed string fields
+    except (PydanticSerializationError, UnicodeEncodeError):
+        raise RecordError("invalid_unicode", "a string holds a lone surrogate (a \\udXXX escape in nested JSON?), "
+                          "which is not valid Unicode") from None
+    except (TypeError, ValueError) as exc:
+        raise RecordError("not_json_value", f"metadata, tool parameters or extra info hold a value that is not "
+                          f"JSON: {exc}") from None
+    for v, variant in enumerate(d.checklists):
+        for block in variant:
+            if block.turn > _INT64_MAX:
+                raise RecordError("value_range", f"checklist variant {v}: block turn {block.turn} is out of range")
+            for it in block.items:
+                for ev in it.evidence:
+                    if max(ev.turn, ev.step) > _INT64_MAX:
+                        raise RecordError("value_range", f"checklist variant {v} turn {block.turn} {it.id}: "
+                                          "evidence turn/step is out of range")
+
+
 def convert_row(row: dict[str, Any], fmt: str, location: str) -> Dialogue | Reject:
     """Convert one raw row; every failure becomes a :class:`Reject` naming the location and rule."""
     rid = row.get("uuid") or row.get("id")
     try:
         name = guess_format(row) if fmt == "auto" else fmt
-        return get_format(name).read(row)
+        record = get_format(name).read(row)
+        _check_storable(record)
+        return record
     except RecordError as exc:
         return Reject(str(rid) if rid else None, "read", exc.rule, exc.message, location, row)
     except ValidationError as exc:

@@ -20,6 +20,8 @@ from cm2data.rejects import RecordError
 from cm2data.schema import Dialogue, stable_id
 
 NAME = "cm2"
+#: not written: the record's source (reads back as "cm2" unless the row names one), provenance and review
+LOSSY = ("source", "provenance", "review")
 _KNOWN = {"uuid", "id", "messages", "tools", "checklists", "provenance", "review", "source"}
 
 

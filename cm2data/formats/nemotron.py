@@ -15,7 +15,7 @@ from cm2data.rejects import RecordError
 from cm2data.schema import Dialogue, stable_id
 
 NAME = "nemotron"
-LOSSY = ("checklists", "provenance", "review")
+LOSSY = ("checklists", "source", "provenance", "review")
 
 
 def read(row: dict[str, Any]) -> Dialogue:
@@ -44,7 +44,8 @@ def read(row: dict[str, Any]) -> Dialogue:
 
 
 def write(dialogue: Dialogue) -> dict[str, Any]:
-    meta = {"tools": [t.to_openai() for t in dialogue.tools], **dialogue.metadata}
+    # the record's tools win over a "tools" key that a source left in its metadata
+    meta = {**dialogue.metadata, "tools": [t.to_openai() for t in dialogue.tools]}
     return {
         "uuid": dialogue.id,
         "messages": [message_to_openai(m) for m in dialogue.messages],

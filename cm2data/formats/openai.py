@@ -13,6 +13,8 @@ from cm2data.rejects import RecordError
 from cm2data.schema import Dialogue, Message, Tool, ToolCall, split_thinking, stable_id
 
 NAME = "openai"
+#: not written: the record's source (reads back as "openai" unless the row names one), provenance and review
+LOSSY = ("source", "provenance", "review")
 
 
 def tool_call_from_openai(data: Any) -> ToolCall:
@@ -104,7 +106,10 @@ def checklists_from_stored(raw: Any) -> list[list[dict[str, Any]]]:
     if raw is None or raw == "":
         return []
     if isinstance(raw, str):
-        raw = json.loads(raw)
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise RecordError("checklist_json", f"'checklists' is not valid JSON: {exc.msg}") from exc
     if not isinstance(raw, list):
         raise RecordError("checklist_shape", "'checklists' must be a list of variants")
     if raw and isinstance(raw[0], dict):
@@ -175,7 +180,10 @@ def read(row: dict[str, Any]) -> Dialogue:
     rid = row.get("id") or stable_id(row["messages"], row.get("tools") if isinstance(row.get("tools"), list) else [])
     metadata = row.get("metadata") or {}
     if isinstance(metadata, str):
-        metadata = json.loads(metadata)
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError as exc:
+            raise RecordError("metadata_json", f"'metadata' is not valid JSON: {exc.msg}") from exc
     return Dialogue.model_validate(
         {
             "id": str(rid),

@@ -3,7 +3,9 @@
 ``from`` is one of ``human``, ``gpt``, ``function_call``, ``observation`` (``system``/``user``/``assistant``/
 ``tool`` are accepted as synonyms). A ``function_call`` value is a JSON string ``{"name", "arguments"}``, or a list
 of them for parallel calls. An ``observation`` answers the preceding calls: with N > 1 calls its value is a JSON
-list of N results. Lossy on output: thinking of a tool-calling step is not representable and is dropped.
+list of N results. Other top-level keys are kept as ``metadata`` and written back at the top level.
+Lossy on output: a tool-calling step's text and thinking, call ids and message names are not representable (a tool
+response is named after its call when read back).
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from cm2data.rejects import RecordError
 from cm2data.schema import Dialogue, Message, ToolCall, split_thinking, stable_id
 
 NAME = "sharegpt"
-LOSSY = ("thinking of tool-calling steps", "tool call ids", "provenance", "review")
+LOSSY = ("content and thinking of tool-calling steps", "tool call ids", "message names", "source", "provenance",
+         "review")
+
+#: top-level keys the reader interprets; any other key is metadata
+_KNOWN = ("id", "uuid", "conversations", "system", "tools", "checklists")
 
 _ROLE = {
     "human": "user",
@@ -34,7 +40,8 @@ def _parse_calls(value: Any, index: int) -> list[ToolCall]:
     try:
         data = json.loads(value) if isinstance(value, str) else value
     except json.JSONDecodeError as exc:
-        raise RecordError("tool_call_json", f"conversation entry {index}: function_call is not JSON ({exc.msg})") from exc
+        raise RecordError("tool_call_json",
+                          f"conversation entry {index}: function_call is not JSON ({exc.msg})") from exc
     items = data if isinstance(data, list) else [data]
     calls = []
     for item in items:
@@ -89,8 +96,7 @@ def read(row: dict[str, Any]) -> Dialogue:
         tools=tools_from_any(row.get("tools")),
         messages=messages,
         checklists=checklists_from_stored(row.get("checklists")),
-        metadata={k: v for k, v in row.items() if k not in ("id", "uuid", "conversations", "system", "tools",
-                                                            "checklists")},
+        metadata={k: v for k, v in row.items() if k not in _KNOWN},
     )
 
 
@@ -101,8 +107,8 @@ def write(dialogue: Dialogue) -> dict[str, Any]:
     msgs = dialogue.messages
     while i < len(msgs):
         m = msgs[i]
-        if m.role == "system" and not conv and not system:
-            system = m.content
+        if m.role == "system" and not conv and not system and m.content:
+            system = m.content  # (an empty one stays in the conversation: the reader ignores an empty "system")
         elif m.role == "user":
             conv.append({"from": "human", "value": m.content})
         elif m.role == "assistant" and m.tool_calls:
@@ -131,6 +137,9 @@ def write(dialogue: Dialogue) -> dict[str, Any]:
         out["system"] = system
     if dialogue.checklists:
         out["checklists"] = checklists_to_stored(dialogue)
+    for key, value in dialogue.metadata.items():  # the reader keeps unknown top-level keys as metadata
+        if key not in _KNOWN:
+            out.setdefault(key, value)
     return out
 
 
