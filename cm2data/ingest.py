@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cm2data import store
@@ -17,7 +17,7 @@ def write_ingested(out: Path, records: list[Dialogue], rejects: list[Reject], *,
 
     Re-running with the same input gives the same folder (the split is replaced, not appended to).
     """
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     for r in records:
         if not r.provenance.source:
             r.provenance.source = r.source or source

