@@ -8,8 +8,10 @@ empty list means the record passes. :data:`RULE_FILTERS` lists them in the order
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal
 
 from cm2data.schema import Dialogue
@@ -29,6 +31,23 @@ class RuleConfig:
 
 
 # ------------------------------------------------------------------------------------------------- JSON types
+
+_DECODER = json.JSONDecoder()
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads(text)``, same result and same errors, with a quicker path for the usual case.
+
+    ``JSONDecoder.raw_decode`` skips ``json.loads``'s wrapper frames and whitespace regexes; it is only trusted
+    when the document fills the whole string, anything else (leading or trailing text, errors) goes to ``json.loads``.
+    """
+    try:
+        value, end = _DECODER.raw_decode(text)
+        if end == len(text):
+            return value
+    except json.JSONDecodeError:
+        pass
+    return json.loads(text)
 
 
 def _type_ok(value: Any, expected: str) -> bool:
@@ -73,10 +92,16 @@ def check_value(value: Any, schema: dict[str, Any], path: str, out: list[str]) -
         return
     expected = schema.get("type")
     if expected is not None:
-        options = expected if isinstance(expected, list) else [expected]
         if value is None and schema.get("nullable"):
             return
-        if not any(_type_ok(value, t) for t in options):
+        if expected == "string":  # the commonest case, inline
+            ok = isinstance(value, str)
+        elif isinstance(expected, list):
+            ok = any(_type_ok(value, t) for t in expected)
+        else:
+            ok = _type_ok(value, expected)
+        if not ok:
+            options = expected if isinstance(expected, list) else [expected]
             out.append(f"{path}: expected {'|'.join(options)}, got {_json_type(value)} {value!r:.60}")
             return
     enum = schema.get("enum")
@@ -121,7 +146,7 @@ def tool_schema(d: Dialogue, cfg: RuleConfig) -> list[str]:
                 out.append(f"{where}: not a candidate tool (candidates: {', '.join(tools) or 'none'})")
                 continue
             try:
-                args = json.loads(call.arguments) if call.arguments.strip() else {}
+                args = parse_json(call.arguments) if call.arguments.strip() else {}
             except json.JSONDecodeError as exc:
                 out.append(f"{where}: arguments are not JSON ({exc.msg})")
                 continue
@@ -145,22 +170,23 @@ def role_order(d: Dialogue, cfg: RuleConfig) -> list[str]:
     messages and replies are not; the dialogue starts with a user turn and ends with an assistant reply."""
     out: list[str] = []
     msgs = d.messages
-    for i, m in enumerate(msgs):
-        if m.role == "system" and i != 0:
-            out.append(f"message {i}: system message not at the start")
-    body = msgs[1:] if msgs and msgs[0].role == "system" else msgs
-    if not body or body[0].role != "user":
+    roles = [m.role for m in msgs]
+    if "system" in roles[1:]:
+        out.extend(f"message {i}: system message not at the start"
+                   for i, role in enumerate(roles) if role == "system" and i != 0)
+    body = roles[1:] if roles and roles[0] == "system" else roles
+    if not body or body[0] != "user":
         out.append("the first non-system message is not a user message")
-    for i in range(len(msgs) - 1):
-        a, b = msgs[i], msgs[i + 1]
-        if b.role not in _NEXT.get(a.role, ()):
-            out.append(f"message {i + 1}: {a.role} followed by {b.role}")
-        elif a.role == "assistant":
-            if a.tool_calls and b.role != "tool":
-                out.append(f"message {i}: assistant calls tools but is followed by {b.role}")
-            elif not a.tool_calls and b.role == "tool":
+    for i, (ra, rb) in enumerate(pairwise(roles)):
+        if rb not in _NEXT.get(ra, ()):
+            out.append(f"message {i + 1}: {ra} followed by {rb}")
+        elif ra == "assistant":
+            calls = msgs[i].tool_calls
+            if calls and rb != "tool":
+                out.append(f"message {i}: assistant calls tools but is followed by {rb}")
+            elif not calls and rb == "tool":
                 out.append(f"message {i + 1}: tool message after an assistant message without tool calls")
-    if msgs and not (msgs[-1].role == "assistant" and not msgs[-1].tool_calls):
+    if msgs and not (roles[-1] == "assistant" and not msgs[-1].tool_calls):
         out.append("the dialogue does not end with an assistant reply")
     return out
 
@@ -169,12 +195,14 @@ def tool_call_response_match(d: Dialogue, cfg: RuleConfig) -> list[str]:
     """N calls are followed by exactly N tool messages (whose ids, when given, answer those calls)."""
     out: list[str] = []
     msgs = d.messages
+    roles = [m.role for m in msgs]
+    n = len(msgs)
     i = 0
-    while i < len(msgs):
+    while i < n:
         m = msgs[i]
-        if m.role == "assistant" and m.tool_calls:
+        if m.tool_calls and roles[i] == "assistant":
             j = i + 1
-            while j < len(msgs) and msgs[j].role == "tool":
+            while j < n and roles[j] == "tool":
                 j += 1
             n_calls, n_resp = len(m.tool_calls), j - i - 1
             if n_calls != n_resp:
@@ -182,21 +210,23 @@ def tool_call_response_match(d: Dialogue, cfg: RuleConfig) -> list[str]:
             else:
                 call_ids = [c.id for c in m.tool_calls]
                 resp_ids = [r.tool_call_id for r in msgs[i + 1 : j]]
-                if all(call_ids) and all(resp_ids) and sorted(call_ids) != sorted(resp_ids):  # type: ignore[type-var]
+                # equal lists (the usual case) cannot differ once sorted: skip the sorting
+                if call_ids != resp_ids and all(call_ids) and all(resp_ids) and (
+                    sorted(call_ids) != sorted(resp_ids)  # type: ignore[type-var]
+                ):
                     out.append(f"message {i}: tool_call_ids {resp_ids} do not answer calls {call_ids}")
             i = j
         else:
             i += 1
-    orphans = 0
-    for i, m in enumerate(msgs):
-        if m.role == "tool" and (i == 0 or msgs[i - 1].role not in ("assistant", "tool")):
-            orphans += 1
+    orphans = sum(1 for i, role in enumerate(roles)
+                  if role == "tool" and (i == 0 or roles[i - 1] not in ("assistant", "tool")))
     if orphans:
         out.append(f"{orphans} tool messages without a preceding call")
     return out
 
 
 _RESPONSE_MARKERS = ("<tool_response>", "</tool_response>", "<|im_start|>", "<|im_end|>")
+_MARKERS_RE = re.compile("|".join(re.escape(k) for k in _RESPONSE_MARKERS))
 
 
 def no_tool_response_in_assistant_message(d: Dialogue, cfg: RuleConfig) -> list[str]:
@@ -206,10 +236,11 @@ def no_tool_response_in_assistant_message(d: Dialogue, cfg: RuleConfig) -> list[
         if m.role != "assistant":
             continue
         for text in (m.content, m.thinking or ""):
+            if _MARKERS_RE.search(text) is None:  # one C-level scan; list the markers only when there is one
+                continue
             hits = [k for k in _RESPONSE_MARKERS if k in text]
-            if hits:
-                out.append(f"message {i}: assistant text contains {', '.join(hits)}")
-                break
+            out.append(f"message {i}: assistant text contains {', '.join(hits)}")
+            break
     return out
 
 
@@ -228,9 +259,8 @@ def non_empty_content(d: Dialogue, cfg: RuleConfig) -> list[str]:
 def think_tags(d: Dialogue, cfg: RuleConfig) -> list[str]:
     """Exactly one leading ``<think>…</think>`` per assistant message when thinking is required, none elsewhere."""
     out: list[str] = []
-    assistant = [m for m in d.messages if m.role == "assistant"]
     required = cfg.thinking == "required" or (
-        cfg.thinking == "auto" and any(m.thinking is not None for m in assistant)
+        cfg.thinking == "auto" and any(m.thinking is not None and m.role == "assistant" for m in d.messages)
     )
     for i, m in enumerate(d.messages):
         stray = "<think>" in m.content or "</think>" in m.content
@@ -252,7 +282,7 @@ def tool_response_json_valid(d: Dialogue, cfg: RuleConfig) -> list[str]:
     for i, m in enumerate(d.messages):
         if m.role == "tool":
             try:
-                json.loads(m.content)
+                parse_json(m.content)
             except json.JSONDecodeError as exc:
                 out.append(f"message {i}: tool content is not JSON ({exc.msg} at column {exc.colno})")
     return out
@@ -260,6 +290,9 @@ def tool_response_json_valid(d: Dialogue, cfg: RuleConfig) -> list[str]:
 
 def duplicate_tools_by_name(d: Dialogue, cfg: RuleConfig) -> list[str]:
     """Candidate tool names are unique."""
+    names = [t.name for t in d.tools]
+    if len(set(names)) == len(names):
+        return []
     seen: set[str] = set()
     dupes: list[str] = []
     for t in d.tools:

@@ -8,13 +8,14 @@ every check is a column check whose failures point at rows, and rows point at di
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import pandera.polars as pa
 import polars as pl
 
-from cm2data.schema import EVIDENCE_SOURCES, FOCUS_VALUES, REVIEW_STATES, Dialogue
+from cm2data.schema import EVIDENCE_SOURCES, FOCUS_VALUES, REVIEW_STATES, ChecklistItem, Dialogue
 
 WEIGHT_TOLERANCE = 1e-6
 
@@ -81,48 +82,81 @@ ITEM_SCHEMA = pa.DataFrameSchema(
     strict=False,
 )
 
-_ITEM_COLUMNS = ("dialogue_id", "variant", "turn", "item_id", "focus_on", "question", "pass_condition", "weight",
-                 "bad_evidence_from")
+_DIALOGUE_TYPES = {"dialogue_id": pl.String, "num_turns": pl.Int64, "review_status": pl.String}
+_ITEM_TYPES = {"dialogue_id": pl.String, "variant": pl.Int64, "turn": pl.Int64, "item_id": pl.String,
+               "focus_on": pl.String, "question": pl.String, "pass_condition": pl.String, "weight": pl.Float64,
+               "bad_evidence_from": pl.Int64}
+_ALLOWED_FROM = frozenset(EVIDENCE_SOURCES)
+_ITEM_FIELDS = {"item_id": attrgetter("id"), "focus_on": attrgetter("focus_on"), "question": attrgetter("question"),
+                "pass_condition": attrgetter("pass_condition")}
+_WEIGHT = attrgetter("weight")
+
+
+class TableRows:
+    """The columns of both tables, gathered one record at a time.
+
+    The gate adds each record right after running its rules on it, while the record's objects are still in the CPU
+    cache: a separate pass over 100k loaded records costs more in cache misses than the gathering itself. Columns
+    are plain lists of strings and numbers (no per-row tuples), so gathering adds no work for the cyclic GC.
+    """
+
+    def __init__(self) -> None:
+        self.dialogues: dict[str, list] = {c: [] for c in _DIALOGUE_TYPES}
+        self.items: dict[str, list] = {c: [] for c in _ITEM_TYPES}
+
+    def add(self, d: Dialogue) -> None:
+        dcols, icols = self.dialogues, self.items
+        dcols["dialogue_id"].append(d.id)
+        dcols["num_turns"].append([m.role for m in d.messages].count("user"))
+        dcols["review_status"].append(d.review.status)
+        for v, variant in enumerate(d.checklists):
+            items: list[ChecklistItem] = []
+            for block in variant:
+                icols["turn"] += [block.turn] * len(block.items)
+                items += block.items
+            k = len(items)
+            icols["dialogue_id"] += [d.id] * k
+            icols["variant"] += [v] * k
+            for column, get in _ITEM_FIELDS.items():
+                icols[column] += map(get, items)
+            icols["weight"] += map(float, map(_WEIGHT, items))
+            if _ALLOWED_FROM.issuperset([e.from_ for it in items for e in it.evidence]):
+                icols["bad_evidence_from"] += [0] * k  # the usual case: nothing to count per item
+            else:
+                icols["bad_evidence_from"] += [sum(1 for e in it.evidence if e.from_ not in _ALLOWED_FROM)
+                                               for it in items]
+
+    def dialogue_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.dialogues, schema=_DIALOGUE_TYPES)
+
+    def item_frame(self) -> pl.DataFrame:
+        """One row per checklist item, with the window columns the checks need."""
+        group = ["dialogue_id", "variant", "turn"]
+        return pl.DataFrame(self.items, schema=_ITEM_TYPES).with_columns(
+            pl.col("weight").sum().over(group).alias("turn_weight_sum"),
+            pl.len().over([*group, "item_id"]).cast(pl.Int64).alias("id_count"),
+        )
+
+    def failures(self) -> list[TableFailure]:
+        """Validate both tables; one :class:`TableFailure` per (dialogue, rule)."""
+        return (_failures(DIALOGUE_SCHEMA, self.dialogue_frame(), _no_place)
+                + _failures(ITEM_SCHEMA, self.item_frame(), _item_place))
+
+
+def _rows(records: Iterable[Dialogue]) -> TableRows:
+    rows = TableRows()
+    for d in records:
+        rows.add(d)
+    return rows
 
 
 def dialogue_frame(records: Sequence[Dialogue]) -> pl.DataFrame:
-    ids, turns, status = [], [], []
-    for d in records:
-        ids.append(d.id)
-        turns.append(sum(1 for m in d.messages if m.role == "user"))
-        status.append(d.review.status)
-    return pl.DataFrame({"dialogue_id": ids, "num_turns": turns, "review_status": status},
-                        schema={"dialogue_id": pl.String, "num_turns": pl.Int64, "review_status": pl.String})
+    return _rows(records).dialogue_frame()
 
 
 def item_frame(records: Sequence[Dialogue]) -> pl.DataFrame:
     """One row per checklist item, with the window columns the checks need."""
-    cols: dict[str, list] = {c: [] for c in _ITEM_COLUMNS}
-    allowed = frozenset(EVIDENCE_SOURCES)
-    for d in records:
-        for v, variant in enumerate(d.checklists):
-            for block in variant:
-                for it in block.items:
-                    cols["dialogue_id"].append(d.id)
-                    cols["variant"].append(v)
-                    cols["turn"].append(block.turn)
-                    cols["item_id"].append(it.id)
-                    cols["focus_on"].append(it.focus_on)
-                    cols["question"].append(it.question)
-                    cols["pass_condition"].append(it.pass_condition)
-                    cols["weight"].append(float(it.weight))
-                    cols["bad_evidence_from"].append(sum(1 for e in it.evidence if e.from_ not in allowed))
-    frame = pl.DataFrame(
-        cols,
-        schema={"dialogue_id": pl.String, "variant": pl.Int64, "turn": pl.Int64, "item_id": pl.String,
-                "focus_on": pl.String, "question": pl.String, "pass_condition": pl.String, "weight": pl.Float64,
-                "bad_evidence_from": pl.Int64},
-    )
-    group = ["dialogue_id", "variant", "turn"]
-    return frame.with_columns(
-        pl.col("weight").sum().over(group).alias("turn_weight_sum"),
-        pl.len().over([*group, "item_id"]).cast(pl.Int64).alias("id_count"),
-    )
+    return _rows(records).item_frame()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +166,9 @@ class TableFailure:
     message: str
 
 
-def _failures(schema: pa.DataFrameSchema, frame: pl.DataFrame, describe) -> list[TableFailure]:  # type: ignore[no-untyped-def]
+def _failures(schema: pa.DataFrameSchema, frame: pl.DataFrame,
+              describe: Callable[[pl.DataFrame], list[str]]) -> list[TableFailure]:
+    """Validate ``frame``; one failure per (dialogue, rule), listing up to four places (``describe`` of the rows)."""
     if frame.height == 0:
         return []
     try:
@@ -145,20 +181,25 @@ def _failures(schema: pa.DataFrameSchema, frame: pl.DataFrame, describe) -> list
     for col_name, col in schema.columns.items():
         for k, chk in enumerate(col.checks):
             names[(col_name, k)] = (chk.name or f"{col_name}_{k}", chk.error or chk.name or "")
-    grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    row_indices: list[int] = []
+    row_rules: list[str] = []
     messages: dict[str, str] = {}
-    for row in cases.iter_rows(named=True):
-        idx, col, num = row["index"], row["column"], row["check_number"]
+    for idx, col, check, num in cases.select("index", "column", "check", "check_number").iter_rows():
         if num is None:
-            rule, error = f"{col}_{row['check']}", f"{col}: {row['check']}"
+            rule, error = f"{col}_{check}", f"{col}: {check}"
         else:
-            rule, error = names.get((col, num), (f"{col}_{row['check']}", str(row["check"])))
+            rule, error = names.get((col, num), (f"{col}_{check}", str(check)))
         messages[rule] = error
         if idx is None:  # a whole-column failure (wrong dtype): charge every row
-            for i in range(frame.height):
-                grouped[(frame["dialogue_id"][i], rule)].append(describe(i))
-            continue
-        grouped[(frame["dialogue_id"][idx], rule)].append(describe(idx))
+            row_indices.extend(range(frame.height))
+            row_rules.extend([rule] * frame.height)
+        else:
+            row_indices.append(idx)
+            row_rules.append(rule)
+    failing = frame[row_indices]  # the failing rows in one gather, not one lookup per case
+    grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for did, rule, where in zip(failing["dialogue_id"].to_list(), row_rules, describe(failing), strict=True):
+        grouped[(did, rule)].append(where)
     out = []
     for (did, rule), where in grouped.items():
         shown = ", ".join(sorted(set(where))[:4]) + (f" (+{len(set(where)) - 4} more)" if len(set(where)) > 4 else "")
@@ -166,17 +207,15 @@ def _failures(schema: pa.DataFrameSchema, frame: pl.DataFrame, describe) -> list
     return out
 
 
+def _no_place(rows: pl.DataFrame) -> list[str]:
+    return [""] * rows.height
+
+
+def _item_place(rows: pl.DataFrame) -> list[str]:
+    return [f"variant {v} turn {t} {i or '<no id>'}"
+            for v, t, i in rows.select("variant", "turn", "item_id").iter_rows()]
+
+
 def table_failures(records: Sequence[Dialogue]) -> list[TableFailure]:
     """Validate both flattened tables; one :class:`TableFailure` per (dialogue, rule)."""
-    dframe = dialogue_frame(records)
-    iframe = item_frame(records)
-
-    def dialogue_where(i: int) -> str:
-        return ""
-
-    def item_where(i: int) -> str:
-        row = iframe.row(i, named=True)
-        return f"variant {row['variant']} turn {row['turn']} {row['item_id'] or '<no id>'}"
-
-    return _failures(DIALOGUE_SCHEMA, dframe, dialogue_where) + _failures(ITEM_SCHEMA, iframe, item_where)
-
+    return _rows(records).failures()
