@@ -17,6 +17,7 @@ from rich.table import Table
 from cm2data import store
 from cm2data.formats import FORMATS
 from cm2data.rejects import Reject, count_by_rule, read_rejects, write_rejects
+from cm2data.review.commands import review_app
 from cm2data.schema import Dialogue
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -271,11 +272,18 @@ def rejects(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the demo outputs.")] = Path("out/demo"),
+    base_url: Annotated[str | None, typer.Option("--base-url", help="Run the pipelines on this OpenAI-compatible "
+                                                                    "server instead of the embedded one.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Served model name.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Dialogues to synthesize (default 20).")] = None,
+    pipeline: Annotated[bool, typer.Option(help="Also run the pipelines (synthesize → filter → annotate).")] = True,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Redo the pipelines instead of resuming.")] = False,
 ) -> None:
-    """The main job on the embedded default: ingest the shipped sample and the CM2 fixture, validate, filter, stats."""
+    """The main job: the shipped sample (ingest, validate, filter, stats), then the pipelines on the embedded model
+    (synthesize ~20 dialogues → filter → annotate → validate → dataset folder and report)."""
     from cm2data.demo import run_demo
 
-    code = run_demo(out, console=console)
+    code = run_demo(out, console=console, pipeline=pipeline, base_url=base_url, model=model, n=n, fresh=fresh)
     raise typer.Exit(code)
 
 
@@ -347,6 +355,7 @@ def pull(
 
 export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in the layout a trainer reads.")
 app.add_typer(export_app, name="export")
+app.add_typer(review_app, name="review")
 
 
 class LfStyle(StrEnum):
@@ -499,6 +508,143 @@ def serve(
         how = "already running" if running is not None else f"ready in {server.ready_seconds} s"
         console.print(f"{how}: {server.base_url} (model {server.model}, pid {server.pid}); log {server.log}; "
                       "stop with `cm2data serve --stop`")
+
+
+# --------------------------------------------------------------------------------------------------- pipelines
+# (cm2data/pipelines/commands.py does the work; docs/pipelines.md)
+
+_IN = typer.Option("--in", "-i", help="Input: a dataset folder, or a file/folder in a registered format.")
+_OUT = typer.Option("--out", "-o", help="Output dataset folder (also rejects.jsonl, report.html, report.json).")
+_BASE_URL = typer.Option("--base-url", help="OpenAI-compatible endpoint (default: CM2DATA_LLM_BASE_URL, else the "
+                                            "embedded server, started if needed).")
+_MODEL = typer.Option("--model", help="Served model name (default: the first the server lists).")
+_FRESH = typer.Option("--fresh", help="Ignore checkpoints and earlier results in OUT; run everything again.")
+_BATCH = typer.Option("--batch-size", help="distilabel input_batch_size (keep >= 50).")
+
+
+def _pipeline_call(fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    from cm2data.pipelines.commands import CommandError
+
+    try:
+        code = fn(*args, console=console, err=err, **kwargs)
+    except CommandError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+def _stage(name: str, settings: dict, src: Path | None, out: Path, fmt: str, base_url: str | None,
+           model: str | None, seed: int, batch_size: int, fresh: bool) -> None:
+    from cm2data.pipelines.commands import stage_command
+
+    _pipeline_call(stage_command, name, settings, src=src, out=out, fmt=fmt, base_url=base_url, model=model,
+                   seed=seed, batch_size=batch_size, fresh=fresh)
+
+
+@app.command("run")
+def run_pipeline_(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline config (YAML): stages, their settings, llm.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: out/<name>).")] = None,
+    base_url: Annotated[str | None, _BASE_URL] = None,
+    model: Annotated[str | None, _MODEL] = None,
+    fresh: Annotated[bool, _FRESH] = False,
+) -> None:
+    """Run the stages of PIPELINE.yaml in order; a killed run started again resumes where it stopped."""
+    from cm2data.pipelines.commands import run_command
+
+    _pipeline_call(run_command, pipeline, out=out, base_url=base_url, model=model, fresh=fresh)
+
+
+@app.command()
+def synthesize(
+    out: Annotated[Path, _OUT],
+    catalog: Annotated[Path | None, typer.Option("--in", "-i", help="Tool catalog JSON (default: the shipped "
+                                                                    "one, 93 tools in 16 domains).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Dialogues to synthesize.")] = 20,
+    max_turns: Annotated[int, typer.Option(help="Most user turns per dialogue (at least 1).")] = 2,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 42,
+    base_url: Annotated[str | None, _BASE_URL] = None,
+    model: Annotated[str | None, _MODEL] = None,
+    batch_size: Annotated[int, _BATCH] = 50,
+    fresh: Annotated[bool, _FRESH] = False,
+) -> None:
+    """Tool catalog → seeded tool subsets → scenarios → simulated dialogues (user, assistant, tool simulator)."""
+    settings = {"n": n, "catalog": str(catalog) if catalog else None, "turns": (1, max(1, max_turns))}
+    _stage("synthesize", settings, None, out, "auto", base_url, model, seed, batch_size, fresh)
+
+
+@app.command("llm-filter")
+def llm_filter(
+    src: Annotated[Path, _IN],
+    out: Annotated[Path, _OUT],
+    passes: Annotated[int, typer.Option(help="Chained LLM quality passes (0: rule filters only).")] = 1,
+    thinking: Annotated[Thinking, typer.Option(help="Thinking rule of the rule filters.")] = Thinking.auto,
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    seed: Annotated[int, typer.Option()] = 42,
+    base_url: Annotated[str | None, _BASE_URL] = None,
+    model: Annotated[str | None, _MODEL] = None,
+    batch_size: Annotated[int, _BATCH] = 50,
+    fresh: Annotated[bool, _FRESH] = False,
+) -> None:
+    """The rule filters, then the LLM quality filter ({"Reasoning", "NoError"}; one failing pass drops)."""
+    _stage("filter", {"passes": passes, "thinking": thinking.value}, src, out, fmt, base_url, model, seed,
+           batch_size, fresh)
+
+
+@app.command()
+def compress(
+    src: Annotated[Path, _IN],
+    out: Annotated[Path, _OUT],
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    seed: Annotated[int, typer.Option()] = 42,
+    base_url: Annotated[str | None, _BASE_URL] = None,
+    model: Annotated[str | None, _MODEL] = None,
+    batch_size: Annotated[int, _BATCH] = 50,
+    fresh: Annotated[bool, _FRESH] = False,
+) -> None:
+    """CoT compression: every assistant thinking rewritten shorter (the count must match)."""
+    _stage("compress", {}, src, out, fmt, base_url, model, seed, batch_size, fresh)
+
+
+@app.command()
+def select(
+    src: Annotated[Path, _IN],
+    out: Annotated[Path, _OUT],
+    drop_ratios: Annotated[str | None, typer.Option(help="YAML/JSON mapping metric → {value: ratio}, or a file "
+                                                         "holding one (default: the reference ratios).")] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    batch_size: Annotated[int, _BATCH] = 50,
+    fresh: Annotated[bool, _FRESH] = False,
+) -> None:
+    """Hard-sample selection: drop a dialogue with probability 1 − Π(1 − r_i) (seeded, order-independent)."""
+    ratios = None
+    if drop_ratios is not None:
+        import yaml
+
+        text = Path(drop_ratios).read_text(encoding="utf-8") if Path(drop_ratios).is_file() else drop_ratios
+        try:
+            ratios = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise _fail(f"--drop-ratios is not YAML/JSON: {exc}") from None
+    _stage("select", {"drop_ratios": ratios}, src, out, fmt, None, None, seed, batch_size, fresh)
+
+
+@app.command()
+def annotate(
+    src: Annotated[Path, _IN],
+    out: Annotated[Path, _OUT],
+    variants: Annotated[int, typer.Option(help="Independent checklist variants per dialogue.")] = 1,
+    retries: Annotated[int, typer.Option(help="Retries with the validation error fed back, then reject.")] = 3,
+    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    seed: Annotated[int, typer.Option()] = 42,
+    base_url: Annotated[str | None, _BASE_URL] = None,
+    model: Annotated[str | None, _MODEL] = None,
+    batch_size: Annotated[int, _BATCH] = 50,
+    fresh: Annotated[bool, _FRESH] = False,
+) -> None:
+    """Per-turn checklist labelling, validated by the full gate; invalid answers retried, then rejected."""
+    _stage("annotate", {"variants": variants, "retries": retries}, src, out, fmt, base_url, model, seed, batch_size,
+           fresh)
 
 
 def main() -> None:

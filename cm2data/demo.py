@@ -1,8 +1,14 @@
-"""The main job on the embedded default (``cm2data demo``): ingest → validate → filter → stats on shipped data.
+"""The main job on the embedded default (``cm2data demo``).
 
-Inputs are the project's own sample of checklist-annotated dialogues (``cm2data/data/sample``) and the CM2
-reference record (``cm2data/data/reference``). Outputs under OUT: ``ingested/`` and ``filtered/`` dataset folders,
-``stats.json`` and ``report.json``.
+Part 1 — the shipped data: ingest → validate → filter → stats. Inputs are the project's own sample of
+checklist-annotated dialogues (``cm2data/data/sample``) and the CM2 reference record (``cm2data/data/reference``).
+Outputs under OUT: ``ingested/`` and ``filtered/`` dataset folders, ``stats.json`` and ``report.json``.
+
+Part 2 — the pipelines (``cm2data/data/pipelines/demo.yaml``): start (or reuse) the embedded model server →
+synthesize about 20 dialogues from the shipped tool catalog → rule filters and the LLM quality filter → checklist
+labelling → validate the result. Outputs under ``OUT/pipeline/``: the dataset folder, ``rejects.jsonl``,
+``report.html`` + ``report.json``, each stage's folder under ``stages/``. With ``--base-url`` (a real vLLM server)
+the same job runs there; nothing else changes. Running the demo again resumes or reuses what is done.
 """
 
 from __future__ import annotations
@@ -25,8 +31,17 @@ def shipped(*parts: str) -> Path:
     return Path(str(resources.files("cm2data").joinpath("data", *parts)))
 
 
-def run_demo(out: Path, console: Console | None = None) -> int:
+def run_demo(out: Path, console: Console | None = None, *, pipeline: bool = True, base_url: str | None = None,
+             model: str | None = None, n: int | None = None, fresh: bool = False) -> int:
     console = console or Console()
+    code = run_shipped(out, console)
+    if not pipeline:
+        return code
+    return max(code, run_pipelines(out / "pipeline", console, base_url=base_url, model=model, n=n, fresh=fresh))
+
+
+def run_shipped(out: Path, console: Console) -> int:
+    """Part 1: ingest, validate, filter and describe the shipped sample and the reference record."""
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"stages": {}}
     records, rejects = [], []
@@ -62,4 +77,42 @@ def run_demo(out: Path, console: Console | None = None) -> int:
     console.print(f"[bold]stats[/]: {stats['dialogues']} dialogues, {c['items_total']} checklist items, "
                   f"{len(stats.get('domains', {}))} domains → {out / 'stats.json'}")
     console.print(f"report → {out / 'report.json'}")
+    return 0 if gate.passed else 1
+
+
+def run_pipelines(out: Path, console: Console, *, base_url: str | None = None, model: str | None = None,
+                  n: int | None = None, fresh: bool = False) -> int:
+    """Part 2: the demo pipeline (synthesize → filter → annotate), then the gate on its output. Returns 0 when the
+    pipeline ran and its output passes the gate (rejections along the way are expected and reported), 1 when the
+    output fails the gate, 2 when the LLM server cannot be reached or started."""
+    import time
+
+    from cm2data.llm import LLMError
+    from cm2data.pipelines import load_pipeline_config, run_pipeline
+    from cm2data.pipelines.report import REPORT_HTML
+
+    config = load_pipeline_config(shipped("pipelines", "demo.yaml"))
+    if n is not None:
+        config.stages[0].config.n = n  # type: ignore[attr-defined]
+    started = time.monotonic()
+    if base_url is None:
+        console.print("[bold]pipeline[/]: using the embedded model server (starting it if needed, ~30 s; the first "
+                      "run builds its environment, ~2 min)")
+    try:
+        result = run_pipeline(config, out, base_url=base_url, model=model, fresh=fresh,
+                              say=lambda m: console.print(f"[bold]pipeline[/]: {m}"))
+    except LLMError as exc:
+        console.print(f"[bold red]pipeline: {exc}[/]")
+        return 2
+    gate = run_gate(store.read_dataset(out))
+    status = "[green]passed[/]" if gate.passed else f"[red]{len(gate.rejected_ids)} records failed[/]"
+    console.print(f"[bold]validate[/]: {gate.checked} pipeline records, {len(gate.rules)} rules: {status}")
+    by_stage = result.report["rejects"]["by_stage"]
+    console.print(f"[bold]pipeline[/]: {result.records} checklist-annotated dialogues → {out}; "
+                  f"{sum(by_stage.values())} rejected ("
+                  + ", ".join(f"{k} {v}" for k, v in by_stage.items()) + f") → {out / 'rejects.jsonl'}; "
+                  f"report → {out / REPORT_HTML} ({time.monotonic() - started:.0f} s)")
+    if base_url is None and result.report.get("llm"):
+        console.print(f"the embedded server keeps running at {result.report['llm']['base_url']} for the next command; "
+                      "stop it with `cm2data serve --stop`")
     return 0 if gate.passed else 1

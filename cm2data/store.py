@@ -164,8 +164,7 @@ def to_row(d: Dialogue) -> dict[str, Any]:
                     "items": [
                         {
                             "id": it.id,
-                            "evidence": [{"turn": e.turn, "step": e.step, "from": e.from_, "snippet": e.snippet}
-                                         for e in it.evidence],
+                            "evidence": [e.to_dict() for e in it.evidence],
                             "focus_on": it.focus_on,
                             "question": it.question,
                             "pass_condition": it.pass_condition,

@@ -80,7 +80,7 @@ def test_formats_lists_every_registered_format() -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    r = invoke("demo", "--out", tmp_path)
+    r = invoke("demo", "--out", tmp_path, "--no-pipeline")  # part 2 (the LLM pipelines): test_pipelines.py
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["stages"]["validate"]["rejected"] == 0

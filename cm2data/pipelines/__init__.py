@@ -1,0 +1,50 @@
+"""The distilabel pipelines of cm2data (method §2–3, §6): ``synthesize``, ``filter``, ``compress``, ``select``,
+``annotate``, one module per stage, chained by :func:`run_pipeline` from a YAML config (``cm2data run``) or run one
+at a time (:func:`run_stage`, ``cm2data synthesize|llm-filter|compress|select|annotate``). See docs/pipelines.md.
+
+Importing this package imports distilabel (the stage modules' steps are distilabel ``Step``/``Task`` classes).
+"""
+
+import warnings
+
+# distilabel 1.5.3's own models trip a pydantic 2.14 warning at import ("The 'default' attribute with value None
+# was provided to the `Field()` function"); it is about distilabel's code, not ours, and repeats in every process
+warnings.filterwarnings("ignore", message="The 'default' attribute with value None")
+
+from cm2data.pipelines.config import (  # noqa: E402
+    REFERENCE_DROP_RATIOS,
+    STAGE_CONFIGS,
+    AnnotateConfig,
+    CompressConfig,
+    FilterConfig,
+    PipelineConfig,
+    SelectConfig,
+    SynthesizeConfig,
+    load_pipeline_config,
+)
+from cm2data.pipelines.runner import (  # noqa: E402
+    Endpoint,
+    RunResult,
+    StageOutcome,
+    resolve_endpoint,
+    run_pipeline,
+    run_stage,
+)
+
+__all__ = [
+    "REFERENCE_DROP_RATIOS",
+    "STAGE_CONFIGS",
+    "AnnotateConfig",
+    "CompressConfig",
+    "Endpoint",
+    "FilterConfig",
+    "PipelineConfig",
+    "RunResult",
+    "SelectConfig",
+    "StageOutcome",
+    "SynthesizeConfig",
+    "load_pipeline_config",
+    "resolve_endpoint",
+    "run_pipeline",
+    "run_stage",
+]

@@ -1,0 +1,281 @@
+"""``annotate``: per-turn checklist labelling (method §3).
+
+Pipeline (distilabel): ``read_rows`` → :class:`LabelChecklists` (``LLMClient`` step).
+
+For each dialogue and each of ``variants`` variants, the labeller (prompt ``annotate``) sees the candidate tools and
+the dialogue with its turns and steps numbered, and answers a JSON list of blocks ``{turn, checklist, dependence,
+weight}``, constrained by a schema built for this dialogue (exactly one block per user turn, evidence turns and steps
+within range, ``from``/``focus_on`` enums, bounded text). Every answer is then validated:
+
+1. the block form (method §3): one block per user turn in order (``checklist_block_count``), ids ``C0…`` unique
+   and restarting every turn (``unique_item_ids``), ``dependence`` keys == item ids
+   (``checklist_dependence_keys``), ``weight`` keys == item ids (``checklist_weight_keys``), weights in [0, 1]
+   summing to 1 ± 1e-6 (``weights_sum_to_one``);
+2. the project's **full gate** (:func:`cm2data.validate.run_gate` on the record with this checklist: rule
+   filters, checklist rules, pandera tables).
+
+An invalid answer is asked again with the validation error fed back (``retries`` times, default 3); then the
+dialogue is rejected with the rule of the last failure and every reason. A dialogue that fails the rule filters
+itself is rejected before any LLM call (its rule, e.g. ``role_order``).
+"""
+
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cm2data.llm import LLMError, LLMOutputError
+from cm2data.pipelines.base import (
+    RecordStep,
+    StageContext,
+    StageResult,
+    collect,
+    decode_record,
+    encode_record,
+    llm_error_reject,
+    merge_meta,
+    record_row,
+    reject_json,
+    run_rows,
+    stamp,
+)
+from cm2data.pipelines.config import AnnotateConfig
+from cm2data.pipelines.text import dialogue_text, tools_text
+from cm2data.prompts import load_prompt
+from cm2data.rejects import RecordError
+from cm2data.schema import EVIDENCE_SOURCES, FOCUS_VALUES, Dialogue, TurnChecklist
+
+STAGE = "annotate"
+
+
+# ------------------------------------------------------------------------------------------------ the answer
+
+
+class LabelEvidence(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    turn: int
+    step: int
+    from_: str = Field(alias="from")
+    snippet: str = ""
+
+
+class LabelItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    evidence: list[LabelEvidence]
+    focus_on: str
+    question: str
+    pass_condition: str
+    failure_examples: list[str] = Field(default_factory=list)
+    required_for_next_turn: bool = False
+
+
+class LabelBlock(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    turn: int
+    checklist: list[LabelItem]
+    dependence: dict[str, list[str]]
+    weight: dict[str, float]
+
+
+def label_schema(steps: list[int], max_items: int = 6) -> dict[str, Any]:
+    """The JSON schema of the labeller's answer for a dialogue whose user turns have ``steps[t]`` steps."""
+    n_turns = len(steps)
+    text = {"type": "string", "minLength": 1, "maxLength": 240}
+    evidence = {"type": "object", "additionalProperties": False, "required": ["turn", "step", "from", "snippet"],
+                "properties": {"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
+                               "step": {"type": "integer", "minimum": 0, "maximum": max(0, max(steps, default=1) - 1)},
+                               "from": {"type": "string", "enum": list(EVIDENCE_SOURCES)},
+                               "snippet": {"type": "string", "maxLength": 160}}}
+    item = {"type": "object", "additionalProperties": False,
+            "required": ["id", "evidence", "focus_on", "question", "pass_condition", "failure_examples",
+                         "required_for_next_turn"],
+            "properties": {"id": {"type": "string", "maxLength": 4},
+                           "evidence": {"type": "array", "minItems": 1, "maxItems": 2, "items": evidence},
+                           "focus_on": {"type": "string", "enum": list(FOCUS_VALUES)},
+                           "question": text, "pass_condition": text,
+                           "failure_examples": {"type": "array", "maxItems": 2,
+                                                "items": {"type": "string", "maxLength": 160}},
+                           "required_for_next_turn": {"type": "boolean"}}}
+    block = {"type": "object", "additionalProperties": False, "required": ["turn", "checklist", "dependence", "weight"],
+             "properties": {"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
+                            "checklist": {"type": "array", "minItems": 1, "maxItems": max_items, "items": item},
+                            "dependence": {"type": "object",
+                                           "additionalProperties": {"type": "array", "maxItems": max_items,
+                                                                    "items": {"type": "string", "maxLength": 4}}},
+                            "weight": {"type": "object",
+                                       "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}}}}
+    return {"type": "array", "minItems": n_turns, "maxItems": n_turns, "items": block}
+
+
+def check_blocks(blocks: list[LabelBlock], n_turns: int) -> None:
+    """The block-form rules of method §3 that merging into items would hide; raises :class:`RecordError`."""
+    if len(blocks) != n_turns:
+        raise RecordError("checklist_block_count", f"{len(blocks)} blocks for {n_turns} user turns: write exactly "
+                                                   f"one block per user turn")
+    turns = [b.turn for b in blocks]
+    if turns != list(range(n_turns)):
+        raise RecordError("checklist_block_count", f"block turns are {turns}; they must be {list(range(n_turns))}")
+    for b in blocks:
+        ids = [it.id for it in b.checklist]
+        if len(set(ids)) != len(ids):
+            raise RecordError("unique_item_ids", f"turn {b.turn}: item ids {ids} repeat")
+        expected = [f"C{i}" for i in range(len(ids))]
+        if ids != expected:
+            raise RecordError("unique_item_ids", f"turn {b.turn}: item ids are {ids}; number them {expected}")
+        if set(b.dependence) != set(ids):
+            raise RecordError("checklist_dependence_keys", f"turn {b.turn}: dependence keys "
+                                                           f"{sorted(b.dependence)} must be exactly the item ids {ids}")
+        if set(b.weight) != set(ids):
+            raise RecordError("checklist_weight_keys", f"turn {b.turn}: weight keys {sorted(b.weight)} must be "
+                                                       f"exactly the item ids {ids}")
+        bad = {k: w for k, w in b.weight.items() if not 0.0 <= w <= 1.0}
+        if bad:
+            raise RecordError("weight_range", f"turn {b.turn}: weights {bad} are outside [0, 1]")
+        total = sum(b.weight.values())
+        if abs(total - 1.0) > 1e-6:
+            raise RecordError("weights_sum_to_one", f"turn {b.turn}: weights sum to {total:g}, not 1")
+
+
+def make_validator(record: Dialogue, n_turns: int) -> Callable[[Any], list[TurnChecklist]]:
+    """The validator the labeller's answers must pass: the block form, then the full gate on the record."""
+    from cm2data.formats.openai import checklists_from_stored
+    from cm2data.validate import run_gate
+
+    def validate(data: Any) -> list[TurnChecklist]:
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"blocks": [...]} and the like
+        if not isinstance(data, list):
+            raise RecordError("output_schema", "expected a JSON list of blocks, one per user turn")
+        blocks = [LabelBlock.model_validate(b) for b in data]
+        check_blocks(blocks, n_turns)
+        variant = checklists_from_stored([[b.model_dump(by_alias=True) for b in blocks]])[0]
+        candidate = Dialogue.model_validate({**record.model_dump(by_alias=True), "checklists": [variant]})
+        result = run_gate([candidate])
+        if not result.passed:
+            rules = list(dict.fromkeys(r.rule for r in result.rejects))
+            message = "; ".join(f"{r.rule}: {r.message}" for r in result.rejects[:4])
+            raise RecordError(rules[0], message[:1500])
+        return candidate.checklists[0]
+
+    return validate
+
+
+# --------------------------------------------------------------------------------------------------- the step
+
+
+class LabelChecklists(RecordStep):
+    """Label each dialogue's checklists (``LLMClient``, prompt ``annotate``), ``variants`` independent variants.
+
+    Input columns: ``id``, ``record``, ``reject``, ``usage``, ``meta``. Output columns: the same; ``record`` with
+    ``checklists`` replaced by the new variants, or ``reject`` set (rule of the last failure, every reason in the
+    message, ``location`` the variant). ``meta.annotate`` has the attempts per variant.
+    """
+
+    def prompt_tags(self) -> list[str]:
+        return [load_prompt("annotate").tag]
+
+    def request(self, record: Dialogue, variant: int = 0) -> dict[str, Any]:
+        """The keyword arguments of the first labelling request for ``record`` (``LLMClient.chat``): what the
+        benchmark replays through a plain client."""
+        return annotate_request(record, self.settings, variant)
+
+    async def handle(self, row: dict[str, Any]) -> dict[str, Any]:
+        from cm2data.validate import run_gate
+        from cm2data.validate.checklist import steps_per_turn
+
+        record = decode_record(row["record"])
+        bare = record.model_copy(update={"checklists": []})
+        pre = run_gate([bare], stages=("rules",))
+        if not pre.passed:
+            first = pre.rejects[0]
+            return {"reject": reject_json(STAGE, first.rule, f"the dialogue itself fails the rule filters: "
+                                                             f"{first.message}"[:2000])}
+        n_turns = len(steps_per_turn(record.messages))
+        validator = make_validator(bare, n_turns)
+        variants: list[list[TurnChecklist]] = []
+        attempts: list[int] = []
+        retries = int(self.settings.get("retries", 3))
+        for v in range(int(self.settings.get("variants", 1))):
+            try:
+                checklist, n = await self._label(annotate_request(bare, self.settings, v), validator, retries)
+            except LLMError as exc:  # every answer invalid (LLMOutputError), or the server failed
+                return llm_error_reject(STAGE, exc, f"variant {v}")
+            variants.append(checklist)
+            attempts.append(n)
+        record.checklists = variants
+        record.provenance.labeller_model = self._client.model
+        return {"record": encode_record(record),
+                "meta": merge_meta(row.get("meta", "{}"), annotate={"attempts": attempts})}
+
+
+    async def _label(self, request: dict[str, Any], validator: Callable[[Any], list[TurnChecklist]], retries: int
+                     ) -> tuple[list[TurnChecklist], int]:
+        """One variant: ask, validate, and on an invalid answer ask again with the error fed back (``retries``
+        times). A cut-off answer is not echoed back (it would only lengthen the prompt by ``max_tokens``): the
+        model is told it was cut off and to write less. Raises :class:`LLMOutputError` with every reason."""
+        convo = list(request["messages"])
+        reasons: list[str] = []
+        texts: list[str] = []
+        for attempt in range(1 + retries):
+            try:
+                result = await self._client.chat(**{**request, "messages": convo}, validate=validator,
+                                                  invalid_retries=0)
+                return result.parsed, attempt + 1
+            except LLMOutputError as exc:
+                reason, text = exc.reasons[-1], exc.last_text
+            reasons.append(reason)
+            texts.append(text)
+            if reason.startswith("answer cut off"):
+                convo = [*convo, {"role": "user", "content": f"Your answer was cut off: {reason}. Answer again "
+                                                             "with fewer items and shorter texts, JSON only."}]
+            else:
+                convo = [*convo, {"role": "assistant", "content": text},
+                         {"role": "user", "content": f"That answer is not valid: {reason}\n"
+                                                     "Answer again with corrected JSON only."}]
+        raise LLMOutputError(f"{len(reasons)} answers were not valid (stage {STAGE}); last: {reasons[-1]}",
+                             reasons=reasons, texts=texts)
+
+
+def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 0) -> dict[str, Any]:
+    """``LLMClient.chat`` keyword arguments of the first labelling request of one variant (messages, schema,
+    sampling): the same requests the stage sends, for the benchmark's plain client."""
+    from cm2data.validate.checklist import steps_per_turn
+
+    steps = steps_per_turn(record.messages)
+    messages = load_prompt("annotate").messages(
+        tools=tools_text(record.tools), num_turns=len(steps),
+        dialogue=dialogue_text(record, numbered=True, max_chars=int(settings.get("max_chars_per_message", 600))))
+    seed = {"seed": int(settings.get("seed") or 0) + variant} if settings.get("request_seeds") else {}
+    schema = label_schema(steps, int(settings.get("max_items_per_turn", 6)))
+    return {"messages": messages, "stage": STAGE, "schema": schema,
+            "max_tokens": int(settings.get("max_tokens", 2000)),
+            "temperature": float(settings.get("temperature", 0.3)), **seed}
+
+
+def run_annotate(records: list[Dialogue], cfg: AnnotateConfig, ctx: StageContext) -> StageResult:
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    rows = [record_row(d) for d in records]
+    by_id = {d.id: d for d in records}
+    settings = {**cfg.model_dump(mode="json", exclude={"llm"}), "seed": seed, "request_seeds": ctx.request_seeds}
+
+    def build() -> list[Any]:
+        return [LabelChecklists(name="label_checklists", stage=STAGE, work_dir=str(ctx.work),
+                                llm_settings=ctx.llm_settings, settings=settings, input_batch_size=ctx.batch_size)]
+
+    run = run_rows(STAGE, rows, build, ctx.work, batch_size=ctx.batch_size, api_key=ctx.api_key)
+    accepted, rejects, usage, resumed = collect(STAGE, run.rows, by_id)
+    tag = load_prompt("annotate").tag
+    stamp(accepted, STAGE, [tag], model=ctx.model, variants=cfg.variants, retries=cfg.retries)
+    attempts: dict[str, int] = {}
+    for row in run.rows:
+        for a in (json.loads(row.get("meta") or "{}").get("annotate") or {}).get("attempts", []):
+            attempts[str(a)] = attempts.get(str(a), 0) + 1
+    details = {"variants": cfg.variants, "retries": cfg.retries, "attempts_of_accepted_variants": attempts,
+               "pipeline_seconds": round(run.pipeline_seconds, 2)}
+    return StageResult(STAGE, len(records), accepted, rejects, usage, run.seconds, resumed, details)
