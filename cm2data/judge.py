@@ -63,8 +63,14 @@ ANSWER_ONE_ANALYSIS = ('Answer with JSON: {"analysis": "<one or two short senten
                        '"answer" true if the criterion is satisfied.')
 ANSWER_GROUPED = ('Answer with one JSON object mapping every criterion id listed above to true (satisfied) or false, '
                   'for example {"C0": true, "C1": false}.')
+ANSWER_LETTERS = ('Answer with one JSON string of exactly {n} letters, one per criterion in the order listed above '
+                  '({ids}): Y if that criterion is satisfied, N if not. For example "{example}".')
 
 Order = Literal["reference", "prefix"]
+#: How a grouped call answers: an object ``{id: bool}`` (explicit ids; ~5 output tokens per item) or a string of Y/N
+#: letters in the listed order (~1 token per item). Decode steps dominate a CPU server's time, and a GPU server's
+#: latency per call, so ``letters`` is the fast form; ``object`` is the more robust one for small judges.
+GroupedAnswer = Literal["object", "letters"]
 
 
 # ----------------------------------------------------------------------------------------------------- options
@@ -115,6 +121,7 @@ class JudgeOptions:
 
     order: Order = "prefix"
     grouped: bool = False
+    grouped_answer: GroupedAnswer = "object"
     analysis: bool = False  # ask for a short analysis before the answer (per-item mode only; costs decode time)
     max_concurrency: int = 16  # judge calls in flight per judge_turn (the client also bounds its total)
     call_timeout: float | None = None  # seconds for one call including the client's retries (None: the client's)
@@ -128,7 +135,8 @@ class JudgeOptions:
 
     @property
     def mode(self) -> str:
-        return f"{self.order}{'-grouped' if self.grouped else ''}{'-analysis' if self.analysis else ''}"
+        grouped = ("-grouped" + ("-letters" if self.grouped_answer == "letters" else "")) if self.grouped else ""
+        return f"{self.order}{grouped}{'-analysis' if self.analysis else ''}"
 
 
 # ----------------------------------------------------------------------------------------------------- results
@@ -220,7 +228,11 @@ def build_prompt(previous: Sequence[Message], current: Sequence[Message], items:
     system = f"{options.salt}\n{SYSTEM_PROMPT}" if options.salt else SYSTEM_PROMPT
     if options.grouped:
         criteria = "## Criteria\n\n" + "\n\n".join(render_criterion(i, with_id=True) for i in items)
-        answer = ANSWER_GROUPED
+        if options.grouped_answer == "letters":
+            answer = ANSWER_LETTERS.format(n=len(items), ids=", ".join(i.id for i in items),
+                                           example="".join("YN"[k % 2] for k in range(len(items))))
+        else:
+            answer = ANSWER_GROUPED
     else:
         criteria = render_criterion(items[0])
         answer = ANSWER_ONE_ANALYSIS if options.analysis else ANSWER_ONE
@@ -233,8 +245,13 @@ def build_prompt(previous: Sequence[Message], current: Sequence[Message], items:
             {"role": "user", "content": f"{criteria}\n\n{answer}"}]
 
 
-def answer_schema(item_ids: Sequence[str] | None, *, analysis: bool = False) -> dict[str, Any]:
-    """The forced-JSON schema: ``{"answer": bool}`` (optionally after ``analysis``) or ``{id: bool, …}``."""
+def answer_schema(item_ids: Sequence[str] | None, *, analysis: bool = False,
+                  grouped_answer: GroupedAnswer = "object") -> dict[str, Any]:
+    """The forced-JSON schema: ``{"answer": bool}`` (optionally after ``analysis``), ``{id: bool, …}``, or for
+    ``grouped_answer="letters"`` a string of exactly ``len(item_ids)`` Y/N letters."""
+    if item_ids is not None and grouped_answer == "letters":
+        n = len(item_ids)
+        return {"title": "verdicts", "type": "string", "pattern": f"^[YN]{{{n}}}$", "minLength": n, "maxLength": n}
     if item_ids is None:
         props: dict[str, Any] = {}
         if analysis:
@@ -250,6 +267,16 @@ def _check_one(data: Any) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("answer"), bool):
         raise ValueError('expected an object with a boolean "answer"')
     return data["answer"]
+
+
+def _checker_letters(ids: Sequence[str]):
+    def check(data: Any) -> dict[str, bool]:
+        text = data.strip().upper() if isinstance(data, str) else None
+        if text is None or len(text) != len(ids) or set(text) - {"Y", "N"}:
+            raise ValueError(f"expected a string of exactly {len(ids)} letters Y or N, got {data!r}")
+        return {cid: ch == "Y" for cid, ch in zip(ids, text, strict=True)}
+
+    return check
 
 
 def _checker_grouped(ids: Sequence[str]):
@@ -421,8 +448,10 @@ async def judge_turn(client: Any, messages: Sequence[Message | dict[str, Any]], 
         results: dict[str, tuple[bool | None, str | None]] = {}
         if pending and options.grouped:
             ids = [i.id for i in pending]
-            parsed, why = await caller.ask(build_prompt(previous, current, pending, options), answer_schema(ids),
-                                           _checker_grouped(ids))
+            letters = options.grouped_answer == "letters"
+            parsed, why = await caller.ask(build_prompt(previous, current, pending, options),
+                                           answer_schema(ids, grouped_answer=options.grouped_answer),
+                                           (_checker_letters if letters else _checker_grouped)(ids))
             for cid in ids:
                 results[cid] = (None, why) if parsed is None else (bool(parsed[cid]), None)
         elif pending:

@@ -137,6 +137,26 @@ def test_grouped_mode_one_call_per_step():
     assert tj.failures == 2 and tj.score == 0.0
 
 
+def test_grouped_letters_answer():
+    # step 0 asks C0, C1, C2 (one letter each, in order); step 1 asks C1 and C2 again
+    with ScriptedOpenAI() as server:
+        server.push(Reply('"YNY"'), Reply('"YN"'))
+        tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS,
+                            JudgeOptions(grouped=True, grouped_answer="letters")))
+        sent = server.requests
+    assert tj.calls == 2
+    assert tj.step_verdicts == [{"C0": True, "C1": False, "C2": True}, {"C1": True, "C2": False}]
+    schema = sent[0]["response_format"]["json_schema"]["schema"]
+    assert schema["type"] == "string" and schema["pattern"] == "^[YN]{3}$"
+    assert "(C0, C1, C2)" in sent[0]["messages"][-1]["content"]
+    # a wrong number of letters, or other letters, fails the call: every item of it is failed
+    for bad in ('"YN"', '"YNX"', '{"C0": true, "C1": true, "C2": true}'):
+        with ScriptedOpenAI(default=Reply(bad)) as server:
+            tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS,
+                                JudgeOptions(grouped=True, grouped_answer="letters", invalid_retries=0)))
+        assert tj.failures >= 1 and tj.step_verdicts[0] == {"C0": False, "C1": False, "C2": False}, bad
+
+
 def test_verdict_cache():
     cache = MemoryVerdictCache()
     opts = JudgeOptions(cache=cache)
