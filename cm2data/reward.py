@@ -18,7 +18,10 @@ Credit assignment over a GRPO group of G rollouts of the same prompt:
 * turn level: ``A_t = R_t − mean over the samples that reached t``, zero when ``≤ 4`` samples reached t
   (:func:`turn_advantages`);
 * step level: dependency-gated satisfaction, backfilled step rewards and the baseline ``b_{t,c}`` = fraction of the
-  group that ever satisfies c (:func:`gated_satisfaction`, :func:`step_rewards`, :func:`step_advantages`).
+  group that ever satisfies c (:func:`gated_satisfaction`, :func:`step_rewards`, :func:`step_advantages`, and
+  :func:`group_step_advantages` for whole rollouts).
+
+VeRL wiring (token spans, the ``cm2_turn``/``cm2_step`` advantage estimators): ``adapters/verl/credit.py``.
 """
 
 from __future__ import annotations
@@ -204,6 +207,26 @@ def step_advantages(items: Sequence[ChecklistItem], group_step_verdicts: Sequenc
                 total = total / wsum if wsum > 0 else 0.0
             row.append(total)
         out.append(row)
+    return out
+
+
+def group_step_advantages(checklist: Sequence[Sequence[ChecklistItem]],
+                          group_turn_verdicts: Sequence[Sequence[StepVerdicts]], *, eta: float | None = None,
+                          normalize: bool = False) -> list[list[list[float]]]:
+    """Step-level advantages of whole rollouts across a group: :func:`step_advantages` turn by turn.
+    ``group_turn_verdicts[i][t]`` holds the step verdicts of turn t of sample i (its length is how many turns the
+    sample reached); ``checklist[t]`` the items of turn t. A sample that did not reach turn t counts as not
+    satisfying its items in the baseline (``b_{t,c}`` is a share of the whole group). ``out[i][t][s]`` is the
+    advantage of assistant step s of turn t of sample i: the same shape as the input."""
+    depth = max((len(turns) for turns in group_turn_verdicts), default=0)
+    out: list[list[list[float]]] = [[] for _ in group_turn_verdicts]
+    for t in range(depth):
+        items = checklist[t] if t < len(checklist) else []
+        per_turn = step_advantages(items, [turns[t] if len(turns) > t else None for turns in group_turn_verdicts],
+                                   eta=eta, normalize=normalize)
+        for i, row in enumerate(per_turn):
+            if row is not None:
+                out[i].append(row)
     return out
 
 

@@ -28,19 +28,25 @@ IS_THRESHOLD="${IS_THRESHOLD:-2.0}"          # token-level IS correction vs roll
 MICRO="${MICRO:-4}"                          # micro-batch per GPU for update and log-probs (ref: not stated)
 TP="${TP:-1}"                                # rollout tensor parallel
 EPOCHS="${EPOCHS:-1}"
-CREDIT="${CREDIT:-trajectory}"               # trajectory (the reference's final recipe; std term off)
+CREDIT="${CREDIT:-trajectory}"               # trajectory (the reference's final recipe; std term off) | turn | step
+ETA="${ETA:-}"                               # step level: decay eta^k over k steps of delay (empty: none)
+STEP_NORMALIZE="${STEP_NORMALIZE:-0}"        # step level: 1 divides A_{t,s} by the eligible items' weight
 JUDGE_MODEL="${JUDGE_MODEL:-Qwen/Qwen3-30B-A3B-Instruct-2507}"  # ref: Qwen3-30B-A3B-Instruct
 JUDGE_PORT="${JUDGE_PORT:-8100}"
 EXPERIMENT="${EXPERIMENT:-cm2-qwen3-grpo}"
 
-if [ "$CREDIT" != "trajectory" ]; then
-  echo "rl_qwen.sh: CREDIT=$CREDIT: turn/step-level credit is in cm2data.reward but not wired into verl's advantage" \
-       "estimators yet (docs/rl.md); use CREDIT=trajectory" >&2
-  exit 2
-fi
+# credit assignment (method §5): trajectory = GRPO with the std term off; turn/step = cm2data's estimators
+# (adapters/verl/credit.py, registered when the trainer loads adapters/verl/dataset.py)
+case "$CREDIT" in
+  trajectory) estimator=grpo ;;
+  turn) estimator=cm2_turn ;;
+  step) estimator=cm2_step ;;
+  *) echo "rl_qwen.sh: CREDIT=$CREDIT: use trajectory, turn or step" >&2
+     exit 2 ;;
+esac
 
 overrides=(
-  algorithm.adv_estimator=grpo
+  "algorithm.adv_estimator=$estimator"
   algorithm.norm_adv_by_std_in_grpo=False
   algorithm.use_kl_in_reward=False
   algorithm.rollout_correction.rollout_is=token
@@ -96,6 +102,7 @@ if [ -n "${JUDGE_URL:-}" ]; then
   export CM2DATA_SIM_BASE_URL="${SIM_URL:-$JUDGE_URL}"
 fi
 export CM2DATA_SIM_CACHE="${CM2DATA_SIM_CACHE:-${CM2DATA_CACHE:-$HOME/.cache/cm2data}/sim-cache.sqlite}"
+export CM2DATA_CREDIT_ETA="$ETA" CM2DATA_CREDIT_NORMALIZE="$STEP_NORMALIZE"  # read where cm2_step runs
 
 py="${VERL_PYTHON:-}"
 if [ -z "$py" ]; then

@@ -170,3 +170,48 @@ def test_step_level_dependencies_and_baselines(turn, seeds, data):
         assert math.fsum(float(x) - baselines[cid] for x in sat) == pytest.approx(0.0, abs=1e-9)
     adv = reward.step_advantages(items, group, eta=0.9)
     assert [len(a) for a in adv] == [len(v) for v in group]
+
+
+def test_group_step_advantages_two_turns():
+    # turn 0: one item; turn 1: the step-level worked example (C1 depends on C0); sample 2 stops after turn 0
+    checklist = [[item("A", 1.0)], [item("C0", 0.5, focus="tool.content"), item("C1", 0.5, ("C0",))]]
+    worked = [{"C0": False, "C1": True}, {"C0": True, "C1": False}, {"C1": False}, {"C1": True}]
+    group = [[[{"A": True}], worked],
+             [[{"A": False}, {"A": True}], [{"C0": False}, {"C0": False}]],
+             [[{"A": False}]]]
+    out = reward.group_step_advantages(checklist, group)
+    # b_A = 2/3; b_C0 = b_C1 = 1/3 (the group has three samples, one never reached turn 1)
+    assert out[0][0] == pytest.approx([1 / 3])
+    assert out[1][0] == pytest.approx([1 / 3, 1 / 3])  # backfilled: A satisfied at step 1 credits step 0 too
+    assert out[2] == [pytest.approx([-2 / 3])]
+    assert out[0][1] == pytest.approx([0.5 * (2 / 3)] * 4)
+    assert out[1][1] == pytest.approx([0.5 * (-1 / 3)] * 2)  # C1 never eligible: only C0 is in E_s
+    eta = reward.group_step_advantages(checklist, group, eta=0.5)
+    assert eta[1][0] == pytest.approx([0.5 - 2 / 3, 1 / 3])
+    assert eta[0][1] == pytest.approx([0.5 * (0.5 - 1 / 3), 0.5 * (2 / 3), 0.5 * (0.5 - 1 / 3), 0.5 * (2 / 3)])
+    norm = reward.group_step_advantages(checklist, group, normalize=True)
+    assert norm[0][1] == pytest.approx([2 / 3] * 4)
+
+
+@given(st.lists(turns(), min_size=1, max_size=3), st.integers(1, 8), st.data())
+@settings(max_examples=80, deadline=None)
+def test_group_step_advantages_shape_and_turnwise(turn_list, size, data):
+    checklist = [items for items, _ in turn_list]
+    group = []
+    for _ in range(size):
+        reached = data.draw(st.integers(1, len(checklist)))
+        group.append([[{i.id: data.draw(st.booleans()) for i in checklist[t]}
+                       for _ in range(data.draw(st.integers(1, 4)))] for t in range(reached)])
+    eta = data.draw(st.none() | st.floats(0.1, 1.0))
+    out = reward.group_step_advantages(checklist, group, eta=eta)
+    # the shape of the input: one list per reached turn, one value per assistant step
+    assert [[len(steps) for steps in sample] for sample in out] == [[len(steps) for steps in sample]
+                                                                     for sample in group]
+    # turn by turn it is step_advantages over the group, unreached samples counting in the baseline
+    for t, items in enumerate(checklist):
+        expected = reward.step_advantages(items, [s[t] if len(s) > t else None for s in group], eta=eta)
+        for sample, exp in zip(out, expected, strict=True):
+            assert (sample[t] if len(sample) > t else None) == exp
+    # a group whose samples all judged alike gets no step-level advantage (without decay: eta^k < b = 1 otherwise)
+    same = reward.group_step_advantages(checklist, [group[0]] * size)
+    assert all(v == pytest.approx(0.0, abs=1e-12) for sample in same for steps in sample for v in steps)

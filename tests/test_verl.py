@@ -4,8 +4,9 @@ The writer tests run in the toolkit's environment. The ``slow`` tests build (or 
 with ``recipes/install_verl.sh`` (a few minutes on first use), build a tiny Qwen3 tokenizer offline
 (``cm2data/export/tiny_model.py``) and run real VeRL code through ``tests/verl_probe.py``: ``RLHFDataset`` with our
 dataset class, ``load_all_tools`` with our tool, our agent loop driven by a scripted policy server, VeRL's ``naive``
-reward manager calling our ``compute_score``, and ``DRY_RUN=1 recipes/rl_qwen.sh``. Set ``CM2DATA_SKIP_VERL=1`` to
-skip those in a quick local loop (CI never sets it).
+reward manager calling our ``compute_score``, the ``cm2_turn``/``cm2_step`` advantage estimators through VeRL's
+``compute_advantage`` (and the credit record the agent loop writes), and ``DRY_RUN=1 recipes/rl_qwen.sh`` for every
+``CREDIT`` level. Set ``CM2DATA_SKIP_VERL=1`` to skip those in a quick local loop (CI never sets it).
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def test_rl_recipe_dry_run(verl_python: Path, tmp_path: Path) -> None:
     assert "validated against verl's ppo_trainer" in ok.stdout and "verl.trainer.main_ppo" in ok.stdout
     summary = json.loads(ok.stdout.split("ppo_trainer\n", 1)[1].split("\nDRY_RUN: would run", 1)[0])
     assert summary["adv_estimator"] == "grpo" and summary["norm_adv_by_std_in_grpo"] is False
+    assert summary["credit"] == {"level": "trajectory"}
     assert summary["rollout"]["n"] == 48 and summary["rollout"]["multi_turn"] is True
     env_sized = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True,
                                env={**os.environ, **OFFLINE, "DRY_RUN": "1", "VERL_PYTHON": str(verl_python),
@@ -203,3 +205,61 @@ def test_rl_recipe_dry_run(verl_python: Path, tmp_path: Path) -> None:
     assert env_sized.returncode == 0 and '"n": 8' in env_sized.stdout
     bad = _dry_run(verl_python, "actor_rollout_ref.rollout.nn=4", tmp=tmp_path)
     assert bad.returncode != 0 and "invalid" in bad.stderr
+
+
+@pytest.mark.slow
+def test_turn_and_step_credit_through_verl(verl_python: Path, verl_inputs: tuple[Path, Path]) -> None:
+    out = probe(verl_python, "credit", *verl_inputs)
+    # registered by loading the dataset class file the way the trainer does (data.custom_cls.path)
+    assert out["registered_before"] == []
+    assert out["registered"] == {"cm2_turn": "adapters.verl.credit.compute_turn_advantage",
+                                 "cm2_step": "adapters.verl.credit.compute_step_advantage"}
+    # VeRL's compute_advantage on hand-built rows: per-turn advantages on the turn's policy tokens, 0 on tool/user
+    # tokens and padding, 0 for a turn not reached, 0 where 4 or fewer samples reached a turn, 0 without a record
+    turn = out["turn"]
+    assert turn["max_error"] < 1e-5 and turn["context_tokens_zero"]
+    assert turn["reward_sum_error"] < 1e-15 and turn["grpo_unchanged"] == 0.0
+    assert all(err < 1e-6 for err in out["step"].values()), out["step"]  # plain, eta decay, normalized
+    assert out["turn_on_step_records"] and out["overflow"] is False
+    assert "no row carries a CM2 credit record" in out["step_on_turn_records"]
+    assert "no row carries a CM2 credit record" in out["no_records"]
+    # the real agent loop + compute_score + VeRL's AgentLoopOutput.as_dict: the record the estimator reads
+    loop = out["loop"]
+    for name in ("all_true", "all_false"):
+        run = loop[name]
+        assert run["status"] == run["mode"] == "step"
+        assert run["turns"] == run["judged_turns"] >= 1 and run["scores_match"]
+        assert run["steps"] == run["verdict_steps"]  # one span per judged assistant step
+        assert run["policy_tokens_covered"] and run["spans_hold_tool_calls"] and run["rm_sum_error"] < 1e-15
+    assert loop["all_true"]["reward"] == 1.0 and loop["all_false"]["reward"] == 0.0
+    group = loop["group"]
+    assert group["passing_min"] >= 0 and group["passing_max"] > 0 and group["failing_max"] < 0
+    assert group["context_zero"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("credit", "estimator"), [("turn", "cm2_turn"), ("step", "cm2_step")])
+def test_rl_recipe_dry_run_credit_levels(verl_python: Path, tmp_path: Path, credit: str, estimator: str) -> None:
+    env = {**os.environ, **OFFLINE, "DRY_RUN": "1", "VERL_PYTHON": str(verl_python), "DATA": str(tmp_path),
+           "CREDIT": credit}
+    ok = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True, env=env,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    summary = json.loads(ok.stdout.split("ppo_trainer\n", 1)[1].split("\nDRY_RUN: would run", 1)[0])
+    assert summary["adv_estimator"] == estimator
+    assert summary["credit"]["level"] == credit and summary["credit"]["registered_by"] == "CM2RLDataset"
+    assert summary["credit"]["estimator"].startswith("adapters.verl.credit.")
+    assert f"algorithm.adv_estimator={estimator}" in ok.stdout
+    # what the estimators cannot work with is refused before launching anything
+    bad = {"turn": {"GROUP": "4"}, "step": {"ETA": "1.5"}}[credit]
+    refused = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True,
+                             env={**env, **bad}, timeout=300)
+    assert refused.returncode != 0 and "invalid" in refused.stderr
+    assert ("rollout.n=4" if credit == "turn" else "CM2DATA_CREDIT_ETA") in refused.stderr
+
+
+def test_rl_recipe_refuses_unknown_credit_level(tmp_path: Path) -> None:
+    env = {**os.environ, "DRY_RUN": "1", "VERL_PYTHON": "/nonexistent/python", "CREDIT": "token"}
+    out = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 2 and "trajectory, turn or step" in out.stderr

@@ -8,7 +8,12 @@ last reference turn; otherwise the next reference user message is appended (mask
 
 Stored for ``compute_score`` (``extra_fields`` → ``extra_info``): ``cm2_messages`` (the structured conversation, a
 JSON string), ``cm2_judgements`` (the verdicts per judged turn, JSON), ``cm2_stop_reason``; ``turn_scores`` holds
-``R_t / L`` per judged turn (what goes on each turn's last token).
+``R_t / L`` per judged turn (what goes on each turn's last token); ``cm2_spans`` holds ``[turn, step, start, end]``
+per policy generation (token offsets in the response).
+
+The loop returns a :class:`CM2AgentLoopOutput`: with ``algorithm.adv_estimator=cm2_turn|cm2_step`` its ``as_dict``
+(called by VeRL after the reward is computed) writes the credit record of :mod:`adapters.verl.credit` into
+``rm_scores`` and its status into ``extra_fields["cm2_credit"]``; otherwise it is VeRL's output unchanged.
 """
 
 from __future__ import annotations
@@ -18,16 +23,35 @@ import logging
 from typing import Any
 from uuid import uuid4
 
+from pydantic import PrivateAttr
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, ToolAgentLoop
 
 from adapters.verl.common import checklist_from_ground_truth, decode, decode_arguments, judge_client, judge_options
+from adapters.verl.credit import attach_record, credit_mode
 from adapters.verl.dataset import decode_row
 from adapters.verl.tool import CM2SimulatedTool
 from cm2data.judge import judge_turn
 from cm2data.reward import turn_reward_placement
+from cm2data.schema import ChecklistItem
 
 logger = logging.getLogger(__name__)
+
+
+class CM2AgentLoopOutput(AgentLoopOutput):
+    """VeRL's output plus the CM2 credit record: VeRL's worker sets ``reward_score`` and
+    ``extra_fields["reward_extra_info"]`` after the loop returns, then calls ``as_dict``, which builds ``rm_scores``;
+    the record goes in there (:func:`adapters.verl.credit.attach_record`)."""
+
+    _cm2_mode: str | None = PrivateAttr(default=None)
+    _cm2_checklist: list[list[ChecklistItem]] = PrivateAttr(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        output = super().as_dict()
+        if self._cm2_mode:
+            status = attach_record(output, self.extra_fields, self._cm2_checklist, self._cm2_mode)
+            output.setdefault("extra_fields", {})["cm2_credit"] = status
+        return output
 
 
 @register("cm2_agent")
@@ -62,10 +86,15 @@ class CM2AgentLoop(ToolAgentLoop):
         judgements: list[dict[str, Any]] = []
         scores: list[float] = []
         turn = 0
+        step = 0
+        spans: list[list[int]] = []  # [turn, step, start, end] per generation, offsets into the response
         reason = "end"
         await self._handle_pending_state(agent_data, sampling_params)
         while True:
+            start = len(agent_data.response_mask)
             state = await self._handle_generating_state(agent_data, sampling_params)
+            spans.append([turn, step, start, len(agent_data.response_mask)])
+            step += 1
             if state == AgentState.PROCESSING_TOOLS:
                 bad = [c.name for c in agent_data.tool_calls if c.name not in active]
                 state = await self._handle_processing_tools_state(agent_data)
@@ -92,6 +121,7 @@ class CM2AgentLoop(ToolAgentLoop):
                     reason = "gate_failed"
                     break
             turn += 1
+            step = 0
             if turn >= min(len(users), num_turns):
                 reason = "end"
                 break
@@ -100,6 +130,8 @@ class CM2AgentLoop(ToolAgentLoop):
                 break
 
         output = self._finish(agent_data)
+        output._cm2_mode = credit_mode(self.config)
+        output._cm2_checklist = checklist
         output.extra_fields.pop("cm2_reference", None)
         output.extra_fields.pop("cm2_tool_error", None)
         output.extra_fields.update({
@@ -108,6 +140,7 @@ class CM2AgentLoop(ToolAgentLoop):
             "cm2_stop_reason": reason,
             "turn_scores": turn_reward_placement(scores, num_turns),
             "tool_rewards": agent_data.tool_rewards,
+            "cm2_spans": spans,
         })
         return output
 
@@ -127,11 +160,11 @@ class CM2AgentLoop(ToolAgentLoop):
         agent_data.user_turns += 1
         return True
 
-    def _finish(self, agent_data: AgentData) -> AgentLoopOutput:
+    def _finish(self, agent_data: AgentData) -> CM2AgentLoopOutput:
         n = len(agent_data.response_mask)
         response_ids = agent_data.prompt_ids[-n:] if n else []
         prompt_ids = agent_data.prompt_ids[: len(agent_data.prompt_ids) - n]
-        return AgentLoopOutput(
+        return CM2AgentLoopOutput(
             prompt_ids=prompt_ids,
             response_ids=response_ids[: self.response_length],
             response_mask=agent_data.response_mask[: self.response_length],

@@ -4,6 +4,9 @@ It decodes the JSON-string columns (``extra_info.tools``, ``tools_kwargs``, ``me
 ``reward_model.ground_truth`` stays a string for ``compute_score``), renders each prompt with the row's own tools
 (not the global tool config's placeholder) when filtering long prompts, and turns tool-call arguments back into dicts
 before templating (Qwen2.5's template double-encodes strings).
+
+Importing this module also registers the ``cm2_turn``/``cm2_step`` advantage estimators (:mod:`adapters.verl.credit`):
+VeRL's trainer loads this file (``data.custom_cls.path``) in the process that computes advantages, before training.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
+import adapters.verl.credit  # noqa: F401  (registers cm2_turn / cm2_step where the trainer computes advantages)
 from adapters.verl.common import decode, decode_arguments
 
 
