@@ -17,6 +17,7 @@ JUDGE_ENV = {
     "model": "CM2DATA_JUDGE_MODEL",
     "order": "CM2DATA_JUDGE_ORDER",  # prefix (default) | reference
     "grouped": "CM2DATA_JUDGE_GROUPED",  # 0 (default) | 1
+    "grouped_answer": "CM2DATA_JUDGE_GROUPED_ANSWER",  # object (default) | letters (one Y/N per item: fewer tokens)
     "concurrency": "CM2DATA_JUDGE_CONCURRENCY",
     "timeout": "CM2DATA_JUDGE_TIMEOUT",
     "retries": "CM2DATA_JUDGE_RETRIES",
@@ -112,4 +113,5 @@ def judge_options(environ: dict[str, str] | None = None) -> JudgeOptions:
     order = env.get(JUDGE_ENV["order"]) or "prefix"
     return JudgeOptions(order="reference" if order == "reference" else "prefix",
                         grouped=(env.get(JUDGE_ENV["grouped"]) or "0") in ("1", "true", "yes"),
+                        grouped_answer="letters" if env.get(JUDGE_ENV["grouped_answer"]) == "letters" else "object",
                         max_concurrency=int(env.get(JUDGE_ENV["concurrency"]) or 16))
