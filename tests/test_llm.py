@@ -328,10 +328,11 @@ def test_chat_many_returns_failures_in_place(scripted: ScriptedOpenAI) -> None:
 
 def test_unreachable_url_fails_fast_naming_it() -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
-    started = time.monotonic()
+    # "fast": a refused connection is not retried with backoff (10 retries with backoff would take minutes); the
+    # generous outer bound only keeps a regression from hanging the suite, it is not a speed assertion
     with pytest.raises(LLMUnreachableError, match=re.escape(f"cannot reach the LLM server at {url}")) as info:
-        run(one(LLMConfig(base_url=url)))
-    assert time.monotonic() - started < 3 and info.value.base_url == url
+        run(asyncio.wait_for(one(LLMConfig(base_url=url, max_retries=10, backoff_initial=10.0)), 60))
+    assert info.value.base_url == url
     with SyncLLMClient(LLMConfig(base_url=url)) as client, pytest.raises(LLMUnreachableError, match=re.escape(url)):
         client.chat(USER)
 
