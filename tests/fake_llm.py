@@ -81,6 +81,110 @@ def labeller_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
         "dependence": {"C0": []}, "weight": {"C0": 1.0}} for t in range(n)]
 
 
+# ------------------------------------------------------------------------- JSON schema: check and sample
+# The fake server, like a server without constrained decoding, answers whatever a route returns; these two helpers
+# let tests check an answer against the schema a request carried (the subset of JSON schema the pipelines use:
+# $ref to #/$defs, anyOf, const, enum, type, properties/required/additionalProperties, prefixItems/items,
+# min/maxItems, min/maxLength, minimum/maximum) and draw random answers that a grammar-constrained server could give.
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        assert ref.startswith("#/$defs/"), ref
+        schema = root["$defs"][ref.split("/")[-1]]
+    return schema
+
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool), "null": lambda v: v is None}
+
+
+def conforms(schema: dict[str, Any] | bool, value: Any, root: dict[str, Any] | None = None) -> bool:
+    """Whether ``value`` is valid under ``schema`` (the subset above; unknown keywords are an error)."""
+    if isinstance(schema, bool):
+        return schema
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    known = {"$defs", "anyOf", "const", "enum", "type", "properties", "required", "additionalProperties",
+             "prefixItems", "items", "minItems", "maxItems", "minLength", "maxLength", "minimum", "maximum"}
+    assert set(schema) <= known, set(schema) - known
+    if "anyOf" in schema and not any(conforms(s, value, root) for s in schema["anyOf"]):
+        return False
+    const = schema.get("const", value)
+    if "const" in schema and not (value is const or (value == const and not isinstance(value, bool))):
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    types = schema.get("type")
+    if types is not None and not any(_TYPES[t](value) for t in ([types] if isinstance(types, str) else types)):
+        return False
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        if any(k not in value for k in schema.get("required", [])):
+            return False
+        extra = schema.get("additionalProperties", True)
+        for k, v in value.items():
+            if k in props:
+                if not conforms(props[k], v, root):
+                    return False
+            elif not conforms(extra, v, root):
+                return False
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            return False
+        prefix = schema.get("prefixItems", [])
+        rest = schema.get("items", True)
+        if not all(conforms(prefix[i] if i < len(prefix) else rest, v, root) for i, v in enumerate(value)):
+            return False
+    if isinstance(value, str) and not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool) and not (
+            schema.get("minimum", value) <= value <= schema.get("maximum", value)):
+        return False
+    return True
+
+
+def sample(schema: dict[str, Any] | bool, rng: Any, root: dict[str, Any] | None = None) -> Any:
+    """A random value valid under ``schema`` (the subset above), as a grammar-constrained model could write it;
+    ``rng`` is a ``random.Random``."""
+    assert schema is not False
+    if schema is True:
+        return None
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    if "anyOf" in schema:
+        return sample(rng.choice(schema["anyOf"]), rng, root)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    t = schema.get("type")
+    if t == "object":
+        props = schema.get("properties", {})
+        return {k: sample(props[k], rng, root) for k in props if k in schema.get("required", []) or rng.random() < .5}
+    if t == "array":
+        prefix = schema.get("prefixItems", [])
+        lo, hi = schema.get("minItems", 0), schema.get("maxItems", len(prefix) + 2)
+        if schema.get("items", True) is False:
+            hi = min(hi, len(prefix))
+        n = rng.randint(lo, hi)
+        return [sample(prefix[i] if i < len(prefix) else schema.get("items", True), rng, root) for i in range(n)]
+    if t == "string":
+        n = rng.randint(max(1, schema.get("minLength", 0)), min(12, schema.get("maxLength", 12)))
+        return "".join(rng.choice("abc xyz") for _ in range(n)).strip() or "a"
+    if t == "integer":
+        return rng.randint(schema.get("minimum", 0), schema.get("maximum", 9))
+    if t == "number":
+        return rng.uniform(schema.get("minimum", 0), schema.get("maximum", 1))
+    if t == "boolean":
+        return rng.random() < .5
+    raise AssertionError(f"cannot sample {schema}")
+
+
 def fake_model(body: dict[str, Any]) -> Any:
     """A model that always answers well."""
     kind = kind_of(body)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -133,13 +134,158 @@ def test_parse_assistant_openai_and_hermes():
     assert exc.value.rule == "unparseable_tool_call"
 
 
+def test_strict_tools_bound_free_strings_and_arrays():
+    """The assistant's strict tool schemas bound every free string and array (a constrained small model otherwise
+    writes an argument until max_tokens); the record and the simulator keep the catalog's schema."""
+    from cm2data.pipelines.synthesize import ARGUMENT_MAX_CHARS, ARGUMENT_MAX_ITEMS, bounded_parameters
+
+    params = {"type": "object", "required": ["city"], "properties": {
+        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]},
+        "day": {"type": "string", "format": "date"}, "code": {"type": "string", "maxLength": 3},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "people": {"type": "array", "maxItems": 2, "items": {"type": "object", "properties": {
+            "name": {"type": ["string", "null"]}}}}}}
+    before = json.dumps(params)
+    out = bounded_parameters(params)
+    assert json.dumps(params) == before                                     # a copy
+    p = out["properties"]
+    assert p["city"]["maxLength"] == ARGUMENT_MAX_CHARS and p["tags"]["items"]["maxLength"] == ARGUMENT_MAX_CHARS
+    assert p["tags"]["maxItems"] == ARGUMENT_MAX_ITEMS and p["people"]["maxItems"] == 2
+    assert p["people"]["items"]["properties"]["name"]["maxLength"] == ARGUMENT_MAX_CHARS
+    assert "maxLength" not in p["unit"] and "maxLength" not in p["day"] and p["code"]["maxLength"] == 3
+    assert out["required"] == ["city"]
+
+
 def test_label_schema_bounds_the_answer():
-    schema = label_schema([4, 6], max_items=5)
+    """The loose schema (strict_schema: false, and servers that only read the schema in the prompt)."""
+    schema = label_schema([4, 6], max_items=5, strict=False)
     assert schema["minItems"] == schema["maxItems"] == 2
     block = schema["items"]
     assert block["properties"]["turn"]["maximum"] == 1
     assert block["properties"]["checklist"]["items"]["properties"]["evidence"]["items"]["properties"]["step"][
         "maximum"] == 5
+
+
+def _block(t: int, k: int, *, deps: dict[str, list[str]] | None = None, weights: list[float] | None = None,
+           step: int = 1) -> dict[str, Any]:
+    ids = [f"C{i}" for i in range(k)]
+    items = [{"id": i, "evidence": [{"turn": t, "step": step, "from": "tool.content", "snippet": "x"}],
+              "focus_on": "tool.content", "question": "Is it right?", "pass_condition": "It is.",
+              "failure_examples": [], "required_for_next_turn": False} for i in ids]
+    weights = weights or ([1.0] if k == 1 else [round(1 / k, 6)] * k)
+    return {"turn": t, "checklist": items, "dependence": deps or {i: [] for i in ids},
+            "weight": dict(zip(ids, weights, strict=True))}
+
+
+def test_strict_label_schema_states_the_block_form():
+    """The strict schema (the default): exactly one block per turn with turn == its position, per block an anyOf
+    over the item count k with ids C0..C<k-1> in order, dependence/weight keys == those ids, dependence only on
+    earlier ids, a lone item weighs 1, evidence steps within their own turn. Conforming answers pass check_blocks;
+    the answers the 135M model gave in the demo (turns [0, 0]; dependence keys C0, C1 for one item) do not conform."""
+    from fake_llm import conforms, sample
+
+    from cm2data.pipelines.annotate import LabelBlock, check_blocks
+
+    steps = [4, 6]
+    schema = label_schema(steps, max_items=3)
+    assert schema["minItems"] == schema["maxItems"] == 2 and schema["items"] is False
+    assert len(schema["prefixItems"]) == 2
+    for t, block in enumerate(schema["prefixItems"]):
+        assert [b["properties"]["turn"] for b in block["anyOf"]] == [{"const": t}] * 3
+        assert [len(b["properties"]["checklist"]["prefixItems"]) for b in block["anyOf"]] == [1, 2, 3]
+    defs = schema["$defs"]
+    assert [defs[f"item_C{i}"]["properties"]["id"] for i in range(3)] == [{"const": f"C{i}"} for i in range(3)]
+    assert defs["dependence_3"]["required"] == ["C0", "C1", "C2"] and not defs["dependence_3"][
+        "additionalProperties"]
+    assert defs["dependence_3"]["properties"]["C0"] == {"type": "array", "maxItems": 0}
+    assert defs["dependence_3"]["properties"]["C2"]["items"] == {"enum": ["C0", "C1"]}
+    assert defs["weight_1"]["properties"] == {"C0": {"const": 1.0}}
+    assert [e["properties"]["step"]["maximum"] for e in defs["evidence"]["anyOf"]] == [3, 5]
+
+    good = [
+        [_block(0, 1), _block(1, 1)],
+        [_block(0, 3, deps={"C0": [], "C1": ["C0"], "C2": ["C0", "C1"]}, weights=[0.5, 0.3, 0.2]),
+         _block(1, 2, step=5, weights=[0.0, 1.0])],
+    ]
+    for answer in good:
+        assert conforms(schema, answer)
+        check_blocks([LabelBlock.model_validate(b) for b in answer], 2)
+    bad = {
+        "turns [0, 0]": [_block(0, 1), _block(0, 1)],
+        "one block": [_block(0, 1)],
+        "dependence keys C0, C1 for one item": [_block(0, 1, deps={"C0": [], "C1": []}), _block(1, 1)],
+        "a cycle": [_block(0, 2, deps={"C0": ["C1"], "C1": []}), _block(1, 1)],
+        "self-dependence": [_block(0, 2, deps={"C0": [], "C1": ["C1"]}), _block(1, 1)],
+        "a lone item weighing 0.7": [_block(0, 1, weights=[0.7]), _block(1, 1)],
+        "a weight above 1": [_block(0, 2, weights=[1.5, -0.5]), _block(1, 1)],
+        "four items": [_block(0, 4), _block(1, 1)],
+        "evidence step 4 in a 4-step turn": [_block(0, 1, step=4), _block(1, 1)],
+        "an item numbered C1 first": [_block(0, 1), _block(1, 1)],
+    }
+    bad["an item numbered C1 first"][1]["checklist"][0]["id"] = "C1"
+    for name, answer in bad.items():
+        assert not conforms(schema, answer), name
+
+    # whatever a grammar-constrained model writes has the block form (without a grid, only the sum is open)
+    rng = random.Random(5)
+    for _ in range(200):
+        answer = sample(schema, rng)
+        assert conforms(schema, answer)
+        blocks = [LabelBlock.model_validate(b) for b in answer]
+        try:
+            check_blocks(blocks, 2)
+        except RecordError as exc:
+            assert exc.rule == "weights_sum_to_one", exc
+    gridded = label_schema(steps, max_items=3, weight_grid=0.25)
+    for _ in range(200):
+        check_blocks([LabelBlock.model_validate(b) for b in sample(gridded, rng)], 2)
+
+
+def test_weight_grid_enumerates_every_vector_summing_to_one():
+    from math import comb
+
+    from cm2data.pipelines.annotate import MAX_WEIGHT_OPTIONS, grid_weights
+
+    for grid, m in ((1.0, 1), (0.5, 2), (0.25, 4), (0.2, 5), (0.1, 10)):
+        for k in range(1, 8):
+            vectors = grid_weights(k, grid)
+            assert len(vectors) == (comb(m - 1, k - 1) if k <= m else 0)
+            assert len({tuple(v) for v in vectors}) == len(vectors)
+            for v in vectors:
+                assert len(v) == k and abs(sum(v) - 1.0) <= 1e-9
+                assert all(w > 0 and abs(w * m - round(w * m)) < 1e-9 for w in v)
+    assert grid_weights(3, 0.25)[0] == [0.5, 0.25, 0.25] and grid_weights(2, 0.5) == [[0.5, 0.5]]
+    with pytest.raises(ValueError, match="does not divide 1"):
+        grid_weights(2, 0.3)
+    # in the schema: an anyOf of const vectors; item counts above 1/grid are not offered
+    schema = label_schema([3], max_items=6, weight_grid=0.25)
+    assert [len(b["properties"]["checklist"]["prefixItems"]) for b in schema["prefixItems"][0]["anyOf"]] == \
+        [1, 2, 3, 4]
+    w3 = schema["$defs"]["weight_3"]["anyOf"]
+    assert len(w3) == 3 and w3[0]["properties"] == {"C0": {"const": 0.5}, "C1": {"const": 0.25},
+                                                     "C2": {"const": 0.25}}
+    # the size stays bounded: grid 0.1 with 6 items is 382 vectors; a grid too fine for k falls back to free numbers
+    big = label_schema([4, 6], max_items=6, weight_grid=0.1)
+    assert sum(len(big["$defs"][f"weight_{k}"].get("anyOf", [1])) for k in range(1, 7)) == 382
+    assert len(json.dumps(big)) < 120_000
+    fine = label_schema([4], max_items=6, weight_grid=0.05)
+    assert comb(19, 5) > MAX_WEIGHT_OPTIONS and "anyOf" not in fine["$defs"]["weight_6"]
+    assert fine["$defs"]["weight_6"]["properties"]["C5"] == {"type": "number", "minimum": 0, "maximum": 1}
+
+
+def test_annotate_request_schema_settings():
+    """strict_schema and weight_grid reach the request; a server that only reads the schema in the prompt gets the
+    loose one; a grid that does not divide 1 is a configuration error."""
+    from cm2data.pipelines.annotate import annotate_request
+
+    record = simple_dialogue(0, turns=2)
+    strict = annotate_request(record, AnnotateConfig(weight_grid=0.5).model_dump())["schema"]
+    assert "prefixItems" in strict and strict["$defs"]["weight_2"]["anyOf"][0]["properties"]["C0"] == {"const": 0.5}
+    loose = annotate_request(record, AnnotateConfig(strict_schema=False).model_dump())["schema"]
+    assert "prefixItems" not in loose and loose["items"]["properties"]["turn"]["maximum"] == 1
+    assert annotate_request(record, AnnotateConfig().model_dump(), schema_form="prompt")["schema"] == loose
+    with pytest.raises(ValueError, match="divides 1"):
+        AnnotateConfig(weight_grid=0.3)
 
 
 def test_pipeline_config_is_strict(tmp_path: Path):
@@ -274,8 +420,14 @@ def test_filter_rules_then_llm_judge(tmp_path: Path):
 
 def test_annotate_feeds_errors_back_then_rejects(tmp_path: Path):
     """A labeller that gets the weights wrong: rec-00 is fixed on the third answer after seeing the error twice,
-    rec-01 never is and is rejected after 1 + 3 answers with every reason; rec-02 answers malformed JSON."""
+    rec-01 never is and is rejected after 1 + 3 answers with every reason; rec-02 answers malformed JSON. The fake
+    server plays one without constrained decoding: the wrong answers break the (strict) schema the requests carry,
+    and the validation after the answer still catches them."""
+    from fake_llm import conforms, schema_of
+
     attempts: Counter[str] = Counter()
+    breaks_schema: list[bool] = []
+    good_conform: list[bool] = []
 
     def route(body: dict[str, Any]) -> Any:
         rec = record_of(body)
@@ -287,6 +439,9 @@ def test_annotate_feeds_errors_back_then_rejects(tmp_path: Path):
         blocks = labeller_blocks(body)
         if rec == "rec-01" or (rec == "rec-00" and attempts[rec] < 3):
             blocks[0]["weight"] = {"C0": 0.7}
+            breaks_schema.append(not conforms(schema_of(body), blocks))
+        else:
+            good_conform.append(conforms(schema_of(body), blocks))
         return Reply(json.dumps(blocks))
 
     with RoutedOpenAI(route) as server:
@@ -298,6 +453,7 @@ def test_annotate_feeds_errors_back_then_rejects(tmp_path: Path):
     summary = check_accounting(out, 4)
     assert summary["rejects_by_rule"] == {"weights_sum_to_one": 1, "malformed_json": 1}
     assert attempts == {"rec-00": 3, "rec-01": 4, "rec-02": 4, "rec-03": 1}
+    assert breaks_schema == [True] * 6 and good_conform == [True] * 2
     # the second request carries the first answer and the validation error
     fed_back = requests[1]["messages"][-1]["content"]
     assert "That answer is not valid: [weights_sum_to_one] turn 0: weights sum to 0.7" in fed_back
@@ -311,7 +467,13 @@ def test_annotate_feeds_errors_back_then_rejects(tmp_path: Path):
 def test_annotate_validates_with_the_full_gate(tmp_path: Path):
     """Block-form rules and gate rules each reject with their name: evidence pointing at a step that does not
     exist, a dependency on an item that is not tool.content, dependence keys that are not the item ids; a
-    dialogue that itself breaks a rule filter is rejected before any LLM call."""
+    dialogue that itself breaks a rule filter is rejected before any LLM call. rec-00 and rec-02 break the strict
+    schema (a server without constrained decoding); rec-01 conforms to it: a dependency on an earlier item whose
+    focus_on is not tool.content is beyond what the schema states."""
+    from fake_llm import conforms, schema_of
+
+    conforming: dict[str, bool] = {}
+
     def route(body: dict[str, Any]) -> Any:
         if body["_kind"] != "annotate":
             return fake_model(body)
@@ -322,10 +484,11 @@ def test_annotate_validates_with_the_full_gate(tmp_path: Path):
             item["evidence"][0]["step"] = 9
         elif rec == "rec-01":
             blocks[0]["checklist"].append({**item, "id": "C1"})
-            blocks[0]["dependence"] = {"C0": ["C1"], "C1": []}
+            blocks[0]["dependence"] = {"C0": [], "C1": ["C0"]}
             blocks[0]["weight"] = {"C0": 0.5, "C1": 0.5}
         elif rec == "rec-02":
             blocks[0]["dependence"] = {}
+        conforming[rec] = conforms(schema_of(body), blocks)
         return Reply(json.dumps(blocks))
 
     records = [simple_dialogue(i) for i in range(4)]
@@ -339,6 +502,7 @@ def test_annotate_validates_with_the_full_gate(tmp_path: Path):
     assert summary["rejects_by_rule"] == {"checklist_evidence_pointers": 1, "checklist_dependencies": 1,
                                           "checklist_dependence_keys": 1, "role_order": 1}
     assert "rec-03" not in asked
+    assert conforming == {"rec-00": False, "rec-01": True, "rec-02": False}
 
 
 def test_compress_count_check(tmp_path: Path):

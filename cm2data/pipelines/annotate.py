@@ -4,8 +4,11 @@ Pipeline (distilabel): ``read_rows`` → :class:`LabelChecklists` (``LLMClient``
 
 For each dialogue and each of ``variants`` variants, the labeller (prompt ``annotate``) sees the candidate tools and
 the dialogue with its turns and steps numbered, and answers a JSON list of blocks ``{turn, checklist, dependence,
-weight}``, constrained by a schema built for this dialogue (exactly one block per user turn, evidence turns and steps
-within range, ``from``/``focus_on`` enums, bounded text). Every answer is then validated:
+weight}``, constrained by a schema built for this dialogue (:func:`label_schema`; by default ``strict``: under
+constrained decoding the schema itself guarantees the block form below — one block per user turn with its turn
+number, ids ``C0…`` in order, ``dependence``/``weight`` keys == the ids, dependence only on earlier items, evidence
+steps within their turn, and with ``weight_grid`` weights summing to 1). Every answer is then validated all the
+same (servers without constrained decoding, other backends, a schema given only in the prompt):
 
 1. the block form (method §3): one block per user turn in order (``checklist_block_count``), ids ``C0…`` unique
    and restarting every turn (``unique_item_ids``), ``dependence`` keys == item ids
@@ -83,34 +86,130 @@ class LabelBlock(BaseModel):
     weight: dict[str, float]
 
 
-def label_schema(steps: list[int], max_items: int = 6) -> dict[str, Any]:
-    """The JSON schema of the labeller's answer for a dialogue whose user turns have ``steps[t]`` steps."""
+#: Weight vectors enumerated per item count at most (``weight_grid``); an item count with more vectors on the grid
+#: gets free weights in [0, 1] instead (the sum is then checked after the answer, ``weights_sum_to_one``).
+MAX_WEIGHT_OPTIONS = 256
+
+
+def grid_weights(k: int, grid: float) -> list[list[float]]:
+    """Every vector of ``k`` positive weights on the grid ``grid`` (a step that divides 1) summing to 1, in a fixed
+    order (the most even first). Empty when ``k`` exceeds the grid's ``1 / grid`` steps."""
+    m = grid_steps(grid)
+    if not 1 <= k <= m:
+        return []
+    out: list[list[int]] = []
+
+    def parts(left: int, slots: int, prefix: list[int]) -> None:
+        if slots == 1:
+            out.append([*prefix, left])
+            return
+        for first in range(1, left - slots + 2):
+            parts(left - first, slots - 1, [*prefix, first])
+
+    parts(m, k, [])
+    out.sort(key=lambda v: (max(v) - min(v), [-x for x in v]))
+    return [[round(x / m, 10) for x in v] for v in out]
+
+
+def grid_steps(grid: float) -> int:
+    """``1 / grid`` as an integer; ``ValueError`` when ``grid`` is not in (0, 1] or does not divide 1."""
+    if not 0.0 < grid <= 1.0:
+        raise ValueError(f"weight_grid {grid} must be in (0, 1]")
+    m = round(1.0 / grid)
+    if abs(m * grid - 1.0) > 1e-9:
+        raise ValueError(f"weight_grid {grid} does not divide 1 (use 0.5, 0.25, 0.2, 0.1, …)")
+    return m
+
+
+def _weight_schema(k: int, grid: float | None) -> dict[str, Any]:
+    ids = [f"C{i}" for i in range(k)]
+    if k == 1:
+        return _object({"C0": {"const": 1.0}})
+    if grid is not None:
+        vectors = grid_weights(k, grid)
+        if 0 < len(vectors) <= MAX_WEIGHT_OPTIONS:
+            # per-property const: xgrammar 0.2.8 spells a const number with 17 significant digits (0.1 →
+            # 0.10000000000000001, read back as 0.1); dyadic grids (0.5, 0.25, 0.125) come out short. Not
+            # minimum == maximum: that also admits trailing zeros, which a small model can pad without end.
+            return {"anyOf": [_object({i: {"const": w} for i, w in zip(ids, v, strict=True)}) for v in vectors]}
+    return _object({i: {"type": "number", "minimum": 0, "maximum": 1} for i in ids})
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object with exactly these properties (all required, in this order, nothing else)."""
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def label_schema(steps: list[int], max_items: int = 6, *, strict: bool = True,
+                 weight_grid: float | None = None) -> dict[str, Any]:
+    """The JSON schema of the labeller's answer for a dialogue whose user turns have ``steps[t]`` steps.
+
+    ``strict`` (the default): the schema itself guarantees the block form that :func:`check_blocks` checks, under
+    constrained decoding — exactly one block per turn with ``turn`` = its position; per block, ``k`` items
+    (1 ≤ k ≤ ``max_items``, an ``anyOf`` over k) with ids ``C0…C<k-1>`` in order; ``dependence`` and ``weight`` with
+    exactly those keys; an item depends only on earlier ids (acyclic by construction; ``C0`` on nothing); weights
+    in [0, 1], a lone item's weight 1, and with ``weight_grid`` every vector of positive weights on that grid summing
+    to 1 (an ``anyOf``; item counts above ``1 / weight_grid`` are then not offered; more than
+    :data:`MAX_WEIGHT_OPTIONS` vectors → free weights for that count). Evidence points at a step of its turn
+    (``anyOf`` over turns). Shared parts are ``$defs``. What the schema cannot say (weights summing to 1 without a
+    grid, dependencies only on ``tool.content`` items) is still checked after the answer.
+
+    ``strict=False``: the loose schema (lengths, enums, ranges only), for servers that only read the schema in the
+    prompt."""
     n_turns = len(steps)
     text = {"type": "string", "minLength": 1, "maxLength": 240}
-    evidence = {"type": "object", "additionalProperties": False, "required": ["turn", "step", "from", "snippet"],
-                "properties": {"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
-                               "step": {"type": "integer", "minimum": 0, "maximum": max(0, max(steps, default=1) - 1)},
-                               "from": {"type": "string", "enum": list(EVIDENCE_SOURCES)},
-                               "snippet": {"type": "string", "maxLength": 160}}}
-    item = {"type": "object", "additionalProperties": False,
-            "required": ["id", "evidence", "focus_on", "question", "pass_condition", "failure_examples",
-                         "required_for_next_turn"],
-            "properties": {"id": {"type": "string", "maxLength": 4},
-                           "evidence": {"type": "array", "minItems": 1, "maxItems": 2, "items": evidence},
-                           "focus_on": {"type": "string", "enum": list(FOCUS_VALUES)},
-                           "question": text, "pass_condition": text,
-                           "failure_examples": {"type": "array", "maxItems": 2,
-                                                "items": {"type": "string", "maxLength": 160}},
-                           "required_for_next_turn": {"type": "boolean"}}}
-    block = {"type": "object", "additionalProperties": False, "required": ["turn", "checklist", "dependence", "weight"],
-             "properties": {"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
-                            "checklist": {"type": "array", "minItems": 1, "maxItems": max_items, "items": item},
-                            "dependence": {"type": "object",
-                                           "additionalProperties": {"type": "array", "maxItems": max_items,
-                                                                    "items": {"type": "string", "maxLength": 4}}},
-                            "weight": {"type": "object",
-                                       "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}}}}
-    return {"type": "array", "minItems": n_turns, "maxItems": n_turns, "items": block}
+    sources = {"type": "string", "enum": list(EVIDENCE_SOURCES)}
+    snippet = {"type": "string", "maxLength": 160}
+
+    def item(id_schema: dict[str, Any], evidence: dict[str, Any]) -> dict[str, Any]:
+        return _object({"id": id_schema,
+                        "evidence": {"type": "array", "minItems": 1, "maxItems": 2, "items": evidence},
+                        "focus_on": {"type": "string", "enum": list(FOCUS_VALUES)},
+                        "question": text, "pass_condition": text,
+                        "failure_examples": {"type": "array", "maxItems": 2,
+                                             "items": {"type": "string", "maxLength": 160}},
+                        "required_for_next_turn": {"type": "boolean"}})
+
+    if not strict or not steps:
+        evidence = _object({"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
+                            "step": {"type": "integer", "minimum": 0, "maximum": max(0, max(steps, default=1) - 1)},
+                            "from": sources, "snippet": snippet})
+        block = _object({"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
+                         "checklist": {"type": "array", "minItems": 1, "maxItems": max_items,
+                                       "items": item({"type": "string", "maxLength": 4}, evidence)},
+                         "dependence": {"type": "object",
+                                        "additionalProperties": {"type": "array", "maxItems": max_items,
+                                                                 "items": {"type": "string", "maxLength": 4}}},
+                         "weight": {"type": "object",
+                                    "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}}})
+        return {"type": "array", "minItems": n_turns, "maxItems": n_turns, "items": block}
+
+    counts = list(range(1, max_items + 1))
+    if weight_grid is not None:
+        counts = counts[:grid_steps(weight_grid)]
+    pointers = [_object({"turn": {"const": u}, "step": {"type": "integer", "minimum": 0, "maximum": max(0, s - 1)},
+                         "from": sources, "snippet": snippet}) for u, s in enumerate(steps)]
+    defs: dict[str, Any] = {"evidence": pointers[0] if len(pointers) == 1 else {"anyOf": pointers}}
+    for i in range(counts[-1]):
+        defs[f"item_C{i}"] = item({"const": f"C{i}"}, {"$ref": "#/$defs/evidence"})
+    for k in counts:
+        defs[f"dependence_{k}"] = _object({f"C{i}": {"type": "array", "maxItems": i,
+                                                     "items": {"enum": [f"C{j}" for j in range(i)]}} if i else
+                                           {"type": "array", "maxItems": 0} for i in range(k)})
+        defs[f"weight_{k}"] = _weight_schema(k, weight_grid)
+
+    def block(t: int, k: int) -> dict[str, Any]:
+        return _object({"turn": {"const": t},
+                        "checklist": {"type": "array", "prefixItems": [{"$ref": f"#/$defs/item_C{i}"}
+                                                                       for i in range(k)],
+                                      "items": False, "minItems": k, "maxItems": k},
+                        "dependence": {"$ref": f"#/$defs/dependence_{k}"},
+                        "weight": {"$ref": f"#/$defs/weight_{k}"}})
+
+    blocks = [{"anyOf": [block(t, k) for k in counts]} if len(counts) > 1 else block(t, counts[0])
+              for t in range(n_turns)]
+    return {"type": "array", "prefixItems": blocks, "items": False, "minItems": n_turns, "maxItems": n_turns,
+            "$defs": defs}
 
 
 def check_blocks(blocks: list[LabelBlock], n_turns: int) -> None:
@@ -183,7 +282,7 @@ class LabelChecklists(RecordStep):
     def request(self, record: Dialogue, variant: int = 0) -> dict[str, Any]:
         """The keyword arguments of the first labelling request for ``record`` (``LLMClient.chat``): what the
         benchmark replays through a plain client."""
-        return annotate_request(record, self.settings, variant)
+        return annotate_request(record, self.settings, variant, self.llm_settings.get("structured_output"))
 
     async def handle(self, row: dict[str, Any]) -> dict[str, Any]:
         from cm2data.validate import run_gate
@@ -203,7 +302,7 @@ class LabelChecklists(RecordStep):
         retries = int(self.settings.get("retries", 3))
         for v in range(int(self.settings.get("variants", 1))):
             try:
-                checklist, n = await self._label(annotate_request(bare, self.settings, v), validator, retries)
+                checklist, n = await self._label(self.request(bare, v), validator, retries)
             except LLMError as exc:  # every answer invalid (LLMOutputError), or the server failed
                 return llm_error_reject(STAGE, exc, f"variant {v}")
             variants.append(checklist)
@@ -242,9 +341,12 @@ class LabelChecklists(RecordStep):
                              reasons=reasons, texts=texts)
 
 
-def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 0) -> dict[str, Any]:
+def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 0,
+                     schema_form: str | None = None) -> dict[str, Any]:
     """``LLMClient.chat`` keyword arguments of the first labelling request of one variant (messages, schema,
-    sampling): the same requests the stage sends, for the benchmark's plain client."""
+    sampling): the same requests the stage sends, for the benchmark's plain client. ``schema_form`` ``"prompt"``
+    (the schema only described in the prompt) always gets the loose schema: the strict one is for a grammar, not
+    for reading (tens of kB with a fine ``weight_grid``)."""
     from cm2data.validate.checklist import steps_per_turn
 
     steps = steps_per_turn(record.messages)
@@ -252,7 +354,10 @@ def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 
         tools=tools_text(record.tools), num_turns=len(steps),
         dialogue=dialogue_text(record, numbered=True, max_chars=int(settings.get("max_chars_per_message", 600))))
     seed = {"seed": int(settings.get("seed") or 0) + variant} if settings.get("request_seeds") else {}
-    schema = label_schema(steps, int(settings.get("max_items_per_turn", 6)))
+    strict = bool(settings.get("strict_schema", True)) and schema_form != "prompt"
+    grid = settings.get("weight_grid")
+    schema = label_schema(steps, int(settings.get("max_items_per_turn", 6)), strict=strict,
+                          weight_grid=float(grid) if grid is not None and strict else None)
     return {"messages": messages, "stage": STAGE, "schema": schema,
             "max_tokens": int(settings.get("max_tokens", 2000)),
             "temperature": float(settings.get("temperature", 0.3)), **seed}

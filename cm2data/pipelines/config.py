@@ -129,6 +129,21 @@ class AnnotateConfig(StageConfig):
     max_tokens: int = 2000
     max_items_per_turn: int = Field(6, ge=1)
     max_chars_per_message: int = 600
+    strict_schema: bool = Field(True, description="the answer's JSON schema guarantees the block form (turns in "
+                                                  "order, ids C0…, dependence/weight keys == ids, acyclic "
+                                                  "dependence) under constrained decoding; false: the loose schema")
+    weight_grid: float | None = Field(None, description="with strict_schema: weights are positive multiples of this "
+                                                        "step summing to 1, enumerated in the schema (e.g. 0.25, "
+                                                        "0.1; at most 1/step items per turn); None: free numbers")
+
+    @field_validator("weight_grid")
+    @classmethod
+    def _grid(cls, v: float | None) -> float | None:
+        if v is not None:
+            m = round(1.0 / v) if v > 0 else 0
+            if not 0.0 < v <= 1.0 or abs(m * v - 1.0) > 1e-9:
+                raise ValueError(f"weight_grid {v} must be a step in (0, 1] that divides 1 (0.5, 0.25, 0.2, 0.1, …)")
+        return v
 
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {

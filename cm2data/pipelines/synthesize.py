@@ -190,6 +190,36 @@ _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _MARKUP = re.compile(r"</?tool_response>|</?tool_call>|<\|im_(?:start|end)\|>")
 
 
+#: Strings and arrays in the arguments of a strict tool call are bounded to this many characters / items (where
+#: the tool's schema sets no bound, enum, pattern or format): a constrained small model otherwise writes an id or a
+#: name until ``max_tokens`` cuts the call off (``unparseable_tool_call``).
+ARGUMENT_MAX_CHARS = 120
+ARGUMENT_MAX_ITEMS = 8
+
+
+def bounded_parameters(schema: Any, max_chars: int = ARGUMENT_MAX_CHARS, max_items: int = ARGUMENT_MAX_ITEMS) -> Any:
+    """A copy of a tool's parameter schema with ``maxLength`` on every unbounded free string and ``maxItems`` on
+    every unbounded array (in properties, array items, ``anyOf``/``oneOf`` branches). Sent to the assistant only:
+    the record keeps the tool's own schema, and the simulator checks calls against that one. A string with
+    ``pattern`` or ``format`` is left alone (vLLM sends such a schema with a length bound to a slower backend)."""
+    if isinstance(schema, list):
+        return [bounded_parameters(s, max_chars, max_items) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded_parameters(v, max_chars, max_items) if k in ("items", "anyOf", "oneOf",
+                                                                     "additionalProperties") else v
+           for k, v in schema.items()}
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {k: bounded_parameters(v, max_chars, max_items) for k, v in schema["properties"].items()}
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    if "string" in types and not any(k in schema for k in ("maxLength", "enum", "const", "pattern", "format")):
+        out["maxLength"] = max_chars
+    if "array" in types and "maxItems" not in schema:
+        out["maxItems"] = max_items
+    return out
+
+
 class AssistantAction(BaseModel):
     thinking: str | None = None
     content: str = ""
@@ -299,6 +329,7 @@ class SimulateDialogue(RecordStep):
             fn = t.to_openai()
             if s.get("strict_tools", True):
                 fn["function"]["strict"] = True
+                fn["function"]["parameters"] = bounded_parameters(fn["function"]["parameters"])
             tool_defs.append(fn)
         system = load_prompt("assistant").messages(domain=spec["domain"].replace("_", " "),
                                                    today=s.get("today", "2026-03-02"))[0]["content"]
