@@ -49,6 +49,27 @@ MOCK_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+_LEAF: dict[str, Any] = {"anyOf": [{"type": "string", "maxLength": 60}, {"type": "number"}, {"type": "boolean"},
+                                   {"type": "null"}]}
+_LEVEL2: dict[str, Any] = {"anyOf": [
+    _LEAF,
+    {"type": "object", "maxProperties": 8, "propertyNames": {"maxLength": 32}, "additionalProperties": _LEAF},
+    {"type": "array", "maxItems": 8, "items": _LEAF},
+]}
+#: A bounded variant for small mock models (at most two levels, 8 keys or items per level, short keys and strings):
+#: a 135M model under the free schema often loops on repeated keys until ``max_tokens``; the bound ends it. Real
+#: results can be larger than this, so it is opt-in (``ToolSimulator(schema=BOUNDED_MOCK_SCHEMA)``).
+BOUNDED_MOCK_SCHEMA: dict[str, Any] = {
+    **MOCK_SCHEMA,
+    "properties": {
+        "analysis": {"type": "string", "maxLength": 160},
+        "execution_result": {"anyOf": [
+            {"type": "object", "maxProperties": 8, "propertyNames": {"maxLength": 32}, "additionalProperties": _LEVEL2},
+            {"type": "array", "maxItems": 8, "items": _LEVEL2},
+        ]},
+    },
+}
+
 
 def error_tool_call(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """The ``error_tool_call`` payload ``{"code", "message", "details"}`` (method §6)."""
@@ -264,9 +285,10 @@ class ToolSimulator:
 
     def __init__(self, llm: Any = None, cache: MockCache | str | Path | None = None, *, stage: str = "tool_mock",
                  max_tokens: int = 400, temperature: float = 0.0, seed: int | None = None,
-                 max_examples: int = 8, max_example_chars: int = 600):
+                 max_examples: int = 8, max_example_chars: int = 600, schema: dict[str, Any] | None = None):
         from cm2data.prompts import load_prompt
 
+        self.schema = schema or MOCK_SCHEMA  # the mock answer's JSON schema (MOCK_SCHEMA or BOUNDED_MOCK_SCHEMA)
         self.llm = llm
         self.cache = MockCache(cache) if isinstance(cache, str | Path) else cache
         self.stage = stage
@@ -356,7 +378,7 @@ class ToolSimulator:
             params["seed"] = self.seed
         try:
             result = await self.llm.chat(self.messages(tools, name, args, recorded), stage=self.stage,
-                                         schema=MOCK_SCHEMA, validate=_valid_mock, max_tokens=self.max_tokens,
+                                         schema=self.schema, validate=_valid_mock, max_tokens=self.max_tokens,
                                          temperature=self.temperature, **params)
         except LLMError as exc:
             raise _MockFailed(error_tool_call("SIMULATION_FAILED", f"the tool simulator failed for {name!r}",

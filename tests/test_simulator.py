@@ -14,7 +14,15 @@ from scripted_openai import Reply, ScriptedOpenAI
 
 from cm2data.llm import LLMClient, LLMConfig
 from cm2data.schema import Dialogue, Message, Tool, ToolCall
-from cm2data.simulator import MockCache, RecordedCall, ToolSimulator, check_call, recorded_calls
+from cm2data.simulator import (
+    BOUNDED_MOCK_SCHEMA,
+    MOCK_SCHEMA,
+    MockCache,
+    RecordedCall,
+    ToolSimulator,
+    check_call,
+    recorded_calls,
+)
 from cm2data.validate.rules import RuleConfig, tool_schema
 
 TOOL = Tool(name="book", description="Book a room", parameters={
@@ -128,6 +136,25 @@ def test_invalid_mock_answers_become_simulation_failed(tmp_path: Path):
         r = asyncio.run(go(server))
     assert r.error["code"] == "SIMULATION_FAILED" and "execution_result must be" in json.dumps(r.error)
     assert MockCache(tmp_path / "c.sqlite").get("d", "book", '{"hotel_id":"H","nights":3}') is None
+
+
+@pytest.mark.parametrize("schema", [None, BOUNDED_MOCK_SCHEMA])
+def test_mock_schema_is_the_one_sent(tmp_path: Path, schema):
+    async def go(server: ScriptedOpenAI):
+        async with LLMClient(_config(server)) as llm:
+            return await ToolSimulator(llm, tmp_path / "c.sqlite", schema=schema).call(
+                "d", [TOOL], "book", {"hotel_id": "H", "nights": 3})
+
+    with ScriptedOpenAI(owned_by="vllm") as server:
+        server.push(Reply(json.dumps({"analysis": "x", "execution_result": {"booking_id": "B1"}})))
+        r = asyncio.run(go(server))
+        sent = server.requests[-1]["structured_outputs"]["json"]
+    assert r.error is None and json.loads(r.content) == {"booking_id": "B1"}
+    assert sent == (schema or MOCK_SCHEMA)
+    if schema is not None:  # the bound: two levels, at most 8 keys/items per level
+        result = sent["properties"]["execution_result"]["anyOf"]
+        assert {b["type"] for b in result} == {"object", "array"}
+        assert all(b.get("maxProperties", b.get("maxItems")) == 8 for b in result)
 
 
 def test_recorded_calls_pair_calls_with_responses(reference_record):

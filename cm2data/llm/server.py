@@ -52,7 +52,11 @@ MAX_MODEL_LEN = 8192
 #: generator of the partial prefill), which happens to any seeded prompt over the default 2048-token budget.
 VLLM_ARGS = ("--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN),
              "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(MAX_MODEL_LEN),
-             "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+             "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+             # compact JSON under a schema: vLLM 0.32 reads this flag only from the server's config (the request's
+             # structured_outputs.disable_any_whitespace is ignored); a small model pads free whitespace until
+             # max_tokens otherwise
+             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers this process started: reaped on stop
 
 

@@ -67,6 +67,9 @@ class SynthesizeConfig(StageConfig):
     max_tokens: int = Field(200, ge=16, description="per assistant/user answer")
     scenario_max_tokens: int = Field(400, ge=64)
     mock_max_tokens: int = Field(300, ge=32)
+    mock_schema: Literal["free", "bounded"] = Field(
+        "free", description="the tool mock's result schema: free JSON, or bounded (2 levels, 8 keys/items, short "
+                            "strings; for small mock models that loop)")
     invalid_retries: int = Field(1, ge=0, description="extra tries for invalid JSON answers (scenario, user, mock)")
     today: str = Field("2026-03-02", description="the date the assistant is told")
 

@@ -50,7 +50,7 @@ from cm2data.pipelines.text import clip, history_text, tools_brief
 from cm2data.prompts import load_prompt
 from cm2data.rejects import RecordError
 from cm2data.schema import Dialogue, Message, Provenance, Tool, ToolCall, split_thinking
-from cm2data.simulator import MockCache, RecordedCall, ToolSimulator
+from cm2data.simulator import BOUNDED_MOCK_SCHEMA, MockCache, RecordedCall, ToolSimulator
 
 STAGE = "synthesize"
 
@@ -295,7 +295,8 @@ class SimulateDialogue(RecordStep):
         s = self.settings
         self._simulator = ToolSimulator(self._client, MockCache(Path(self.work_dir) / "simulator.sqlite"),
                                         stage=f"{STAGE}.tool_mock", max_tokens=s.get("mock_max_tokens", 400),
-                                        temperature=0.0, seed=0 if s.get("request_seeds") else None)
+                                        temperature=0.0, seed=0 if s.get("request_seeds") else None,
+                                        schema=BOUNDED_MOCK_SCHEMA if s.get("mock_schema") == "bounded" else None)
 
     async def handle(self, row: dict[str, Any]) -> dict[str, Any]:
         try:
