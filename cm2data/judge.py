@@ -251,7 +251,8 @@ def answer_schema(item_ids: Sequence[str] | None, *, analysis: bool = False,
     ``grouped_answer="letters"`` a string of exactly ``len(item_ids)`` Y/N letters."""
     if item_ids is not None and grouped_answer == "letters":
         n = len(item_ids)
-        return {"title": "verdicts", "type": "string", "pattern": f"^[YN]{{{n}}}$", "minLength": n, "maxLength": n}
+        # the pattern alone: xgrammar (vLLM's default back-end) refuses a pattern combined with min/maxLength
+        return {"title": "verdicts", "type": "string", "pattern": f"^[YN]{{{n}}}$"}
     if item_ids is None:
         props: dict[str, Any] = {}
         if analysis:

@@ -204,11 +204,13 @@ def test_real_embedded_judge(embedded_llm):
         client = LLMClient(embedded_llm.with_(timeout=120.0))
         per_item = await judge_turn(client, conversation(), 0, ITEMS)
         grouped = await judge_turn(client, conversation(), 0, ITEMS, JudgeOptions(grouped=True))
+        letters = await judge_turn(client, conversation(), 0, ITEMS,
+                                   JudgeOptions(grouped=True, grouped_answer="letters"))
         await client.aclose()
-        return per_item, grouped
+        return per_item, grouped, letters
 
-    per_item, grouped = run(go())
-    for tj in (per_item, grouped):
+    per_item, grouped, letters = run(go())
+    for tj in (per_item, grouped, letters):
         assert tj.failures == 0  # structured output: always a valid verdict
         assert 0.0 <= tj.score <= 1.0
         assert all(set(row) <= {"C0", "C1", "C2"} for row in tj.step_verdicts)
