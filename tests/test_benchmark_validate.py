@@ -7,6 +7,7 @@ targets, with nothing else rejected — both on the generated records and after 
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import sys
 from pathlib import Path
@@ -71,3 +72,17 @@ def test_steps_per_turn_matches_segment(bench) -> None:  # type: ignore[no-untyp
             rng.shuffle(messages)
             messages = messages[: rng.randint(0, len(messages))]
             assert steps_per_turn(messages) == [len(t.steps) for t in segment(messages)]
+
+
+def test_the_benchmark_runs_and_says_what_the_gate_covers(bench, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "bench.json"
+    assert bench.main(["--n", "200", "--broken", "0.1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 rule filters + 3 checklist rules + 12 pandera table checks = 23 rules" in printed
+    assert "the stream the same: OK" in printed
+    figures = json.loads(out.read_text())
+    assert figures["rejections_exact"] and figures["rejected"] == figures["injected"] == 20
+    assert set(figures["gate_covers"]) == {"rules", "checklist", "tables"}
+    assert {"load_raw", "load_records", "gate", "stream"} <= set(figures["phases"])
+    assert figures["phases"]["stream"]["checked"] == 200
+    assert "peak_over_records_mib" in figures["phases"]["gate"]

@@ -254,7 +254,14 @@ class Provenance(_Record):
 
 
 class Review(_Record):
-    """Human review state of a record's checklists."""
+    """Human review state of a record's checklists.
+
+    ``status`` is one of :data:`REVIEW_STATES`; ``reviewers`` the usernames that answered; ``decisions`` one free-form
+    entry per reviewed item and round (``cm2data review pull`` writes ``dataset``, ``at``, ``variant``, ``turn``,
+    ``item_id``, ``action`` keep/fix/drop/add/tie/pending/stale, ``applied``, ``votes``, ``by``: each reviewer's
+    answer and its time, ``flags``, ``before``/``after`` for a fix); ``agreement`` figures such as
+    ``verdict_percent`` and the round's ``round_verdict_alpha`` (docs/review.md).
+    """
 
     status: str = "unreviewed"
     reviewers: list[str] = Field(default_factory=list)

@@ -84,6 +84,49 @@ def evidence_pointers(d: Dialogue, steps: Sequence[int]) -> list[str]:
     return out
 
 
+def variant_clear(variant: Sequence[TurnChecklist], steps: Sequence[int]) -> bool:
+    """True only if :func:`block_count`, :func:`dependencies` and :func:`evidence_pointers` certainly report nothing
+    for this checklist variant: the gate's fast path, one pass over the items; any doubt (or exception) is False
+    and the gate then runs the exact rules, which alone write messages.
+
+    Field values are read from the models' ``__dict__``, where pydantic keeps them: quicker than attribute reads,
+    which go through ``BaseModel.__getattr__``'s hook.
+    """
+    try:
+        n_turns = len(steps)
+        if len(variant) != n_turns:
+            return False
+        for t, block in enumerate(variant):
+            fields = block.__dict__
+            if fields["turn"] != t:
+                return False
+            items = fields["items"]
+            focus: dict[str, str] | None = None
+            for it in items:
+                item = it.__dict__
+                deps = item["depends_on"]
+                if deps:
+                    if focus is None:
+                        focus = {x.id: x.focus_on for x in items}
+                    iid = item["id"]
+                    for dep in deps:
+                        if dep == iid or focus.get(dep) != "tool.content":
+                            return False
+                for ev in item["evidence"]:
+                    pointer = ev.__dict__
+                    turn = pointer["turn"]
+                    if turn >= n_turns or pointer["step"] >= steps[turn]:
+                        return False
+        return True
+    except Exception:  # not proven: the exact rules decide
+        return False
+
+
+def checklists_clear(d: Dialogue, steps: Sequence[int]) -> bool:
+    """:func:`variant_clear` for every variant of ``d``."""
+    return all(variant_clear(variant, steps) for variant in d.checklists)
+
+
 ChecklistRule = Callable[[Dialogue, Sequence[int]], list[str]]
 
 CHECKLIST_RULES: dict[str, ChecklistRule] = {
