@@ -27,7 +27,7 @@ from cm2data import store
 from cm2data.formats import FORMATS, convert_row, read_records, write_records
 from cm2data.formats.openai import checklists_to_stored, message_to_openai
 from cm2data.formats.rows import iter_rows
-from cm2data.rejects import RecordError, Reject, write_rejects
+from cm2data.rejects import RecordError, Reject, read_rejects, write_rejects
 from cm2data.schema import (
     Dialogue,
     Message,
@@ -292,7 +292,11 @@ def test_read_records_on_damaged_files(d: list[Dialogue], fmt: str, suffix: str,
     text = json.dumps(rows, indent=1) if suffix == ".json" else "".join(json.dumps(r) + "\n" for r in rows)
     path = scratch / f"damaged{suffix}"
     path.write_bytes(_noise(data, text))
-    _read_and_store(path, scratch)
+    items = _read_and_store(path, scratch)
+    # damage never passes silently and never loses the file: something comes back, and every reject says why
+    assert items
+    assert all(r.rule and r.message for r in items if isinstance(r, Reject))
+    assert len(read_rejects(scratch / "rejects.jsonl")) == sum(isinstance(x, Reject) for x in items)
 
 
 @FUZZ
