@@ -290,6 +290,18 @@ def _thinking_missing(d: Dialogue) -> None:
     _last_reply(d).thinking = None
 
 
+def _degenerate_user(d: Dialogue) -> None:
+    next(m for m in d.messages if m.role == "user").content = "n"
+
+
+def _invented_snippet(d: Dialogue) -> None:
+    _item_of(d, 1, "C1").evidence[0].snippet = "a result the tool never returned"
+
+
+def _copied_question(d: Dialogue) -> None:
+    _item_of(d, 2, "C0").question = "Did the assistant request the forecast for Oslo?"
+
+
 #: Breakage kind → (what it does to a valid record, the rule that must reject it).
 BREAKAGES: dict[str, tuple[Callable[[Dialogue], None], str]] = {
     "unknown_param": (_unknown_param, "tool_schema"),
@@ -313,6 +325,9 @@ BREAKAGES: dict[str, tuple[Callable[[Dialogue], None], str]] = {
     "duplicate_item_id": (_dup_item_id, "unique_item_ids"),
     "evidence_from": (_evidence_from, "evidence_from_enum"),
     "review_status": (_review_status, "review_status_enum"),
+    "degenerate_user": (_degenerate_user, "degenerate_message"),
+    "invented_snippet": (_invented_snippet, "evidence_grounded"),
+    "copied_question": (_copied_question, "checklist_copied_from_prompt"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -70,11 +71,27 @@ def last_user(body: dict[str, Any]) -> str:
     return ""
 
 
+def user_quote(body: dict[str, Any], turn: int) -> str:
+    """A quote of the user message of ``turn`` that the rule ``evidence_grounded`` finds in the dialogue: the first
+    quote the request's schema offers for it (``$defs/evidence_<turn>``, with ``quote_choices``), else the first 40
+    characters of the message as the labeller prompt shows it (``[t.0] user.content: …``)."""
+    schema = schema_of(body) or {}
+    choices = (schema.get("$defs") or {}).get(f"evidence_{turn}")
+    if choices is not None:
+        for alt in choices.get("anyOf", [choices]):
+            p = alt["properties"]
+            if (p["turn"], p["step"], p["from"]) == ({"const": turn}, {"const": 0}, {"const": "user.content"}):
+                return str(p["snippet"]["enum"][0])
+    found = re.search(rf"^\[{turn}\.0\] user\.content: (.*)$", last_user(body), re.MULTILINE)
+    assert found, f"no user message of turn {turn} in the labeller prompt"
+    return found.group(1)[:40]
+
+
 def labeller_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """A valid checklist for any dialogue: one item per turn pointing at the user step."""
+    """A valid checklist for any dialogue: one item per turn, quoting the user step."""
     n = (schema_of(body) or {}).get("minItems", 1)
     return [{"turn": t, "checklist": [{
-        "id": "C0", "evidence": [{"turn": t, "step": 0, "from": "user.content", "snippet": ""}],
+        "id": "C0", "evidence": [{"turn": t, "step": 0, "from": "user.content", "snippet": user_quote(body, t)}],
         "focus_on": "assistant.content.user_visible_reply", "question": "Does the reply answer the request?",
         "pass_condition": "The reply answers the user's request using the tool results.",
         "failure_examples": ["Ignores the request"], "required_for_next_turn": False}],

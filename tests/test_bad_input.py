@@ -71,10 +71,14 @@ GATE_LEVEL: dict[str, tuple[int, dict[str, int]]] = {
     "checklist_enums.json": (3, {"focus_on_enum": 1, "evidence_from_enum": 1}),
     "checklist_text.json": (3, {"non_empty_question": 1, "non_empty_pass_condition": 1}),
     "checklist_evidence.json": (3, {"checklist_evidence_pointers": 2}),
+    "degenerate_message.json": (6, {"degenerate_message": 4}),
+    "checklist_grounding.json": (7, {"evidence_grounded": 4}),
+    "checklist_copied.json": (3, {"checklist_copied_from_prompt": 2, "evidence_grounded": 1}),
 }
 
 #: rules that only the checklist stages (``filter --with-checklists``) apply
 CHECKLIST_RULES = {"checklist_block_count", "checklist_dependencies", "checklist_evidence_pointers",
+                   "evidence_grounded", "checklist_copied_from_prompt",
                    "weights_sum_to_one", "weight_range", "unique_item_ids", "item_id_present", "focus_on_enum",
                    "evidence_from_enum", "non_empty_question", "non_empty_pass_condition", "has_user_turn"}
 
@@ -195,9 +199,9 @@ def test_validate_names_the_broken_rules(name: str, tmp_path: Path) -> None:
     r, payload = validate_json(BROKEN / name, "--rejects", rejects_file)
     assert r.exit_code == 1
     assert payload["checked"] == n_records
-    assert payload["accepted"] == 1  # each file holds exactly one good record
+    assert payload["accepted"] == len(good_ids(BROKEN / name))  # the "-good" records, and only they, pass
     assert nonzero(payload["counts"]) == rules
-    assert payload["rejected_records"] == n_records - 1
+    assert payload["rejected_records"] == n_records - len(good_ids(BROKEN / name))
     rejects = read_rejects(rejects_file)
     assert Counter(x.rule for x in rejects) == Counter(rules)
     bad = ids_of(BROKEN / name) - good_ids(BROKEN / name)

@@ -78,7 +78,7 @@ def test_the_benchmark_runs_and_says_what_the_gate_covers(bench, tmp_path: Path,
     out = tmp_path / "bench.json"
     assert bench.main(["--n", "200", "--broken", "0.1", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "8 rule filters + 3 checklist rules + 12 pandera table checks = 23 rules" in printed
+    assert "9 rule filters + 5 checklist rules + 12 pandera table checks = 26 rules" in printed
     assert "the stream the same: OK" in printed
     figures = json.loads(out.read_text())
     assert figures["rejections_exact"] and figures["rejected"] == figures["injected"] == 20

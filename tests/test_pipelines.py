@@ -327,7 +327,7 @@ def test_full_pipeline_on_a_fake_model(tmp_path: Path):
         for d in records:
             assert len(d.checklists) == 2
             assert d.provenance.prompt_version == \
-                "scenario@1;user_simulator@1;assistant@1;tool_mock@1;quality_filter@1;annotate@1"
+                "scenario@1;user_simulator@1;assistant@1;tool_mock@1;quality_filter@1;annotate@2"
             assert [h["stage"] for h in d.provenance.history] == ["synthesize", "filter", "compress", "select",
                                                                   "annotate"]
             assert d.provenance.generator_model == d.provenance.labeller_model == "fake-model"

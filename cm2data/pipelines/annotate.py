@@ -24,6 +24,7 @@ itself is rejected before any LLM call (its rule, e.g. ``role_order``).
 
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -140,8 +141,106 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
+#: Longest quote offered as an evidence snippet (the schema's ``maxLength`` for snippets).
+MAX_QUOTE_CHARS = 160
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
+
+Quotes = dict[tuple[int, int, str], list[str]]
+
+
+def text_quotes(text: str, limit: int, max_chars: int = MAX_QUOTE_CHARS) -> list[str]:
+    """Up to ``limit`` quotes of ``text``, in order: its JSON fields (``"key": value`` of every scalar leaf, for a
+    JSON object or array), else its sentences and lines, long ones cut at a word boundary near ``max_chars``.
+
+    >>> text_quotes('{"title": "Dune", "due": "2026-04-02"}', 5)
+    ['"title": "Dune"', '"due": "2026-04-02"']
+    >>> text_quotes("Done. Dune is due on 2 April!", 5)
+    ['Done.', 'Dune is due on 2 April!']
+    """
+    out: list[str] = []
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            _json_quotes(json.loads(stripped), None, out, limit, max_chars)
+            if out:
+                return list(dict.fromkeys(out))[:limit]
+        except ValueError:
+            pass
+    for piece in _SENTENCE_END.split(stripped):
+        piece = piece.strip()
+        while len(piece) > max_chars:
+            cut = piece.rfind(" ", max_chars // 2, max_chars)
+            cut = cut if cut > 0 else max_chars
+            out.append(piece[:cut].strip())
+            piece = piece[cut:].strip()
+        if piece:
+            out.append(piece)
+    return list(dict.fromkeys(out))[:limit]
+
+
+def _json_quotes(value: Any, key: str | None, out: list[str], limit: int, max_chars: int) -> None:
+    if len(out) >= 4 * limit:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _json_quotes(v, str(k), out, limit, max_chars)
+    elif isinstance(value, list):
+        for v in value:
+            _json_quotes(v, key, out, limit, max_chars)
+    else:
+        quote = json.dumps(value, ensure_ascii=False)
+        if key is not None:
+            quote = f"{json.dumps(key, ensure_ascii=False)}: {quote}"
+        if len(quote) <= max_chars:
+            out.append(quote)
+
+
+def quote_choices(record: Dialogue, limit: int = 10) -> Quotes:
+    """``{(turn, step, from): [quotes]}``: what an evidence entry may quote from each part of each step of
+    ``record`` (:func:`text_quotes` of the user message, the thinking, the reply, the tool results; each tool call's
+    name and ``"argument": value`` pairs). Every quote is checked with
+    :func:`cm2data.validate.evidence.grounded` against the text the rule ``evidence_grounded`` reads, so a choice is
+    grounded by construction; parts with no quote are left out."""
+    from cm2data.schema import segment, step_text
+    from cm2data.validate.evidence import grounded
+    from cm2data.validate.rules import degenerate_text
+
+    msgs = record.messages
+    out: Quotes = {}
+    for turn in segment(msgs):
+        for step in turn.steps:
+            parts: dict[str, list[str]] = {}
+            for idx in step.message_indices:
+                m = msgs[idx]
+                if m.role == "user":
+                    parts.setdefault("user.content", []).extend(text_quotes(m.content, limit))
+                elif m.role == "tool":
+                    parts.setdefault("tool.content", []).extend(text_quotes(m.content, limit))
+                elif m.role == "assistant":
+                    if m.thinking:
+                        parts.setdefault("assistant.content.thinking", []).extend(text_quotes(m.thinking, limit))
+                    if m.tool_calls:
+                        calls = parts.setdefault("assistant.tool_calls", [])
+                        for call in m.tool_calls:
+                            calls.append(call.name)
+                            calls.extend(text_quotes(call.arguments, limit))
+                    if m.content.strip():
+                        parts.setdefault("assistant.content.user_visible_reply", []).extend(
+                            text_quotes(m.content, limit))
+            for source, quotes in parts.items():
+                text = step_text(msgs, step, source)
+                # "1.", "✅", "Booked!" say nothing a judge can check: quotes of text need two words; JSON pairs and
+                # tool names are kept as they are
+                kept = [q for q in dict.fromkeys(quotes) if len(q) <= MAX_QUOTE_CHARS and grounded(q, text)
+                        and (source in ("tool.content", "assistant.tool_calls") or degenerate_text(q) is None)]
+                if kept:
+                    out[(turn.index, step.index, source)] = kept[:max(limit, 1) * 2 if source == "assistant.tool_calls"
+                                                                else limit]
+    return out
+
+
 def label_schema(steps: list[int], max_items: int = 6, *, strict: bool = True,
-                 weight_grid: float | None = None) -> dict[str, Any]:
+                 weight_grid: float | None = None, quotes: Quotes | None = None) -> dict[str, Any]:
     """The JSON schema of the labeller's answer for a dialogue whose user turns have ``steps[t]`` steps.
 
     ``strict`` (the default): the schema itself guarantees the block form that :func:`check_blocks` checks, under
@@ -151,8 +250,11 @@ def label_schema(steps: list[int], max_items: int = 6, *, strict: bool = True,
     in [0, 1], a lone item's weight 1, and with ``weight_grid`` every vector of positive weights on that grid summing
     to 1 (an ``anyOf``; item counts above ``1 / weight_grid`` are then not offered; more than
     :data:`MAX_WEIGHT_OPTIONS` vectors → free weights for that count). Evidence points at a step of its turn
-    (``anyOf`` over turns). Shared parts are ``$defs``. What the schema cannot say (weights summing to 1 without a
-    grid, dependencies only on ``tool.content`` items) is still checked after the answer.
+    (``anyOf`` over turns). With ``quotes`` (:func:`quote_choices`), evidence is an ``anyOf`` over the parts of the
+    steps of the item's turn and earlier turns, each with its ``turn``, ``step`` and ``from`` fixed and its snippet
+    one of that part's quotes (an ``enum``): the labeller chooses what to quote, it cannot invent a quote or point a
+    ``from`` at the wrong kind of step. Shared parts are ``$defs``. What the schema cannot say (weights summing to 1
+    without a grid, dependencies only on ``tool.content`` items) is still checked after the answer.
 
     ``strict=False``: the loose schema (lengths, enums, ranges only), for servers that only read the schema in the
     prompt."""
@@ -187,11 +289,23 @@ def label_schema(steps: list[int], max_items: int = 6, *, strict: bool = True,
     counts = list(range(1, max_items + 1))
     if weight_grid is not None:
         counts = counts[:grid_steps(weight_grid)]
-    pointers = [_object({"turn": {"const": u}, "step": {"type": "integer", "minimum": 0, "maximum": max(0, s - 1)},
-                         "from": sources, "snippet": snippet}) for u, s in enumerate(steps)]
-    defs: dict[str, Any] = {"evidence": pointers[0] if len(pointers) == 1 else {"anyOf": pointers}}
-    for i in range(counts[-1]):
-        defs[f"item_C{i}"] = item({"const": f"C{i}"}, {"$ref": "#/$defs/evidence"})
+    defs: dict[str, Any] = {}
+    if quotes:
+        # per turn t: the quotable parts of turns 0..t (evidence for a turn's items comes from it or before it)
+        for t in range(n_turns):
+            choices = [_object({"turn": {"const": u}, "step": {"const": st}, "from": {"const": source},
+                                "snippet": {"enum": qs}})
+                       for (u, st, source), qs in sorted(quotes.items(), key=lambda kv: kv[0][:2]) if u <= t]
+            defs[f"evidence_{t}"] = choices[0] if len(choices) == 1 else {"anyOf": choices}
+            for i in range(counts[-1]):
+                defs[f"item_{t}_C{i}"] = item({"const": f"C{i}"}, {"$ref": f"#/$defs/evidence_{t}"})
+    else:
+        pointers = [_object({"turn": {"const": u},
+                             "step": {"type": "integer", "minimum": 0, "maximum": max(0, s - 1)},
+                             "from": sources, "snippet": snippet}) for u, s in enumerate(steps)]
+        defs["evidence"] = pointers[0] if len(pointers) == 1 else {"anyOf": pointers}
+        for i in range(counts[-1]):
+            defs[f"item_C{i}"] = item({"const": f"C{i}"}, {"$ref": "#/$defs/evidence"})
     for k in counts:
         defs[f"dependence_{k}"] = _object({f"C{i}": {"type": "array", "maxItems": i,
                                                      "items": {"enum": [f"C{j}" for j in range(i)]}} if i else
@@ -199,8 +313,9 @@ def label_schema(steps: list[int], max_items: int = 6, *, strict: bool = True,
         defs[f"weight_{k}"] = _weight_schema(k, weight_grid)
 
     def block(t: int, k: int) -> dict[str, Any]:
+        prefix = f"item_{t}_" if quotes else "item_"
         return _object({"turn": {"const": t},
-                        "checklist": {"type": "array", "prefixItems": [{"$ref": f"#/$defs/item_C{i}"}
+                        "checklist": {"type": "array", "prefixItems": [{"$ref": f"#/$defs/{prefix}C{i}"}
                                                                        for i in range(k)],
                                       "items": False, "minItems": k, "maxItems": k},
                         "dependence": {"$ref": f"#/$defs/dependence_{k}"},
@@ -356,8 +471,10 @@ def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 
     seed = {"seed": int(settings.get("seed") or 0) + variant} if settings.get("request_seeds") else {}
     strict = bool(settings.get("strict_schema", True)) and schema_form != "prompt"
     grid = settings.get("weight_grid")
+    quotes = (quote_choices(record, int(settings.get("max_quotes_per_part", 10)))
+              if strict and settings.get("quote_choices", True) else None)
     schema = label_schema(steps, int(settings.get("max_items_per_turn", 6)), strict=strict,
-                          weight_grid=float(grid) if grid is not None and strict else None)
+                          weight_grid=float(grid) if grid is not None and strict else None, quotes=quotes)
     return {"messages": messages, "stage": STAGE, "schema": schema,
             "max_tokens": int(settings.get("max_tokens", 2000)),
             "temperature": float(settings.get("temperature", 0.3)), **seed}

@@ -135,6 +135,11 @@ class AnnotateConfig(StageConfig):
     strict_schema: bool = Field(True, description="the answer's JSON schema guarantees the block form (turns in "
                                                   "order, ids C0…, dependence/weight keys == ids, acyclic "
                                                   "dependence) under constrained decoding; false: the loose schema")
+    quote_choices: bool = Field(True, description="with strict_schema: each evidence snippet is chosen from quotes "
+                                                  "of the step it points at (sentences, tool-call arguments, tool "
+                                                  "result fields), enumerated in the schema, so a constrained model "
+                                                  "cannot invent one; false: free text, checked after the answer")
+    max_quotes_per_part: int = Field(10, ge=1, description="quotes offered per step part with quote_choices")
     weight_grid: float | None = Field(None, description="with strict_schema: weights are positive multiples of this "
                                                         "step summing to 1, enumerated in the schema (e.g. 0.25, "
                                                         "0.1; at most 1/step items per turn); None: free numbers")

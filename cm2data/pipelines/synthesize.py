@@ -408,8 +408,13 @@ def _seed(settings: dict[str, Any], seed: int) -> dict[str, int]:
 
 
 def _reply_problem(content: str) -> tuple[str, str] | None:
+    from cm2data.validate.rules import degenerate_text
+
     if not content.strip():
         return "empty_reply", "the assistant's reply is empty"
+    why = degenerate_text(content)
+    if why is not None:
+        return "degenerate_message", f"the assistant's reply is not a real message: {why}"
     found = _MARKUP.search(content)
     if found:
         return "markup_in_reply", f"the reply contains {found.group(0)!r} (chat-template or tool markup)"
@@ -417,9 +422,14 @@ def _reply_problem(content: str) -> tuple[str, str] | None:
 
 
 def _user_text(data: Any) -> str:
+    from cm2data.validate.rules import degenerate_text
+
     text = str((data or {}).get("message", "")).strip()
     if not text:
         raise ValueError("the message is blank")
+    why = degenerate_text(text)
+    if why is not None:  # the rule filter degenerate_message would drop the dialogue: ask again (then fall back)
+        raise ValueError(f"the message is not a real message: {why}; write one to three full sentences")
     return text
 
 

@@ -1,19 +1,22 @@
 """Versioned prompts of the pipelines, one YAML file per prompt (``<name>.yaml``).
 
 A prompt file holds ``name``, ``version`` (an integer, bumped whenever the wording changes in a way that can change
-outputs), ``description``, and the message templates ``system`` and ``user``. Templates use ``$name`` placeholders
-(:class:`string.Template`), so JSON braces in a prompt need no escaping. Every record a prompt touched carries its
-tag ``name@version`` in ``provenance.prompt_version`` (and in the stage's ``provenance.history`` entry), so a dataset
-says which wording produced it.
+outputs), ``description``, and the message templates ``system`` and ``user``; optionally an ``example`` (any YAML
+value, offered to the templates as ``$example``, compact JSON) and ``retired_examples`` (the examples of earlier
+versions, never shown: rules that catch answers copied from a prompt's example check them too). Templates use
+``$name`` placeholders (:class:`string.Template`), so JSON braces in a prompt need no escaping. Every record a prompt
+touched carries its tag ``name@version`` in ``provenance.prompt_version`` (and in the stage's ``provenance.history``
+entry), so a dataset says which wording produced it.
 
 >>> p = load_prompt("annotate")
 >>> p.tag
-'annotate@1'
+'annotate@2'
 >>> messages = p.messages(tools="…", dialogue="…", num_turns=2)
 """
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass
 from functools import cache
@@ -32,6 +35,13 @@ class Prompt:
     description: str
     system: str
     user: str
+    example: Any = None
+    retired_examples: tuple[Any, ...] = ()
+
+    @property
+    def examples(self) -> list[Any]:
+        """The current example (if any), then the retired ones."""
+        return ([self.example] if self.example is not None else []) + list(self.retired_examples)
 
     @property
     def tag(self) -> str:
@@ -39,6 +49,8 @@ class Prompt:
         return f"{self.name}@{self.version}"
 
     def render(self, template: str, **values: Any) -> str:
+        if self.example is not None:
+            values = {"example": json.dumps(self.example, ensure_ascii=False), **values}
         try:
             return string.Template(template).substitute({k: str(v) for k, v in values.items()})
         except KeyError as exc:
@@ -65,7 +77,8 @@ def load_prompt(name: str) -> Prompt:
     if data.get("name") != name or not isinstance(data.get("version"), int):
         raise ValueError(f"prompt file {name}.yaml must declare name: {name} and an integer version")
     return Prompt(name=name, version=data["version"], description=data.get("description", ""),
-                  system=data.get("system", ""), user=data.get("user", ""))
+                  system=data.get("system", ""), user=data.get("user", ""), example=data.get("example"),
+                  retired_examples=tuple(data.get("retired_examples") or ()))
 
 
 def merge_prompt_versions(current: str | None, *tags: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from cm2data.rejects import Reject
 from cm2data.schema import Dialogue
 from cm2data.validate import tables
-from cm2data.validate.checklist import CHECKLIST_RULES, checklists_clear, steps_per_turn
+from cm2data.validate.checklist import CHECKLIST_RULES, SCREENED_CHECKLIST_RULES, checklists_clear, steps_per_turn
 from cm2data.validate.rules import RULE_FILTERS, RuleConfig
 from cm2data.validate.screen import screen
 from cm2data.validate.tables import DIALOGUE_SCHEMA, ITEM_SCHEMA, TableRows
@@ -75,6 +75,9 @@ class _Gate:
         self.selected = [r for r in rule_names(stages) if rules is None or r in rules]
         self.record_rules = [(n, f) for n, f in RULE_FILTERS.items() if n in self.selected]
         self.checklist_rules = [(n, f) for n, f in CHECKLIST_RULES.items() if n in self.selected]
+        # the checklist rules no screen clears (quote matching, the prompt's examples): run on every record with
+        # checklists
+        self.text_rules = [(n, f) for n, f in self.checklist_rules if n not in SCREENED_CHECKLIST_RULES]
         # The tables only gather columns per record; each chunk of item rows is validated, vectorised, as it fills.
         self.rows = TableRows(tables.CHUNK_RECORDS, duplicated) if "tables" in stages else None
         self.failed: dict[str, list[Reject]] = {}
@@ -100,10 +103,10 @@ class _Gate:
             clear = self.rows.add(d, steps if checklist_rules else None)
         else:
             clear = steps is not None and checklists_clear(d, steps)
-        if checklist_rules and d.checklists and not clear:
+        if checklist_rules and d.checklists:
             if steps is None:
                 steps = steps_per_turn(d.messages)
-            for name, fn in checklist_rules:
+            for name, fn in self.text_rules if clear else checklist_rules:
                 problems = fn(d, steps)
                 if problems:
                     found.append(Reject(d.id, "validate", name, "; ".join(problems[:5]) + _more(problems)))

@@ -25,9 +25,14 @@ class RuleConfig:
 
     ``thinking``: ``required`` — every assistant message has exactly one ``<think>`` block; ``forbidden`` — none;
     ``auto`` — required in a dialogue where any assistant message has one.
+
+    ``min_words``: see :func:`degenerate_message`.
     """
 
     thinking: ThinkingPolicy = "auto"
+    #: ``degenerate_message``: user messages and assistant replies need at least this many words (1 lets one-word
+    #: answers such as "yes" through; 0 switches the word count off).
+    min_words: int = 2
 
 
 # ------------------------------------------------------------------------------------------------- JSON types
@@ -256,6 +261,46 @@ def non_empty_content(d: Dialogue, cfg: RuleConfig) -> list[str]:
     return out
 
 
+#: A word: a run of letters or digits, or one CJK ideograph, kana or hangul syllable (scripts written without spaces
+#: between words count a character each, so a Chinese sentence is not "one word").
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_WORD = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+_NOT_ALNUM = re.compile(r"[\W_]+")
+_SPACE = re.compile(r"\s+")
+
+
+def degenerate_text(text: str, min_words: int = 2) -> str | None:
+    """Why ``text`` is not a real message (``None`` when it is): blank, fewer than ``min_words`` words, or mostly
+    non-text (fewer than half of its visible characters are letters or digits: ``"!!!"``, ``"<<>>"``, emoji)."""
+    stripped = text.strip()
+    if not stripped:
+        return "it is empty"
+    words = len(_WORD.findall(stripped))
+    if words < min_words:
+        return f"it has {words} word{'s' if words != 1 else ''} ({stripped[:40]!r}; at least {min_words} needed)"
+    visible = len(_SPACE.sub("", stripped))
+    alnum = len(_NOT_ALNUM.sub("", stripped))
+    if 2 * alnum < visible:
+        return f"it is mostly non-text ({alnum} of {visible} visible characters are letters or digits)"
+    return None
+
+
+def degenerate_message(d: Dialogue, cfg: RuleConfig) -> list[str]:
+    """User messages and assistant replies are real text: at least ``cfg.min_words`` words, at least half of their
+    visible characters letters or digits. Blank ones are ``non_empty_content``'s (one rule per defect); tool-calling
+    steps may be empty and thinking is not checked."""
+    out: list[str] = []
+    for i, m in enumerate(d.messages):
+        if (m.role == "user" or (m.role == "assistant" and not m.tool_calls)) and not m.content.isspace():
+            if not m.content:
+                continue
+            why = degenerate_text(m.content, cfg.min_words)
+            if why is not None:
+                kind = "user message" if m.role == "user" else "assistant reply"
+                out.append(f"message {i}: degenerate {kind}: {why}")
+    return out
+
+
 def think_tags(d: Dialogue, cfg: RuleConfig) -> list[str]:
     """Exactly one leading ``<think>…</think>`` per assistant message when thinking is required, none elsewhere."""
     out: list[str] = []
@@ -311,6 +356,7 @@ RULE_FILTERS: dict[str, Rule] = {
     "tool_call_response_match": tool_call_response_match,
     "no_tool_response_in_assistant_message": no_tool_response_in_assistant_message,
     "non_empty_content": non_empty_content,
+    "degenerate_message": degenerate_message,
     "think_tags": think_tags,
     "tool_response_json_valid": tool_response_json_valid,
     "duplicate_tools_by_name": duplicate_tools_by_name,

@@ -1,6 +1,6 @@
 """The gate's fast path: one pass over a record that proves it passes every rule filter.
 
-:func:`screen` walks the messages once and checks, together, what the eight rule filters of
+:func:`screen` walks the messages once and checks, together, what the nine rule filters of
 :mod:`cm2data.validate.rules` check one rule at a time. It answers only "certainly passes" (the record's
 :func:`~cm2data.validate.checklist.steps_per_turn`, computed on the way) or "not proven" (``None``); it never writes a
 message. The gate runs the exact rules on every record the screen does not clear, so which records fail, by which
@@ -22,7 +22,7 @@ from operator import attrgetter
 from typing import Any
 
 from cm2data.schema import Dialogue
-from cm2data.validate.rules import _MARKERS_RE, RuleConfig, parse_json
+from cm2data.validate.rules import _MARKERS_RE, RuleConfig, degenerate_text, parse_json
 
 try:  # orjson comes with distilabel; without it the screen parses with json (slower, same answers)
     from orjson import loads as _parse
@@ -126,6 +126,7 @@ def _screen(d: Dialogue, cfg: RuleConfig) -> list[int] | None:
     if len(tools) != len(tool_list):  # duplicate_tools_by_name
         return None
     search = _SCAN.search
+    min_words = cfg.min_words
     steps: list[int] = []
     prev = None  # the previous message's role
     pending = 0  # tool messages still owed to the last action
@@ -167,8 +168,8 @@ def _screen(d: Dialogue, cfg: RuleConfig) -> list[int] | None:
                     call_ids.append(call_fields["id"])
                 pending = len(calls)
                 resp_ids = []
-            elif not content or content.isspace():  # non_empty_content: an assistant reply
-                return None
+            elif not content or content.isspace() or degenerate_text(content, min_words) is not None:
+                return None  # non_empty_content, degenerate_message: an assistant reply
         elif role == "tool":
             # role_order and tool_call_response_match: exactly as many responses as calls
             if not pending or fields["tool_calls"] or not content or content.isspace():
@@ -185,8 +186,8 @@ def _screen(d: Dialogue, cfg: RuleConfig) -> list[int] | None:
         elif role == "user":
             if pending or not (prev is None or prev == "system" or prev == "assistant") or fields["tool_calls"]:
                 return None
-            if not content or content.isspace():
-                return None
+            if not content or content.isspace() or degenerate_text(content, min_words) is not None:
+                return None  # non_empty_content, degenerate_message
             steps.append(1)
         elif role == "system":
             if prev is not None or fields["tool_calls"] or not content or content.isspace():

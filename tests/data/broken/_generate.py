@@ -304,10 +304,11 @@ def rule_files() -> None:
         plain("ro-ends-on-tool", [user("Weather in Paris?"),
                                   assistant("<think>\nCall.\n</think>", [call("get_weather", {"city": "Paris"}, "c0")]),
                                   tool(FORECAST, "c0", "get_weather")]),
-        plain("ro-system-in-middle", [user("Hi"), assistant(reply), {"role": "system", "content": "Be brief."},
-                                      user("Weather?"), assistant(reply)]),
-        plain("ro-user-after-user", [user("Hi"), user("Weather in Paris?"), assistant(reply)]),
-        plain("ro-starts-with-assistant", [assistant(reply), user("Weather?"), assistant(reply)]),
+        plain("ro-system-in-middle", [user("Hi there"), assistant(reply),
+                                      {"role": "system", "content": "Be brief."},
+                                      user("Weather in Paris?"), assistant(reply)]),
+        plain("ro-user-after-user", [user("Hi there"), user("Weather in Paris?"), assistant(reply)]),
+        plain("ro-starts-with-assistant", [assistant(reply), user("Weather in Paris?"), assistant(reply)]),
     ])
 
     two_calls = [user("Weather in Paris and Rome?"),
@@ -373,7 +374,21 @@ def rule_files() -> None:
     write_json("no_user_turn.json", [
         good("nu-good"),
         plain("nu-no-user", [{"role": "system", "content": "You are helpful.", "tool_calls": []},
-                             assistant("<think>\nGreet.\n</think>\n\nHello!")]),
+                             assistant("<think>\nGreet.\n</think>\n\nHello there!")]),
+    ])
+
+    def degenerate(index: int, text: str) -> list[dict[str, Any]]:
+        msgs = good_messages()
+        msgs[index]["content"] = text
+        return msgs
+
+    write_json("degenerate_message.json", [
+        good("dg-good"),
+        plain("dg-one-word-user", degenerate(1, "n")),
+        plain("dg-symbols-user", degenerate(5, "??? !!! ... ???")),
+        plain("dg-emoji-reply", degenerate(4, "<think>\nSummarise.\n</think>\n\n\U0001f44d \U0001f44d \U0001f324\ufe0f")),
+        plain("dg-one-word-reply", degenerate(8, "<think>\nConfirm.\n</think>\n\nDone.")),
+        plain("dg-two-words-good", degenerate(8, "<think>\nConfirm.\n</think>\n\nBooked: B-1042.")),
     ])
 
 
@@ -475,6 +490,39 @@ def checklist_files() -> None:
         good("cv-good"),
         with_checklist("cv-turn-past-end", past_turns),
         with_checklist("cv-step-past-end", past_steps),
+    ])
+
+    def snippet(turn: int, index: int, text: str):  # type: ignore[no-untyped-def]
+        def edit(variant):  # type: ignore[no-untyped-def]
+            variant[turn][index]["evidence"][0]["snippet"] = text
+        return edit
+
+    def wrong_kind(variant):  # type: ignore[no-untyped-def]
+        variant[0][1]["evidence"][0]["step"] = 1  # tool.content pointing at the assistant's action
+
+    def no_evidence(variant):  # type: ignore[no-untyped-def]
+        variant[1][0]["evidence"] = []
+
+    write_json("checklist_grounding.json", [
+        good("cg-good"),
+        with_checklist("cg-snippet-not-in-dialogue", snippet(1, 1, "booking B-9999")),
+        with_checklist("cg-from-wrong-kind-of-step", wrong_kind),
+        with_checklist("cg-empty-snippet", snippet(0, 1, "  ")),
+        with_checklist("cg-no-evidence", no_evidence),
+        # JSON-quoting and whitespace differ, and one word is dropped: a quote all the same
+        with_checklist("cg-near-quote-good", snippet(0, 2, "Tomorrow is sunny with high of 24")),
+        with_checklist("cg-json-escaped-good", snippet(0, 1, '\\"sky\\": \\"sunny\\"')),
+    ])
+
+    def question(text: str):  # type: ignore[no-untyped-def]
+        def edit(variant):  # type: ignore[no-untyped-def]
+            variant[0][0]["question"] = text
+        return edit
+
+    write_json("checklist_copied.json", [
+        good("cp-good"),
+        with_checklist("cp-question-of-the-prompt", question("Did the assistant request the forecast for Oslo?")),
+        with_checklist("cp-snippet-of-the-prompt", snippet(0, 2, "12°C and light rain")),
     ])
 
 
