@@ -5,7 +5,7 @@ Checks
   cm2data/data/catalog/tools.json    (seed tool catalog)
   cm2data/data/sample/dialogues.json (checklist-annotated sample dialogues, CM2 reference layout)
 
-against the rules of the CM2 data format (docs: cm2-method.md sections 1-3): role order, tool-call/response
+against the rules of the CM2 data format (docs/cm2-method.md sections 1-3): role order, tool-call/response
 pairing, argument types against the schema (a boolean is not a number), enums, required and unknown
 parameters, JSON tool content, <think> tags, checklist shape, weights, dependence rules and evidence
 snippets located at the right turn and step.

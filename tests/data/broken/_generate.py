@@ -386,7 +386,8 @@ def rule_files() -> None:
         good("dg-good"),
         plain("dg-one-word-user", degenerate(1, "n")),
         plain("dg-symbols-user", degenerate(5, "??? !!! ... ???")),
-        plain("dg-emoji-reply", degenerate(4, "<think>\nSummarise.\n</think>\n\n\U0001f44d \U0001f44d \U0001f324\ufe0f")),
+        plain("dg-emoji-reply",
+              degenerate(4, "<think>\nSummarise.\n</think>\n\n\U0001f44d \U0001f44d \U0001f324\ufe0f")),
         plain("dg-one-word-reply", degenerate(8, "<think>\nConfirm.\n</think>\n\nDone.")),
         plain("dg-two-words-good", degenerate(8, "<think>\nConfirm.\n</think>\n\nBooked: B-1042.")),
     ])
