@@ -114,12 +114,16 @@ def ingest(
         raise typer.Exit(1)
 
 
+MIN_WORDS_HELP = "degenerate_message: fewest words in a user message or assistant reply (1 admits 'yes')."
+
+
 @app.command()
 def validate(
     src: Annotated[Path, typer.Argument(help="A dataset folder (or a file with --format).")],
     fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
     rejects_file: Annotated[Path | None, typer.Option("--rejects", help="Write rejects here (JSON lines).")] = None,
     thinking: Annotated[Thinking, typer.Option(help="Whether assistant messages must carry <think>.")] = Thinking.auto,
+    min_words: Annotated[int, typer.Option(min=0, help=MIN_WORDS_HELP)] = 2,
     rule: Annotated[list[str] | None, typer.Option("--rule", help="Run only these rules (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -130,7 +134,8 @@ def validate(
     try:
         with _progress() as progress:
             task = progress.add_task("validating", total=len(records))
-            result = run_gate(records, config=RuleConfig(thinking=thinking.value), rules=rule or None,
+            result = run_gate(records, config=RuleConfig(thinking=thinking.value, min_words=min_words),
+                              rules=rule or None,
                               on_progress=lambda n: progress.advance(task, n))
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -164,6 +169,7 @@ def filter_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder for the records that pass.")],
     fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
     thinking: Annotated[Thinking, typer.Option()] = Thinking.auto,
+    min_words: Annotated[int, typer.Option(min=0, help=MIN_WORDS_HELP)] = 2,
     rule: Annotated[list[str] | None, typer.Option("--rule", help="Apply only these rule filters.")] = None,
     with_checklists: Annotated[bool, typer.Option(help="Also apply the checklist rules and tables.")] = False,
 ) -> None:
@@ -176,7 +182,7 @@ def filter_(
     try:
         with _progress() as progress:
             task = progress.add_task("filtering", total=len(records))
-            result = run_gate(records, config=RuleConfig(thinking=thinking.value), stages=stages,
+            result = run_gate(records, config=RuleConfig(thinking=thinking.value, min_words=min_words), stages=stages,
                               rules=rule or None, on_progress=lambda n: progress.advance(task, n))
     except ValueError as exc:
         raise _fail(str(exc)) from None

@@ -107,11 +107,22 @@ def run_pipelines(out: Path, console: Console, *, base_url: str | None = None, m
     gate = run_gate(store.read_dataset(out))
     status = "[green]passed[/]" if gate.passed else f"[red]{len(gate.rejected_ids)} records failed[/]"
     console.print(f"[bold]validate[/]: {gate.checked} pipeline records, {len(gate.rules)} rules: {status}")
-    by_stage = result.report["rejects"]["by_stage"]
+    rejects = result.report["rejects"]
+    by_stage = rejects["by_stage"]
     console.print(f"[bold]pipeline[/]: {result.records} checklist-annotated dialogues → {out}; "
                   f"{sum(by_stage.values())} rejected ("
                   + ", ".join(f"{k} {v}" for k, v in by_stage.items()) + f") → {out / 'rejects.jsonl'}; "
                   f"report → {out / REPORT_HTML} ({time.monotonic() - started:.0f} s)")
+    top = rejects["by_stage_and_rule"][:6]
+    if top:
+        console.print("[bold]pipeline[/]: rejected by " + ", ".join(f"{r['stage']}/{r['rule']} {r['count']}"
+                                                                    for r in top))
+    if result.records == 0:
+        where = "the embedded 135M model" if base_url is None else f"the model at {base_url}"
+        console.print(f"[bold yellow]pipeline: 0 dialogues passed every rule[/]: {where} wrote no dialogue whose "
+                      "checklist survives the gate (see the rules above and rejects.jsonl). This is the honest "
+                      "result of a tiny CPU model, not a broken run: point the demo at a real server with "
+                      "`bash scripts/demo.sh --base-url http://HOST:PORT/v1 [--model NAME]`.")
     if base_url is None and result.report.get("llm"):
         console.print(f"the embedded server keeps running at {result.report['llm']['base_url']} for the next command; "
                       "stop it with `cm2data serve --stop`")

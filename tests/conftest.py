@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,6 +20,7 @@ from cm2data.formats.rows import iter_rows
 from cm2data.schema import Dialogue
 
 TESTS = Path(__file__).parent
+CHROMIUM = os.environ.get("CM2DATA_CHROMIUM", "/usr/bin/chromium")
 REFERENCE = TESTS / "fixtures" / "cm2-reference"
 SAMPLE = TESTS.parent / "cm2data" / "data" / "sample" / "dialogues.json"
 
@@ -92,3 +96,33 @@ def argilla_stack_handle(tmp_path_factory: pytest.TempPathFactory):
 def argilla_stack(argilla_stack_handle) -> tuple[str, str]:
     """``(api_url, api_key)`` of this session's local Argilla stack (see ``argilla_stack_handle``)."""
     return argilla_stack_handle.api_url, argilla_stack_handle.credentials.api_key
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's chromium, apt-installed (scripts/argilla_stack.sh debs chromium) when missing; a failure, not a
+    skip, when there is still none."""
+    if not os.access(CHROMIUM, os.X_OK) and CHROMIUM == "/usr/bin/chromium":
+        subprocess.run(["bash", str(TESTS.parent / "scripts" / "argilla_stack.sh"), "debs", "chromium"],
+                       stdin=subprocess.DEVNULL, check=False)  # its outcome is the access check below
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"no browser at {CHROMIUM}: apt-get install chromium (or set CM2DATA_CHROMIUM)", pytrace=False)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[Any]:
+    """A headless Chromium for one test module, driven by Playwright (whose own browser builds are never
+    downloaded). Module scope: Playwright's sync API is stopped before the next module's tests, which may run
+    their own asyncio loops."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # as root, chromium refuses to start without --no-sandbox; Playwright already passes
+        # --disable-background-networking, --disable-component-update, --no-first-run and the like
+        args = ["--disable-gpu", *(["--no-sandbox"] if os.geteuid() == 0 else [])]
+        b = pw.chromium.launch(executable_path=chromium_path, headless=True, args=args)
+        try:
+            yield b
+        finally:
+            b.close()

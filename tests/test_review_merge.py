@@ -1,13 +1,12 @@
 """Human review, the parts that need no server: merge rules, re-normalisation, majority and ties, added criteria,
-agreement against textbook values, the push plan, and the item template's escaping (run in node when present)."""
+agreement against textbook values, the push plan, and the item template's escaping (run in headless Chromium)."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -408,52 +407,81 @@ def test_find_snippet_ignores_whitespace_differences() -> None:
     assert find_snippet(pretty, "zzz") is None
 
 
-_DOM_SHIM = r"""
-const fs = require("fs");
-const vm = require("vm");
-const [script, payload] = [fs.readFileSync(process.argv[2], "utf8"), fs.readFileSync(process.argv[3], "utf8")];
-const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-class Text { constructor(t) { this.text = String(t); } html() { return esc(this.text); } }
-class El {
-  constructor(tag) { this.tag = tag; this.children = []; this.className = ""; this.title = ""; }
-  appendChild(c) { this.children.push(c); return c; }
-  set textContent(v) { this.children = [new Text(v)]; }
-  get textContent() { return this.children.map((c) => c.text !== undefined ? c.text : c.textContent).join(""); }
-  set innerHTML(v) { throw new Error("innerHTML used"); }
-  set outerHTML(v) { throw new Error("outerHTML used"); }
-  insertAdjacentHTML() { throw new Error("insertAdjacentHTML used"); }
-  html() { return "<" + this.tag + (this.className ? ' class="' + esc(this.className) + '"' : "") + ">" +
-                  this.children.map((c) => c.html()).join("") + "</" + this.tag + ">"; }
-  tags() { return [this.tag].concat(...this.children.filter((c) => c instanceof El).map((c) => c.tags())); }
-}
-const root = new El("div");
-const document = {
-  createElement: (t) => new El(t), createTextNode: (t) => new Text(t),
-  getElementById: (id) => root, write: () => { throw new Error("document.write used"); },
-};
-vm.runInNewContext(script, { document, record: JSON.parse(payload) });
-process.stdout.write(JSON.stringify({ html: root.html(), tags: [...new Set(root.tags())],
-                                      text: root.textContent }));
-"""
+# What Argilla's custom field (advanced mode) puts in the field's frame before the template: the record as JSON in a
+# script element (see the comment at the top of ui/argilla/item_template.html)
+_FRAME = """<!doctype html><html><head><meta charset="utf-8"></head><body>
+<script>const record = {record};</script>
+{template}
+</body></html>"""
+_ORIGIN = "http://cm2-template.invalid"  # never reached: the route below answers the page and aborts the rest
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the template is not executed")
-def test_template_renders_hostile_text_as_text(tmp_path: Path) -> None:
+def render_in_chromium(browser: Any, template: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Run ``template`` on ``record`` in a fresh page of headless Chromium, the way Argilla's field frame does, and
+    return what it rendered in ``#cm2`` (tag names, text, the serialised HTML, the texts of the ``mark`` elements and
+    the classes of the ``details`` elements) with every sign of something else happening: requests beyond the page
+    itself (an ``<img src=x>`` that became markup asks for ``/x``; they are aborted), failed requests, JS errors,
+    console errors and warnings, and dialogs (``alert`` in the payloads)."""
+    page_html = _FRAME.format(record=json.dumps(record), template=template)
+    context = browser.new_context()
+    requests: list[str] = []
+    problems: list[str] = []
+
+    def serve(route: Any) -> None:
+        if route.request.url == f"{_ORIGIN}/item.html":
+            route.fulfill(status=200, content_type="text/html; charset=utf-8", body=page_html)
+        else:
+            requests.append(route.request.url)
+            route.abort()
+
+    def dialog(d: Any) -> None:
+        problems.append(f"dialog {d.type}: {d.message}")
+        d.dismiss()
+
+    try:
+        context.route("**/*", serve)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+        page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}")
+                if m.type in ("error", "warning", "assert") else None)
+        page.on("requestfailed", lambda r: problems.append(f"requestfailed: {r.url} ({r.failure})"))
+        page.on("dialog", dialog)
+        page.goto(f"{_ORIGIN}/item.html", wait_until="load")
+        page.wait_for_timeout(200)  # an onerror handler of a failed image has run by now
+        out = page.evaluate("""() => {
+            const root = document.getElementById("cm2");
+            return {tags: [...new Set([...root.querySelectorAll("*")].map((e) => e.tagName.toLowerCase()))],
+                    text: root.textContent, html: root.innerHTML,
+                    marks: [...root.querySelectorAll("mark")].map((m) => [m.title, m.textContent]),
+                    details: [...root.querySelectorAll("details")].map((d) => d.className),
+                    scripts_in_page: document.scripts.length};
+        }""")
+    finally:
+        context.close()
+    return {**out, "requests": requests, "problems": problems}
+
+
+def test_template_renders_hostile_text_as_text(browser: Any) -> None:
     (item,) = review_items(_hostile_record())
-    script = re.findall(r"<script>(.*?)</script>", load_template(), flags=re.DOTALL)[0]
-    (tmp_path / "t.js").write_text(script)
-    (tmp_path / "r.json").write_text(json.dumps({"fields": {"item": item.value}, "metadata": item.metadata}))
-    (tmp_path / "shim.js").write_text(_DOM_SHIM)
-    proc = subprocess.run(["node", str(tmp_path / "shim.js"), str(tmp_path / "t.js"), str(tmp_path / "r.json")],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    out = render_in_chromium(browser, load_template(), {"fields": {"item": item.value}, "metadata": item.metadata})
+    # nothing ran, nothing was asked for: no dialog (alert), no JS error, no request but the page itself
+    assert out["problems"] == [], out["problems"]
+    assert out["requests"] == [], out["requests"]
+    assert out["scripts_in_page"] == 2  # the record's and the template's: the payloads added none
     assert "script" not in out["tags"] and "img" not in out["tags"]
     assert set(out["tags"]) <= {"div", "h3", "span", "ul", "li", "details", "summary", "mark"}
-    # the hostile strings arrive decoded, as text, in every place: user, thinking, tool call, tool result, item
-    assert out["text"].count('<script>alert("x")</script>') >= 6
-    assert "onerror=alert(1)>" in out["text"]
-    assert "&lt;script&gt;" in out["html"] and "<script>" not in out["html"]
-    assert "<details class=\"thinking\">" in out["html"]
-    assert "<mark>" in out["html"]  # the evidence snippet is highlighted
-    assert "turn 0 · step 2 · tool · lookup" in out["text"] and "Turn 0 (under review)" in out["text"]
+    # the hostile strings arrive decoded, as text, in every place: system, user, thinking, tool call (pretty JSON),
+    # tool result (pretty JSON), final reply, the item's question, pass condition and failure example, the domain
+    text = out["text"]
+    escaped = json.dumps(HOSTILE)[1:-1]  # inside the pretty-printed JSON of the tool call and the tool result
+    for shown in ("sys " + HOSTILE, "find it " + HOSTILE, "think " + HOSTILE, f'"q": "{escaped}"',
+                  f'"r": "{escaped}"', "done " + HOSTILE, "Item C0 of turn 0 — Q " + HOSTILE, "P " + HOSTILE,
+                  "d" + HOSTILE):
+        assert shown in text, (shown, text)
+    # the seven plain places above and the failure example (a list item of its own); the two JSON-escaped ones
+    assert text.count(HOSTILE) == 8 and text.count(escaped) == 2
+    assert "&lt;script&gt;" in out["html"] and "<script>" not in out["html"] and "<img" not in out["html"]
+    assert out["details"] == ["system", "thinking"]
+    # the evidence snippet, as text: in the item's evidence row, and highlighted in the tool result it was found in
+    assert out["marks"] == [["", "<script>alert"], ["evidence 0", "<script>alert"]]
+    assert "turn 0 · step 2 · tool · lookup" in text and "Turn 0 (under review)" in text

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import argilla
 import pytest
 from typer.testing import CliRunner
 
@@ -22,8 +23,6 @@ from cm2data.review.status import review_status
 from cm2data.schema import Dialogue, Message, ToolCall
 
 pytestmark = pytest.mark.slow
-
-argilla = pytest.importorskip("argilla")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_push_review_pull_cycle(env: dict[str, str], client: Any, reviewers: dic
     n_items = sum(len(b.items) for d in records for v in d.checklists for b in v)
 
     # push, then push again: nothing new, nothing duplicated
-    first = _run(env, "push", str(folder), "--name", name)
+    first = _run(env, "push", str(folder), "--name", name, "--min-submitted", "2")
     assert first.exit_code == 0, first.output
     assert f"{n_items} new, 0 updated, 0 unchanged" in first.output
     again = _run(env, "push", str(folder), "--name", name)
@@ -106,7 +105,7 @@ def test_push_review_pull_cycle(env: dict[str, str], client: Any, reviewers: dic
     assert f"0 new, 0 updated, {n_items} unchanged" in again.output
     ds = find_dataset(client, name)
     assert len(fetch_records(client, ds)) == n_items
-    assert ds.settings.distribution.min_submitted == 2
+    assert ds.settings.distribution.min_submitted == 2  # as asked: pull's quorum below follows from it
 
     # the record: custom field with the template, suggestions from the labeller, metadata for filtering
     ref = reference_record
@@ -114,7 +113,11 @@ def test_push_review_pull_cycle(env: dict[str, str], client: Any, reviewers: dic
     (rec,) = [r for r in ds.records(with_suggestions=True) if r.id == rid]
     assert rec.fields[FIELD]["item"]["question"] == ref.checklists[0][0].items[0].question
     assert rec.suggestions["verdict"].value == "keep"
-    assert rec.metadata["turn"] == 0 and rec.metadata["must_pass"] in ("yes", "no")
+    # metadata for filtering: every item's turn and whether it must pass, as in the folder (both values occur)
+    expected = {record_id(ref.id, 0, b.turn, it.id): (b.turn, "yes" if it.required_for_next_turn else "no")
+                for b in ref.checklists[0] for it in b.items}
+    served = {r.id: (r.metadata["turn"], r.metadata["must_pass"]) for r in ds.records() if r.id in expected}
+    assert served == expected and {must for _, must in expected.values()} == {"yes", "no"}
 
     # two reviewers answer through the SDK
     rid = {(t, i): record_id(ref.id, 0, t, i) for t, b in enumerate(ref.checklists[0]) for i in _items(ref, t)}
@@ -262,13 +265,14 @@ def test_faults_give_one_message_and_write_nothing(env: dict[str, str], tmp_path
     assert not out.exists()
 
 
-def test_pull_refuses_a_merge_that_fails_the_gate(env: dict[str, str], tmp_path: Path,
+def test_pull_refuses_a_merge_that_fails_the_gate(env: dict[str, str], client: Any, tmp_path: Path,
                                                   reference_record: Dialogue) -> None:
     bad = reference_record.model_copy(deep=True)
     bad.checklists[0][2].items[0].weight = 0.9  # turn 2 no longer sums to 1, and no review fixes it
     folder = tmp_path / "in"
     store.write_dataset(folder, [bad])
-    assert _run(env, "push", str(folder), "--name", "gate").exit_code == 0
+    assert _run(env, "push", str(folder), "--name", "gate", "--min-submitted", "3").exit_code == 0
+    assert find_dataset(client, "gate").settings.distribution.min_submitted == 3  # the option reaches the server
     out = tmp_path / "out"
     result = _run(env, "pull", "gate", "--into", str(folder), "--out", str(out))
     assert result.exit_code == 1

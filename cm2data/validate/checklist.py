@@ -98,7 +98,8 @@ SOURCE_STEP_KIND: dict[str, str] = {
 
 
 def evidence_grounded(d: Dialogue, steps: Sequence[int]) -> list[str]:
-    """Every item has evidence, and every evidence entry is a quote of the dialogue: its ``from`` names a part of the
+    """Every item has evidence (except a criterion a reviewer added in review, which has none), and every evidence
+    entry is a quote of the dialogue: its ``from`` names a part of the
     kind of step it points at (``tool.content`` → a tool step, ``assistant.*`` → an assistant step,
     ``user.content`` → the user message), and its snippet occurs in that part's text — the message content, the
     thinking, or the tool calls' names and arguments — after :func:`cm2data.validate.evidence.normalize`
@@ -113,7 +114,7 @@ def evidence_grounded(d: Dialogue, steps: Sequence[int]) -> list[str]:
         for block in variant:
             for it in block.items:
                 where = f"variant {v} turn {block.turn} {it.id}"
-                if not it.evidence:
+                if not it.evidence and not _added_in_review(it.extra_info):
                     out.append(f"{where}: no evidence (an item must point at the steps that support it)")
                 for k, ev in enumerate(it.evidence):
                     kind = SOURCE_STEP_KIND.get(ev.from_)
@@ -147,6 +148,13 @@ def evidence_grounded(d: Dialogue, steps: Sequence[int]) -> list[str]:
 def _example_key(text: str) -> str:
     """How item texts are compared with the prompt's: normalised, end punctuation dropped."""
     return normalize(text).rstrip(".?!")
+
+
+def _added_in_review(extra_info: dict[str, Any]) -> bool:
+    """A criterion a human reviewer added (``cm2data review pull``): written from the dialogue, with its provenance
+    in ``extra_info.review``, but without evidence pointers (the review form asks for none)."""
+    review = extra_info.get("review") if isinstance(extra_info, dict) else None
+    return isinstance(review, dict) and review.get("decision") == "add"
 
 
 @cache
