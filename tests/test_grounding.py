@@ -183,7 +183,8 @@ def test_copied_from_prompt_catches_the_examples_of_every_version() -> None:
     current = prompt.example[0]["checklist"][0]
     retired = prompt.retired_examples[0][0]["checklist"][0]
     ok = (1, "assistant.tool_calls", '"city": "Oslo"')
-    for question in (current["question"], retired["question"], retired["question"].rstrip("?").upper()):
+    near = "Did the assistant renew the loan of Dune, library card 4417?"  # the 135M model's copy, seen here
+    for question in (current["question"], retired["question"], retired["question"].rstrip("?").upper(), near):
         d = dialogue(checklist=[item(ok, question=question)])
         found = copied_from_prompt(d, steps_per_turn(d.messages))
         assert len(found) == 1 and "copied from the example in the labeller prompt" in found[0], question
@@ -193,6 +194,9 @@ def test_copied_from_prompt_catches_the_examples_of_every_version() -> None:
     # a snippet equal to the example's counts only when this dialogue does not hold it
     invented = dialogue(checklist=[item((3, "assistant.content.user_visible_reply", "12°C and light rain"))])
     assert "does not contain it" in copied_from_prompt(invented, steps_per_turn(invented.messages))[0]
+    # a question of the same form about other facts is not a copy
+    other = dialogue(checklist=[item(ok, question="Did the assistant look up the weather of Oslo on this day?")])
+    assert copied_from_prompt(other, steps_per_turn(other.messages)) == []
     real = dialogue(checklist=[item(ok)])  # '"city": "Oslo"' is also the retired example's snippet
     assert copied_from_prompt(real, steps_per_turn(real.messages)) == []
     assert run_gate([real]).passed

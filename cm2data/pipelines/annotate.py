@@ -465,8 +465,11 @@ def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 
     from cm2data.validate.checklist import steps_per_turn
 
     steps = steps_per_turn(record.messages)
-    messages = load_prompt("annotate").messages(
-        tools=tools_text(record.tools), num_turns=len(steps),
+    prompt = load_prompt("annotate")
+    section = prompt.render(prompt.extras["example_section"]).strip() + "\n" if settings.get("show_example", True) \
+        else ""
+    messages = prompt.messages(
+        tools=tools_text(record.tools), num_turns=len(steps), example_section=section,
         dialogue=dialogue_text(record, numbered=True, max_chars=int(settings.get("max_chars_per_message", 600))))
     seed = {"seed": int(settings.get("seed") or 0) + variant} if settings.get("request_seeds") else {}
     strict = bool(settings.get("strict_schema", True)) and schema_form != "prompt"

@@ -140,6 +140,9 @@ class AnnotateConfig(StageConfig):
                                                   "result fields), enumerated in the schema, so a constrained model "
                                                   "cannot invent one; false: free text, checked after the answer")
     max_quotes_per_part: int = Field(10, ge=1, description="quotes offered per step part with quote_choices")
+    show_example: bool = Field(True, description="show the prompt's worked example (annotate.yaml example_section); "
+                                                 "a small model tends to copy it, which checklist_copied_from_prompt "
+                                                 "then rejects")
     weight_grid: float | None = Field(None, description="with strict_schema: weights are positive multiples of this "
                                                         "step summing to 1, enumerated in the schema (e.g. 0.25, "
                                                         "0.1; at most 1/step items per turn); None: free numbers")

@@ -11,14 +11,14 @@ entry), so a dataset says which wording produced it.
 >>> p = load_prompt("annotate")
 >>> p.tag
 'annotate@2'
->>> messages = p.messages(tools="…", dialogue="…", num_turns=2)
+>>> messages = p.messages(tools="…", dialogue="…", num_turns=2, example_section="")
 """
 
 from __future__ import annotations
 
 import json
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -37,6 +37,8 @@ class Prompt:
     user: str
     example: Any = None
     retired_examples: tuple[Any, ...] = ()
+    #: any other top-level keys of the file (templates or settings a stage reads itself)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def examples(self) -> list[Any]:
@@ -66,6 +68,9 @@ class Prompt:
         return out
 
 
+_FIELDS = ("name", "version", "description", "system", "user", "example", "retired_examples")
+
+
 @cache
 def load_prompt(name: str) -> Prompt:
     """The prompt ``name`` shipped in this package (``cm2data/prompts/<name>.yaml``)."""
@@ -78,7 +83,8 @@ def load_prompt(name: str) -> Prompt:
         raise ValueError(f"prompt file {name}.yaml must declare name: {name} and an integer version")
     return Prompt(name=name, version=data["version"], description=data.get("description", ""),
                   system=data.get("system", ""), user=data.get("user", ""), example=data.get("example"),
-                  retired_examples=tuple(data.get("retired_examples") or ()))
+                  retired_examples=tuple(data.get("retired_examples") or ()),
+                  extras={k: v for k, v in data.items() if k not in _FIELDS})
 
 
 def merge_prompt_versions(current: str | None, *tags: str) -> str:

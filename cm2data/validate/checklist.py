@@ -10,12 +10,14 @@ A rule takes the record and the number of steps of each of its user turns (:func
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from difflib import SequenceMatcher
 from functools import cache
 from typing import Any
 
 from cm2data.schema import Dialogue, Message, TurnChecklist, segment, step_text
-from cm2data.validate.evidence import grounded, normalize, similarity
+from cm2data.validate.evidence import SIMILARITY_FLOOR, grounded, normalize, similarity
 
 
 def steps_per_turn(messages: Sequence[Message]) -> list[int]:
@@ -109,39 +111,50 @@ def evidence_grounded(d: Dialogue, steps: Sequence[int]) -> list[str]:
     out: list[str] = []
     n_turns = len(steps)
     turns = None
+    raw_texts: dict[tuple[int, int, str], str] = {}
     texts: dict[tuple[int, int, str], str] = {}
+    kinds = SOURCE_STEP_KIND
     for v, variant in enumerate(d.checklists):
         for block in variant:
             for it in block.items:
-                where = f"variant {v} turn {block.turn} {it.id}"
-                if not it.evidence and not _added_in_review(it.extra_info):
-                    out.append(f"{where}: no evidence (an item must point at the steps that support it)")
-                for k, ev in enumerate(it.evidence):
-                    kind = SOURCE_STEP_KIND.get(ev.from_)
-                    if kind is None or ev.turn >= n_turns or ev.step >= steps[ev.turn]:
+                fields = it.__dict__  # pydantic keeps values there; attribute reads take a slower hook
+                evidence = fields["evidence"]
+                if not evidence and not _added_in_review(fields["extra_info"]):
+                    out.append(f"variant {v} turn {block.turn} {it.id}: no evidence (an item must point at the steps "
+                               f"that support it)")
+                for k, ev in enumerate(evidence):
+                    pointer = ev.__dict__
+                    source, t, s = pointer["from_"], pointer["turn"], pointer["step"]
+                    kind = kinds.get(source)
+                    if kind is None or t >= n_turns or s >= steps[t]:
                         continue
                     if turns is None:
                         turns = segment(d.messages)
-                    step = turns[ev.turn].steps[ev.step]
-                    at = f"{where} evidence {k}"
+                    step = turns[t].steps[s]
                     if step.kind != kind:
-                        out.append(f"{at}: from {ev.from_!r}, but turn {ev.turn} step {ev.step} is the "
-                                   f"{step.kind}'s step")
+                        out.append(f"variant {v} turn {block.turn} {it.id} evidence {k}: from {source!r}, but turn {t} "
+                                   f"step {s} is the {step.kind}'s step")
                         continue
-                    key = (ev.turn, ev.step, ev.from_)
+                    key = (t, s, source)
+                    raw = raw_texts.get(key)
+                    if raw is None:
+                        raw = raw_texts[key] = step_text(d.messages, step, source)
+                    snippet_raw = pointer["snippet"]
+                    if snippet_raw in raw and not snippet_raw.isspace() and snippet_raw:
+                        continue  # a verbatim quote (the usual case): no normalising needed
                     text = texts.get(key)
                     if text is None:
-                        text = texts[key] = normalize(step_text(d.messages, step, ev.from_))
-                    snippet = normalize(ev.snippet)
+                        text = texts[key] = normalize(raw)
+                    snippet = normalize(snippet_raw)
+                    at = f"variant {v} turn {block.turn} {it.id} evidence {k}"
                     if not snippet:
                         out.append(f"{at}: the snippet is empty")
                     elif not text:
-                        out.append(f"{at}: the {ev.from_} of turn {ev.turn} step {ev.step} is empty, so it cannot "
-                                   f"hold the snippet {ev.snippet!r:.80}")
+                        out.append(f"{at}: the {source} of turn {t} step {s} is empty, so it cannot hold the snippet "
+                                   f"{snippet_raw!r:.80}")
                     elif not grounded(snippet, text, normalized=True):
-                        out.append(f"{at}: the snippet {ev.snippet!r:.80} is not in the {ev.from_} of turn "
-                                   f"{ev.turn} step {ev.step} (closest quote similarity "
-                                   f"{similarity(snippet, text, normalized=True):.2f})")
+                        out.append(f"{at}: the snippet {snippet_raw!r:.80} is not in the {source} of turn {t} step {s} "
+                                   f"(closest quote similarity {similarity(snippet, text, normalized=True):.2f})")
     return out
 
 
@@ -157,14 +170,11 @@ def _added_in_review(extra_info: dict[str, Any]) -> bool:
     return isinstance(review, dict) and review.get("decision") == "add"
 
 
-@cache
-def _prompt_example_texts() -> dict[str, dict[str, str]]:
-    """``{field: {normalised text: prompt tag}}`` for the question, pass condition, failure examples and evidence
-    snippets of every example of the labeller prompt (current and retired)."""
+def _prompt_example_items() -> list[tuple[str, dict[str, Any]]]:
+    """``(tag, item)`` for every checklist item of the labeller prompt's examples, current first."""
     from cm2data.prompts import load_prompt
 
     prompt = load_prompt("annotate")
-    found: dict[str, dict[str, str]] = {"question": {}, "pass_condition": {}, "failure_example": {}, "snippet": {}}
 
     def items(value: Any) -> list[dict[str, Any]]:
         if isinstance(value, dict):
@@ -173,50 +183,139 @@ def _prompt_example_texts() -> dict[str, dict[str, str]]:
             return [x for v in value for x in items(v)]
         return []
 
+    out = []
     for i, example in enumerate(prompt.examples):
         tag = prompt.tag if i == 0 and prompt.example is not None else f"{prompt.name}, an earlier version"
-        for item in items(example):
-            for name in ("question", "pass_condition"):
-                if isinstance(item.get(name), str) and _example_key(item[name]):
-                    found[name][_example_key(item[name])] = tag
-            for text in item.get("failure_examples") or []:
-                if isinstance(text, str) and _example_key(text):
-                    found["failure_example"][_example_key(text)] = tag
-            for ev in item.get("evidence") or []:
-                if isinstance(ev, dict) and isinstance(ev.get("snippet"), str) and normalize(ev["snippet"]):
-                    found["snippet"][normalize(ev["snippet"])] = tag
+        out += [(tag, item) for item in items(example)]
+    return out
+
+
+def _prompt_example_texts_raw(*, snippets: bool = True) -> list[str]:
+    """Every text of the examples' items that :func:`copied_from_prompt` compares, as written (``snippets``: with
+    the evidence snippets)."""
+    out: list[str] = []
+    for _, item in _prompt_example_items():
+        quotes = [ev.get("snippet") for ev in item.get("evidence") or [] if isinstance(ev, dict)] if snippets else []
+        out += [t for t in (item.get("question"), item.get("pass_condition"), *(item.get("failure_examples") or []),
+                            *quotes) if isinstance(t, str) and t.strip()]
+    return out
+
+
+@cache
+def _prompt_example_texts() -> dict[str, dict[str, str]]:
+    """``{field: {normalised text: prompt tag}}`` for the question, pass condition, failure examples and evidence
+    snippets of every example of the labeller prompt (current and retired)."""
+    found: dict[str, dict[str, str]] = {"question": {}, "pass_condition": {}, "failure_example": {}, "snippet": {}}
+    for tag, item in _prompt_example_items():
+        for name in ("question", "pass_condition"):
+            if isinstance(item.get(name), str) and _example_key(item[name]):
+                found[name][_example_key(item[name])] = tag
+        for text in item.get("failure_examples") or []:
+            if isinstance(text, str) and _example_key(text):
+                found["failure_example"][_example_key(text)] = tag
+        for ev in item.get("evidence") or []:
+            if isinstance(ev, dict) and isinstance(ev.get("snippet"), str) and normalize(ev["snippet"]):
+                found["snippet"][normalize(ev["snippet"])] = tag
     return found
+
+
+@cache
+def _example_anchors() -> tuple[tuple[str, ...], tuple[tuple[int, tuple[str, ...]], ...]]:
+    """What :func:`copied_from_prompt` looks for before comparing texts: (1) the three longest distinctive words (4+
+    characters, not in the prompt's instructions, whose vocabulary — "assistant", "reply" — is in every checklist)
+    of every example question, pass condition and failure example: a copy or near copy (ratio ≥ 0.9) keeps some of
+    them; (2) per example snippet, all of its words and a length bound: a snippet equal to it once normalised holds
+    every one and is not much longer."""
+    from cm2data.prompts import load_prompt
+
+    def words(text: str) -> list[str]:
+        return sorted(set(re.findall(r"[\w-]+", text.casefold())), key=lambda w: (-len(w), w))
+
+    common = set(words(load_prompt("annotate").system))
+    anchors: set[str] = set()
+    for text in _prompt_example_texts_raw(snippets=False):
+        found = words(text)
+        anchors.update([w for w in found if len(w) >= 4 and w not in common][:3] or found[:1])
+    # with each example snippet, the longest raw text that can normalise to it (whitespace, quotes and escapes
+    # around every character and then some): a longer snippet is not a copy of it
+    snippet_words = {(3 * len(normalize(text)) + 10, tuple(words(text)))
+                     for text in _prompt_example_texts_raw(snippets=True)
+                     if text not in _prompt_example_texts_raw(snippets=False)}
+    return tuple(sorted(anchors)), tuple(sorted(sw for sw in snippet_words if sw[1]))
+
+
+def _near_example(key: str, known: dict[str, str]) -> str | None:
+    """The tag of the example text that ``key`` equals or nearly equals (``SequenceMatcher`` ratio ≥
+    ``SIMILARITY_FLOOR``, both normalised: "Did the assistant renew the loan of Dune, library card 4417?" copies
+    "… of Dune on library card 4417?"), else None. Length and character-count bounds skip most texts unread."""
+    tag = known.get(key)
+    if tag is not None or not key:
+        return tag
+    for text, tag in known.items():
+        if 2 * min(len(key), len(text)) < SIMILARITY_FLOOR * (len(key) + len(text)):
+            continue  # the ratio cannot reach the floor
+        matcher = SequenceMatcher(None, key, text, autojunk=False)
+        if matcher.quick_ratio() >= SIMILARITY_FLOOR and matcher.ratio() >= SIMILARITY_FLOOR:
+            return tag
+    return None
 
 
 def copied_from_prompt(d: Dialogue, steps: Sequence[int]) -> list[str]:
     """No item repeats the labeller prompt's example (or an earlier version's): its question, pass condition or a
-    failure example equal to the example's, or an evidence snippet equal to an example's snippet that the dialogue
-    does not hold (compared after :func:`~cm2data.validate.evidence.normalize`)."""
+    failure example equal or nearly equal to the example's (similarity ≥
+    :data:`~cm2data.validate.evidence.SIMILARITY_FLOOR`), or an evidence snippet equal to an example's snippet that
+    the dialogue does not hold (compared after :func:`~cm2data.validate.evidence.normalize`)."""
     known = _prompt_example_texts()
-    out: list[str] = []
-    full_text: str | None = None
+    anchors, snippet_words = _example_anchors()
+    # Cheap tests first, so that most records cost one pass over their items: one search over all of the record's
+    # item texts (most share no distinctive word with the examples; a copy keeps some), and for snippets a length
+    # bound and the example snippet's words (an equal one, normalised, holds them all and is not much longer).
+    # Non-ASCII text always gets the closer look (NFKC may map it onto those words).
+    items = []
+    texts: list[str] = []
+    short: list[tuple[int, int, Any, str]] = []  # snippets short enough to equal an example snippet
+    longest = max((n for n, _ in snippet_words), default=0)
     for v, variant in enumerate(d.checklists):
         for block in variant:
             for it in block.items:
-                where = f"variant {v} turn {block.turn} {it.id}"
-                for name, text in (("question", it.question), ("pass_condition", it.pass_condition),
-                                   *(("failure_example", f) for f in it.failure_examples)):
-                    tag = known[name].get(_example_key(text))
-                    if tag is not None:
-                        out.append(f"{where}: the {name.replace('_', ' ')} {text!r:.80} is copied from the example "
-                                   f"in the labeller prompt ({tag}), not written about this dialogue")
-                for ev in it.evidence:
-                    snippet = normalize(ev.snippet)
-                    tag = known["snippet"].get(snippet)
-                    if tag is None:
-                        continue
-                    if full_text is None:
-                        full_text = normalize("\n".join(
-                            part for m in d.messages for part in (m.content, m.thinking or "",
-                                                                  *(c.arguments for c in m.tool_calls))))
-                    if snippet not in full_text:
-                        out.append(f"{where}: the snippet {ev.snippet!r:.80} is copied from the example in the "
-                                   f"labeller prompt ({tag}); this dialogue does not contain it")
+                fields = it.__dict__
+                items.append((v, block.turn, it))
+                texts += (fields["question"], fields["pass_condition"], *fields["failure_examples"])
+                for ev in fields["evidence"]:
+                    raw = ev.__dict__["snippet"]
+                    if len(raw) <= longest or not raw.isascii():
+                        short.append((v, block.turn, it, raw))
+    joined = "\n".join(texts)
+    folded = joined.casefold()
+    out: list[str] = []
+    if not joined.isascii() or any(w in folded for w in anchors):
+        for v, turn, it in items:
+            fields = it.__dict__
+            for name, text in (("question", fields["question"]), ("pass_condition", fields["pass_condition"]),
+                               *(("failure_example", f) for f in fields["failure_examples"])):
+                if text.isascii() and not any(w in text.casefold() for w in anchors):
+                    continue  # shares none of the examples' distinctive words: cannot be a copy
+                tag = _near_example(_example_key(text), known[name])
+                if tag is not None:
+                    out.append(f"variant {v} turn {turn} {it.id}: the {name.replace('_', ' ')} {text!r:.80} is copied "
+                               f"from the example in the labeller prompt ({tag}), not written about this dialogue")
+    full_text: str | None = None
+    for v, turn, it, raw in short:
+        if raw.isascii():
+            folded = raw.casefold()
+            if not any(len(raw) <= bound and all(w in folded for w in ws) for bound, ws in snippet_words):
+                continue
+        snippet = normalize(raw)
+        tag = known["snippet"].get(snippet)
+        if tag is None:
+            continue
+        if full_text is None:
+            full_text = normalize("\n".join(part for m in d.messages
+                                             for part in (m.content, m.thinking or "",
+                                                          *(c.arguments for c in m.tool_calls))))
+        if snippet not in full_text:
+            out.append(f"variant {v} turn {turn} {it.id}: the snippet {raw!r:.80} is copied from the example in "
+                       f"the labeller prompt ({tag}); this dialogue does not contain it")
     return out
 
 

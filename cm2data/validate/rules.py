@@ -266,6 +266,7 @@ def non_empty_content(d: Dialogue, cfg: RuleConfig) -> list[str]:
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _WORD = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
 _NOT_ALNUM = re.compile(r"[\W_]+")
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
 _SPACE = re.compile(r"\s+")
 
 
@@ -275,6 +276,19 @@ def degenerate_text(text: str, min_words: int = 2) -> str | None:
     stripped = text.strip()
     if not stripped:
         return "it is empty"
+    # The usual case first, with plain ASCII patterns (the gate runs this on every message): the words and letters of
+    # the text's ASCII characters. Dropping the other characters can only merge words and lose letters, so when this
+    # already passes, the whole text passes; for ASCII text it is the whole answer.
+    ascii_only = stripped.isascii()
+    runs = _ASCII_WORD.findall(stripped if ascii_only else stripped.encode("ascii", "ignore").decode("ascii"))
+    words, alnum = len(runs), sum(map(len, runs))
+    visible = len(stripped) - sum(map(stripped.count, " \n\t\r\f\v"))
+    if words >= min_words and 2 * alnum >= visible:
+        return None
+    if ascii_only:
+        if words < min_words:
+            return f"it has {words} word{'s' if words != 1 else ''} ({stripped[:40]!r}; at least {min_words} needed)"
+        return f"it is mostly non-text ({alnum} of {visible} visible characters are letters or digits)"
     words = len(_WORD.findall(stripped))
     if words < min_words:
         return f"it has {words} word{'s' if words != 1 else ''} ({stripped[:40]!r}; at least {min_words} needed)"
