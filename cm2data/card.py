@@ -302,9 +302,11 @@ def card_body(
     license: str,
     pipeline_config: tuple[str, str] | None = None,
     extra_schema: Mapping[str, list[tuple[str, str, str]]] | None = None,
+    judge_agreement: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown body: what it is, how to load it, how it was produced, schema, statistics, review, rejects,
-    license and citation."""
+    """The Markdown body: what it is, how to load it, how it was produced, schema, statistics, review, judge
+    agreement (when ``judge_agreement``, a ``cm2data judge agree`` report, is given), rejects, license and
+    citation."""
     n = summary.dialogues
     c = stats["checklists"]
     name = repo_id or "<org>/<name>"
@@ -396,6 +398,10 @@ def card_body(
         lines += ["", "No reviewer agreement scores recorded yet."]
     if "review" in plots:
         lines += ["", f"![Review status and agreement]({plots['review']})"]
+    if judge_agreement is not None:
+        from cm2data.fidelity.report import card_section
+
+        lines += ["", *card_section(judge_agreement)]
     lines += ["", "## Rejects", ""]
     if rejects:
         total = sum(r["count"] for r in rejects)
@@ -421,3 +427,20 @@ def read_pipeline_config(folder: Path) -> tuple[str, str] | None:
                 text = json.dumps(json.loads(text), indent=2, sort_keys=True)
             return name, text
     return None
+
+
+#: The file a dataset folder may hold with the report of ``cm2data judge agree … --out DIR`` (its card section).
+JUDGE_AGREEMENT_FILE = "agreement.json"
+
+
+def read_judge_agreement(folder: Path) -> dict[str, Any] | None:
+    """The ``cm2data judge agree`` report saved in the dataset folder (``agreement.json`` whose ``kind`` is
+    ``cm2data.judge_agreement``), if any; a file of another kind is ignored."""
+    path = folder / JUDGE_AGREEMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == "cm2data.judge_agreement" else None

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cm2data import store
 from cm2data.formats import FORMATS
+from cm2data.judge_commands import judge_app
 from cm2data.rejects import Reject, count_by_rule, read_rejects, write_rejects
 from cm2data.review.commands import review_app
 from cm2data.schema import Dialogue
@@ -362,6 +363,7 @@ def pull(
 export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in the layout a trainer reads.")
 app.add_typer(export_app, name="export")
 app.add_typer(review_app, name="review")
+app.add_typer(judge_app, name="judge")
 
 
 class LfStyle(StrEnum):

@@ -153,6 +153,9 @@ class ItemVerdict:
     short_circuit: bool = False  # false without a call (tool error)
     cached: bool = False
     reason: str | None = None
+    #: the judge's answer text (in grouped mode the whole answer of the call, shared by its items; for a failed call
+    #: the last answer received, if any). Not part of :meth:`to_dict`, which travels inside VeRL's batches.
+    raw: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"item": self.item_id, "step": self.step, "satisfied": self.satisfied, "failed": self.failed,
@@ -339,8 +342,10 @@ class _Caller:
         self.calls = 0
         self.failures = 0
 
-    async def ask(self, prompt: list[dict[str, str]], schema: dict[str, Any], validate: Any) -> tuple[Any, str | None]:
-        """(parsed answer or None, failure reason or None). Never raises (except cancellation)."""
+    async def ask(self, prompt: list[dict[str, str]], schema: dict[str, Any],
+                  validate: Any) -> tuple[Any, str | None, str | None]:
+        """(parsed answer or None, failure reason or None, the answer text or None). Never raises (except
+        cancellation)."""
         opts = self.options
         async with self.semaphore:
             self.calls += 1
@@ -349,15 +354,16 @@ class _Caller:
                                         max_tokens=opts.max_tokens, temperature=opts.temperature,
                                         invalid_retries=opts.invalid_retries)
                 result = await (asyncio.wait_for(coro, opts.call_timeout) if opts.call_timeout else coro)
-                return result.parsed, None
+                return result.parsed, None, getattr(result, "text", None)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
                 self.failures += 1
-                return None, f"judge call timed out after {opts.call_timeout:g} s"
+                return None, f"judge call timed out after {opts.call_timeout:g} s", None
             except Exception as exc:  # LLMError and anything unexpected: a defined outcome, never an escape
                 self.failures += 1
-                return None, f"{type(exc).__name__}: {exc}"[:500]
+                texts = getattr(exc, "texts", None)  # LLMOutputError keeps every rejected answer
+                return None, f"{type(exc).__name__}: {exc}"[:500], (texts[-1] if texts else None)
 
 
 def to_message(m: Message | dict[str, Any]) -> Message:
@@ -446,29 +452,29 @@ async def judge_turn(client: Any, messages: Sequence[Message | dict[str, Any]], 
                     continue
             pending.append(item)
         # the calls of this step
-        results: dict[str, tuple[bool | None, str | None]] = {}
+        results: dict[str, tuple[bool | None, str | None, str | None]] = {}
         if pending and options.grouped:
             ids = [i.id for i in pending]
             letters = options.grouped_answer == "letters"
-            parsed, why = await caller.ask(build_prompt(previous, current, pending, options),
-                                           answer_schema(ids, grouped_answer=options.grouped_answer),
-                                           (_checker_letters if letters else _checker_grouped)(ids))
+            parsed, why, raw = await caller.ask(build_prompt(previous, current, pending, options),
+                                                answer_schema(ids, grouped_answer=options.grouped_answer),
+                                                (_checker_letters if letters else _checker_grouped)(ids))
             for cid in ids:
-                results[cid] = (None, why) if parsed is None else (bool(parsed[cid]), None)
+                results[cid] = (None, why, raw) if parsed is None else (bool(parsed[cid]), None, raw)
         elif pending:
             schema = answer_schema(None, analysis=options.analysis)
             answers = await asyncio.gather(*(caller.ask(build_prompt(previous, current, [i], options), schema,
                                                         _check_one) for i in pending))
-            for item, (parsed, why) in zip(pending, answers, strict=True):
-                results[item.id] = (None, why) if parsed is None else (bool(parsed), None)
+            for item, (parsed, why, raw) in zip(pending, answers, strict=True):
+                results[item.id] = (None, why, raw) if parsed is None else (bool(parsed), None, raw)
         for item in pending:
-            value, why = results[item.id]
+            value, why, raw = results[item.id]
             if value is None:
                 row[item.id] = False
-                verdicts.append(ItemVerdict(item.id, s, False, failed=True, reason=why))
+                verdicts.append(ItemVerdict(item.id, s, False, failed=True, reason=why, raw=raw))
             else:
                 row[item.id] = value
-                verdicts.append(ItemVerdict(item.id, s, value))
+                verdicts.append(ItemVerdict(item.id, s, value, raw=raw))
                 if options.cache is not None:
                     options.cache.set(keys[item.id], value)
         # progress of satisfaction (ungated and gated)

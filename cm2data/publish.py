@@ -399,7 +399,7 @@ def build_tree(src: Path, out: Path, *, repo_id: str | None = None, with_: Seque
             title=title, repo_id=repo_id, summary=summary, stats=stats, configs=configs, config_docs=docs,
             plots=plots, gate_rules=_gate_rules(), thinking=thinking,
             rejects=card.rejects_summary(read_rejects(src / store.REJECTS_FILE)), license=license,
-            pipeline_config=card.read_pipeline_config(src),
+            pipeline_config=card.read_pipeline_config(src), judge_agreement=card.read_judge_agreement(src),
         )
         header = card.card_header(n_dialogues=summary.dialogues, license=license, pretty_name=title,
                                   source_header=source_header)

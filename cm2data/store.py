@@ -269,7 +269,10 @@ def write_table(folder: Path, table: pa.Table, *, config: str = DIALOGUES, split
     for i in range(n_files):
         part = table.slice(i * rows_per_file, rows_per_file)
         tmp = target / f".{split}-{i:05d}-of-{n_files:05d}.parquet.partial"
-        pq.write_table(part, tmp, compression="zstd")
+        if part.num_rows:
+            pq.write_table(part, tmp, compression="zstd")
+        else:  # no row group at all: `datasets` reads an empty row group with a batch size of 0 and fails
+            pq.ParquetWriter(tmp, part.schema, compression="zstd").close()
         written.append(tmp)
     for old in target.glob(f"{split}-*.parquet"):
         old.unlink()
@@ -353,23 +356,29 @@ def card_body(folder: Path) -> str:
     return text
 
 
-def write_card(folder: Path, body: str | None = None, extra_header: dict[str, Any] | None = None) -> Path:
+def write_card(folder: Path, body: str | None = None, extra_header: dict[str, Any] | None = None, *,
+               default_config: str | None = None) -> Path:
     """(Re)write ``README.md``: ``configs:`` and ``dataset_info:`` from the parquet files on disk, keeping any other
-    header keys and the body unless new ones are given."""
+    header keys and the body unless new ones are given.
+
+    The config ``datasets.load_dataset(folder)`` loads without a name is ``default_config`` if given, else the one
+    the card already marks as default (while it still exists), else ``dialogues``."""
     header = read_card_header(folder)
+    marked = [c.get("config_name") for c in header.get("configs") or [] if isinstance(c, dict) and c.get("default")]
     header.update(extra_header or {})
     configs = []
     infos = []
     root = folder / "data"
-    for cdir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    present = [p for p in sorted(root.iterdir()) if p.is_dir() and split_files(folder, p.name)] if root.is_dir() else []
+    names = {p.name for p in present}
+    default = default_config or next((m for m in marked if m in names), DIALOGUES)
+    for cdir in present:
         files = split_files(folder, cdir.name)
-        if not files:
-            continue
         configs.append(
             {
                 "config_name": cdir.name,
                 "data_files": [{"split": s, "path": f"data/{cdir.name}/{s}-*.parquet"} for s in files],
-                **({"default": True} if cdir.name == DIALOGUES else {}),
+                **({"default": True} if cdir.name == default else {}),
             }
         )
         schema = pq.read_schema(next(iter(files.values()))[0])

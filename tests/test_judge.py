@@ -214,3 +214,19 @@ def test_real_embedded_judge(embedded_llm):
         assert tj.failures == 0  # structured output: always a valid verdict
         assert 0.0 <= tj.score <= 1.0
         assert all(set(row) <= {"C0", "C1", "C2"} for row in tj.step_verdicts)
+
+
+def test_verdicts_keep_the_raw_answer():
+    # per item: each verdict keeps its own answer; grouped: the call's whole answer; failed: the last answer received
+    with ScriptedOpenAI(default=Reply('{"answer": true}')) as server:
+        tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS[:1]))
+    assert [v.raw for v in tj.verdicts] == ['{"answer": true}']
+    grouped = '{"C0": true, "C1": false, "C2": true}'
+    with ScriptedOpenAI(default=Reply(grouped)) as server:
+        tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS, JudgeOptions(grouped=True)))
+    assert {v.raw for v in tj.verdicts} == {grouped} and len(tj.verdicts) == 5
+    with ScriptedOpenAI() as server:
+        server.push(Reply("first garbage"), Reply("second garbage"))
+        tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS[:1], JudgeOptions(invalid_retries=1)))
+    assert tj.verdicts[0].failed and tj.verdicts[0].raw == "second garbage"
+    assert "raw" not in tj.verdicts[0].to_dict()  # what travels in VeRL's batches is unchanged

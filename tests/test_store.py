@@ -85,3 +85,17 @@ def test_card_body_survives_header_rewrite(tmp_path: Path) -> None:
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no parquet files"):
         store.read_dataset(tmp_path)
+
+
+def test_an_empty_split_is_an_empty_file_without_row_groups(tmp_path: Path) -> None:
+    """A stage that keeps nothing writes an empty split: it reads back as no records, and it has no row group at all
+    (`datasets` would read an empty row group with a batch size of 0 and raise ArrowInvalid; with none it says
+    plainly that the split holds no data)."""
+    import pyarrow.parquet as pq
+
+    (path,) = store.write_dataset(tmp_path, [])
+    assert store.read_dataset(tmp_path) == [] and list(store.iter_dataset(tmp_path)) == []
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == 0 and meta.num_row_groups == 0
+    with pytest.raises(ValueError, match="corresponds to no data"):
+        datasets.load_dataset(str(tmp_path), split="train")

@@ -197,3 +197,53 @@ def review_pull(
     except ReviewError as exc:
         raise _fail(str(exc)) from None
     print_pull(result, Console(soft_wrap=True, highlight=False))
+
+
+# ------------------------------------------------------------------------ judge fidelity: people's verdicts
+
+
+@review_app.command("push-verdicts")
+def review_push_verdicts(
+    verdicts: Annotated[Path, typer.Argument(help="A verdict folder (cm2data judge run).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="The Argilla verdict-review dataset (created on first "
+                                                           "push).")],
+    workspace: Annotated[str | None, _WORKSPACE] = None,
+    min_submitted: Annotated[int, typer.Option("--min-submitted", help="Reviewers per item when the dataset is "
+                                                                       "created.")] = 2,
+    show_judge: Annotated[bool, typer.Option("--show-judge", help="Show the judge's verdict as a pre-filled "
+                                                                  "suggestion (hidden by default; fixed when the "
+                                                                  "dataset is created).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Records per request (max 500).")] = 500,
+    api_url: Annotated[str | None, _API_URL] = None,
+) -> None:
+    """Push every judged item of VERDICTS for people to answer pass/fail (with an optional reason), one record per
+    item, the dialogue up to the item's turn shown. Pushing again updates in place."""
+    from cm2data.review.push import ReviewError
+    from cm2data.review.verdicts import print_push_verdicts, push_verdicts
+
+    try:
+        result = push_verdicts(verdicts, name, client=_client(api_url), workspace=_workspace(workspace),
+                               min_submitted=min_submitted, show_judge=show_judge, batch_size=batch_size)
+    except (ReviewError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    print_push_verdicts(result, Console(soft_wrap=True, highlight=False))
+
+
+@review_app.command("pull-verdicts")
+def review_pull_verdicts(
+    name: Annotated[str, typer.Argument(help="The Argilla verdict-review dataset.")],
+    into: Annotated[Path, typer.Option("--into", help="The verdict folder that was pushed.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The human verdict folder to write.")],
+    workspace: Annotated[str | None, _WORKSPACE] = None,
+    api_url: Annotated[str | None, _API_URL] = None,
+) -> None:
+    """Pull people's pass/fail answers into a human verdict folder (one row per item and reviewer, skips and drafts
+    included and counted), checked against the verdict folder --into; then `cm2data judge agree INTO --human OUT`."""
+    from cm2data.review.push import ReviewError
+    from cm2data.review.verdicts import print_pull_verdicts, pull_verdicts
+
+    try:
+        result = pull_verdicts(name, into=into, out=out, client=_client(api_url), workspace=_workspace(workspace))
+    except ReviewError as exc:
+        raise _fail(str(exc)) from None
+    print_pull_verdicts(result, Console(soft_wrap=True, highlight=False))

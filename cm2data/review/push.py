@@ -164,6 +164,7 @@ class ServerResponse:
     status: str
     values: dict[str, Any]
     updated_at: str
+    inserted_at: str = ""  # differs from updated_at when the user answered again (the server keeps one response)
 
     @property
     def mark(self) -> str:
@@ -195,7 +196,7 @@ def _server_record(raw: dict[str, Any]) -> ServerRecord:
     responses = [
         ServerResponse(str(r["user_id"]), str(r.get("status") or ""),
                        {q: (v or {}).get("value") for q, v in (r.get("values") or {}).items()},
-                       str(r.get("updated_at") or ""))
+                       str(r.get("updated_at") or ""), str(r.get("inserted_at") or ""))
         for r in raw.get("responses") or []
     ]
     return ServerRecord(str(raw["id"]), str(raw.get("external_id") or ""), str(raw.get("status") or ""),
