@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from cm2data import store
+from cm2data.eval.commands import eval_app
 from cm2data.formats import FORMATS
 from cm2data.judge_commands import judge_app
 from cm2data.rejects import Reject, count_by_rule, read_rejects, write_rejects
@@ -364,6 +365,7 @@ export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in the layo
 app.add_typer(export_app, name="export")
 app.add_typer(review_app, name="review")
 app.add_typer(judge_app, name="judge")
+app.add_typer(eval_app, name="eval")
 
 
 class LfStyle(StrEnum):
