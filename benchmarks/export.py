@@ -1,4 +1,4 @@
-"""Benchmark: exporting synthetic dialogues for the trainers (LLaMA-Factory inline and native; VeRL when present).
+"""Benchmark: exporting synthetic dialogues for the trainers (LLaMA-Factory inline and native; VeRL).
 
 Generates ``--n`` synthetic dialogues with the generator of ``benchmarks/validate.py`` (3 user turns, 2 tool calls
 per turn as one parallel action or two sequential ones, thinking in every assistant message, a final reply per turn;
@@ -7,7 +7,7 @@ times each export of the same in-memory records to a temporary folder:
 
 * ``llamafactory-inline``: :func:`cm2data.export.llamafactory.export_llamafactory`, ``style="inline"``;
 * ``llamafactory-native``: the same with ``style="native"``;
-* ``verl``: a VeRL parquet exporter, if ``cm2data.export.verl`` provides one (reported as absent otherwise).
+* ``verl``: :func:`cm2data.export.verl.export_verl` (``train.parquet``, no validation split).
 
 Each phase prints dialogues per wall second and per CPU second (they agree on an idle core; a shared machine inflates
 wall time) and its peak resident memory (``VmHWM`` reset per phase, as in benchmarks/validate.py), and is checked
@@ -20,7 +20,6 @@ The target is ≥ 5,000 dialogues/s per style on one core::
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cm2data.export.llamafactory import RULES, ExportOptions, export_llamafactory
+from cm2data.export.verl import export_verl
 
 TARGET = 5000.0
 
@@ -62,17 +62,6 @@ def _phase(name: str, n: int, mem: Any, fn: Callable[[], Any]) -> tuple[Any, dic
     print(f"{name:<20} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / cpu:9,.0f}/s   "
           f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})", flush=True)
     return value, fig
-
-
-def _verl_exporter() -> Any:
-    try:
-        module = importlib.import_module("cm2data.export.verl")
-    except ModuleNotFoundError:
-        return None
-    for name in ("export_verl", "export"):
-        if callable(getattr(module, name, None)):
-            return getattr(module, name)
-    return None
 
 
 def _check_llamafactory(out: Path, result: Any) -> list[str]:
@@ -132,14 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result.dropped} dropped ({', '.join(f'{k} {v}' for k, v in result.counts.most_common())})",
                   flush=True)
             outputs[style] = result
-        verl = _verl_exporter()
-        if verl is None:
-            print("verl                 no VeRL exporter in cm2data.export yet: not measured", flush=True)
-            phases["verl"] = None
-        else:
-            out = Path(tmp) / "verl"
-            _, fig = _phase("verl", args.n, mem, lambda: verl(records, out))
-            phases["verl"] = fig
+        out = Path(tmp) / "verl"
+        _, fig = _phase("verl", args.n, mem, lambda: export_verl(records, out))
+        phases["verl"] = fig
     slow = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_s"] < TARGET]
     slow_cpu = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_cpu_s"] < TARGET]
     print(f"target ≥ {TARGET:,.0f} dialogues/s per style: wall {'met' if not slow else 'missed: ' + ', '.join(slow)}"

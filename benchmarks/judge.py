@@ -16,7 +16,7 @@ verdict agreement of c with b on the same (dialogue, turn, step, item); (d) is g
 concurrent client: every request of mode (b) is recorded and sent again through a bare ``openai.AsyncOpenAI`` (same
 messages with a fresh salt, schema, ``max_tokens``), then (b) runs once more; the ratio is the judge's requests/s (mean
 of its two runs) over the plain client's (target ≥ 0.9). Then the simulated tool environment's cache-hit latency
-(``adapters.verl.env``, SQLite cache).
+(``adapters.verl.env`` over ``cm2data.simulator``, SQLite cache).
 
     VENV=$(bash scripts/bootstrap.sh)
     $VENV/bin/python benchmarks/judge.py --dialogues 8 --json bench-judge.json      # the embedded server
@@ -151,14 +151,17 @@ async def run_mode(client: Any, dialogues, mode: str, concurrency: int) -> dict[
 
 
 async def sim_latency(n: int) -> dict[str, float]:
-    from adapters.verl.env import LocalToolEnvironment, SQLiteCache
+    from adapters.verl.env import SimulatorEnvironment
+    from cm2data.schema import canonical_json
+    from cm2data.simulator import MockCache, ToolSimulator
 
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
         "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
     with tempfile.TemporaryDirectory() as tmp:
-        env = LocalToolEnvironment(None, SQLiteCache(Path(tmp) / "sim.sqlite"))
+        cache = MockCache(Path(tmp) / "sim.sqlite")
+        env = SimulatorEnvironment(ToolSimulator(None, cache))
         for i in range(n):
-            env.cache.set(env.key("d", "lookup", {"q": str(i)}), json.dumps({"answer": i}))
+            cache.put("d", "lookup", canonical_json({"q": str(i)}), json.dumps({"answer": i}))
         times = []
         for i in range(n):
             t0 = time.perf_counter()

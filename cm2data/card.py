@@ -306,30 +306,45 @@ def card_body(
 ) -> str:
     """The Markdown body: what it is, how to load it, how it was produced, schema, statistics, review, judge
     agreement (when ``judge_agreement``, a ``cm2data judge agree`` report, is given), rejects, license and
-    citation."""
-    n = summary.dialogues
-    c = stats["checklists"]
+    citation. One helper per section; sections are separated by a blank line."""
     name = repo_id or "<org>/<name>"
-    lines = [f"# {title}", ""]
-    lines += [
+    sections = [
+        _intro_section(title, summary.dialogues, stats["checklists"]["items_total"], len(gate_rules)),
+        _configs_section(configs, config_docs),
+        _usage_section(name),
+        _production_section(summary, gate_rules, thinking, pipeline_config),
+        _schema_section(configs, extra_schema),
+        _statistics_section(stats, plots),
+        _review_section(stats, summary.agreement, plots, judge_agreement),
+        _rejects_section(rejects),
+        _license_section(license),
+    ]
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def _intro_section(title: str, n_dialogues: int, n_items: int, n_rules: int) -> list[str]:
+    return [
+        f"# {title}",
+        "",
         f"A checklist-reward dataset for multi-turn, multi-step tool-using agents, in the form used by CM2 "
         f"(\"Reinforcement Learning with Checklist Rewards for Multi-Turn and Multi-Step Agentic Tool Use\", "
-        f"arXiv 2602.12268): **{n}** dialogues with their candidate tools, and **{c['items_total']}** binary, "
+        f"arXiv 2602.12268): **{n_dialogues}** dialogues with their candidate tools, and **{n_items}** binary, "
         f"evidence-grounded checklist items that say, turn by turn, what a correct assistant does. A judge model "
         f"checks a policy's rollout against the items; their weights give the reward.",
         "",
-        f"Every record passed all {len(gate_rules)} rules of the cm2data validation gate before upload; records "
+        f"Every record passed all {n_rules} rules of the cm2data validation gate before upload; records "
         f"that failed were not published (see *Rejects*).",
-        "",
-        "## Configs",
-        "",
     ]
-    rows = []
-    for cfg, splits in configs.items():
-        rows.append((f"`{cfg}`", ", ".join(f"{s}: {k}" for s, k in splits.items()), config_docs.get(cfg, "")))
-    lines += _table(["config", "rows per split", "what"], rows)
-    lines += [
-        "",
+
+
+def _configs_section(configs: Mapping[str, Mapping[str, int]], config_docs: Mapping[str, str]) -> list[str]:
+    rows = [(f"`{cfg}`", ", ".join(f"{s}: {k}" for s, k in splits.items()), config_docs.get(cfg, ""))
+            for cfg, splits in configs.items()]
+    return ["## Configs", "", *_table(["config", "rows per split", "what"], rows)]
+
+
+def _usage_section(name: str) -> list[str]:
+    return [
         "## Usage",
         "",
         "```python",
@@ -344,15 +359,19 @@ def card_body(
         "```",
         "",
         f"`cm2data pull {name} --out DIR` turns the repository back into a cm2data dataset folder.",
-        "",
-        "## How it was produced",
-        "",
     ]
-    for key, what, title_ in (("source", "source", "Sources"), ("generator_model", "generator model",
-                                                                  "Generator models"),
-                              ("labeller_model", "labeller model", "Labeller models"),
-                              ("prompt_version", "prompt version", "Prompt versions")):
-        lines += [f"**{title_}**", "", *_counts(summary.provenance(key), what), ""]
+
+
+_PROVENANCE = (("source", "source", "Sources"), ("generator_model", "generator model", "Generator models"),
+               ("labeller_model", "labeller model", "Labeller models"),
+               ("prompt_version", "prompt version", "Prompt versions"))
+
+
+def _production_section(summary: Summary, gate_rules: Sequence[str], thinking: str,
+                        pipeline_config: tuple[str, str] | None) -> list[str]:
+    lines = ["## How it was produced", ""]
+    for key, what, heading in _PROVENANCE:
+        lines += [f"**{heading}**", "", *_counts(summary.provenance(key), what), ""]
     lines += ["**Processing stages** (from each record's provenance history)", "",
               *_counts(summary.provenance("stages"), "stage"), ""]
     lines += [f"**Validation**: the cm2data gate (rule filters of method §2.2, checklist rules, pandera tables; "
@@ -361,18 +380,27 @@ def card_body(
         fname, text = pipeline_config
         lang = "json" if fname.endswith(".json") else "yaml"
         lines += [f"**Pipeline configuration** (`{fname}`)", "", f"```{lang}", text.rstrip("\n"), "```", ""]
-    lines += [f"Published with cm2data {__version__}.", "", "## Schema", ""]
+    return [*lines, f"Published with cm2data {__version__}."]
+
+
+def _schema_section(configs: Mapping[str, Mapping[str, int]],
+                    extra_schema: Mapping[str, list[tuple[str, str, str]]] | None) -> list[str]:
+    lines = ["## Schema"]
     for cfg, cols in {**SCHEMA_DOCS, **(extra_schema or {})}.items():
-        if cfg not in configs:
-            continue
-        lines += [f"### `{cfg}`", "", *_table(["column", "type", "description"], [(f"`{a}`", b, d)
-                                                                                  for a, b, d in cols]), ""]
-    lines += ["## Statistics", ""]
+        if cfg in configs:
+            lines += ["", f"### `{cfg}`", "", *_table(["column", "type", "description"],
+                                                      [(f"`{a}`", b, d) for a, b, d in cols])]
+    return lines
+
+
+def _statistics_section(stats: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     st = stats["statistics"]
-    lines += _table(["statistic (per dialogue)", "min", "mean", "median", "max"],
-                    [(name_, st[name_]["min"], st[name_]["mean"], st[name_]["median"], st[name_]["max"])
-                     for name_ in STAT_NAMES])
+    c = stats["checklists"]
     ipt = c["items_per_turn"]
+    lines = ["## Statistics", ""]
+    lines += _table(["statistic (per dialogue)", "min", "mean", "median", "max"],
+                    [(name, st[name]["min"], st[name]["mean"], st[name]["median"], st[name]["max"])
+                     for name in STAT_NAMES])
     lines += ["", *_table(["checklists", "value"], [
         ("annotated dialogues", c["annotated_dialogues"]),
         ("checklist items", c["items_total"]),
@@ -382,14 +410,16 @@ def card_body(
     ])]
     if stats.get("domains"):
         lines += ["", *_table(["domain", "dialogues"], list(stats["domains"].items()))]
-    lines += [""]
     for key, caption in (("turns_and_tool_calls", "Turns and tool calls per dialogue"),
                          ("checklist_items", "Checklist items per turn and by focus")):
         if key in plots:
-            lines += [f"![{caption}]({plots[key]})", ""]
-    lines += ["## Review", ""]
-    lines += _table(["status", "dialogues"], list(stats["review_status"].items()))
-    agreement = summary.agreement
+            lines += ["", f"![{caption}]({plots[key]})"]
+    return lines
+
+
+def _review_section(stats: Mapping[str, Any], agreement: Mapping[str, list[float]], plots: Mapping[str, str],
+                    judge_agreement: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## Review", "", *_table(["status", "dialogues"], list(stats["review_status"].items()))]
     if agreement:
         lines += ["", *_table(["agreement", "dialogues", "mean", "min", "max"], [
             (k, len(v), round(statistics.fmean(v), 3), round(min(v), 3), round(max(v), 3))
@@ -402,19 +432,23 @@ def card_body(
         from cm2data.fidelity.report import card_section
 
         lines += ["", *card_section(judge_agreement)]
-    lines += ["", "## Rejects", ""]
-    if rejects:
-        total = sum(r["count"] for r in rejects)
-        lines += [f"{total} rejections were recorded while this dataset was built (one per record and rule; the "
-                  "rejected rows are not part of this repository):", ""]
-        lines += _table(["stage", "rule", "count"], [(r["stage"], f"`{r['rule']}`", r["count"]) for r in rejects])
-    else:
-        lines += ["No rejections were recorded while this dataset was built."]
-    lines += ["", "## License", "", f"`{license}`" + (" (not stated by the publisher)" if license == "unknown"
-                                                        else ""), "",
-              "## Citation", "", "If you use this dataset, please cite the CM2 method:", "", "```bibtex", CITATION,
-              "```", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _rejects_section(rejects: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rejects:
+        return ["## Rejects", "", "No rejections were recorded while this dataset was built."]
+    total = sum(r["count"] for r in rejects)
+    return ["## Rejects", "",
+            f"{total} rejections were recorded while this dataset was built (one per record and rule; the "
+            "rejected rows are not part of this repository):", "",
+            *_table(["stage", "rule", "count"], [(r["stage"], f"`{r['rule']}`", r["count"]) for r in rejects])]
+
+
+def _license_section(license: str) -> list[str]:
+    return ["## License", "", f"`{license}`" + (" (not stated by the publisher)" if license == "unknown" else ""), "",
+            "## Citation", "", "If you use this dataset, please cite the CM2 method:", "", "```bibtex", CITATION,
+            "```"]
 
 
 def read_pipeline_config(folder: Path) -> tuple[str, str] | None:

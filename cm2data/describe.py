@@ -5,9 +5,12 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm2data.schema import STAT_NAMES, Dialogue, dialogue_stats
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -49,3 +52,26 @@ def dataset_stats(records: Sequence[Dialogue]) -> dict[str, Any]:
     if domains:
         out["domains"] = dict(domains.most_common())
     return out
+
+
+def print_stats(result: dict[str, Any], title: str, console: Console) -> None:
+    """``cm2data stats``: the statistics of :func:`dataset_stats` as a table, then the checklist, focus and domain
+    lines."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("statistic", "min", "mean", "median", "max", "distribution"):
+        table.add_column(col)
+    rows = {**result["statistics"], "items_per_turn": result["checklists"]["items_per_turn"],
+            "checklist_variants": result["checklists"]["variants"]}
+    for name, s in rows.items():
+        hist = s["histogram"]
+        shown = " ".join(f"{k}:{v}" for k, v in list(hist.items())[:8]) + (" …" if len(hist) > 8 else "")
+        table.add_row(name, str(s["min"]), str(s["mean"]), str(s["median"]), str(s["max"]), shown)
+    console.print(table)
+    c = result["checklists"]
+    console.print(f"checklist items: {c['items_total']} in {c['annotated_dialogues']} annotated dialogues; "
+                  f"must-pass {c['must_pass_fraction']:.0%}; with dependencies {c['items_with_dependencies']}")
+    console.print("focus_on: " + ", ".join(f"{k} {v}" for k, v in c["focus_on"].items()))
+    if "domains" in result:
+        console.print("domains: " + ", ".join(f"{k} {v}" for k, v in result["domains"].items()))

@@ -399,6 +399,121 @@ def _turn_of(messages: Sequence[Message], turn_index: int) -> tuple[list[Turn], 
     return turns, turns[turn_index]
 
 
+@dataclass
+class _TurnProgress:
+    """What judging one turn has established so far, step by step."""
+
+    verdicts: list[ItemVerdict] = field(default_factory=list)
+    step_verdicts: list[dict[str, bool]] = field(default_factory=list)
+    cache_hits: int = 0
+    gated_at: dict[str, int] = field(default_factory=dict)  # item → assistant step where it became satisfied
+    ever_true: set[str] = field(default_factory=set)  # (gated: its dependencies were satisfied before)
+
+    def settled(self, item: ChecklistItem) -> bool:
+        """Satisfied already in a way later steps cannot change."""
+        return item.id in self.ever_true and (item.id in self.gated_at or not item.depends_on)
+
+    def advance(self, row: dict[str, bool], by_id: dict[str, ChecklistItem], s: int) -> None:
+        """Take step ``s``'s verdicts ``row`` into the satisfaction so far (ungated and gated)."""
+        for cid, ok in row.items():
+            if not ok:
+                continue
+            self.ever_true.add(cid)
+            item = by_id.get(cid)
+            if cid in self.gated_at or item is None:
+                continue
+            if all(self.gated_at.get(d, s) < s for d in item.depends_on):
+                self.gated_at[cid] = s
+        self.step_verdicts.append(row)
+
+
+def _step_context(msgs: list[Message], turn: Turn, k: int) -> tuple[list[Message], bool]:
+    """The current messages for assistant step ``k`` of ``turn`` (the turn up to that step and the tool responses
+    that answer it) and whether those responses contain an error."""
+    steps = turn.steps
+    end = steps[k].message_indices[-1] + 1
+    tool_error = False
+    if k + 1 < len(steps) and steps[k + 1].kind == "tool":
+        nxt = steps[k + 1]
+        end = nxt.message_indices[-1] + 1
+        tool_error = any(is_tool_error(msgs[i].content) for i in nxt.message_indices)
+    return msgs[turn.start:end], tool_error
+
+
+def _open_items(items: Sequence[ChecklistItem], s: int, tool_error: bool, options: JudgeOptions,
+                progress: _TurnProgress, row: dict[str, bool]) -> list[ChecklistItem]:
+    """The items step ``s`` must judge; items short-circuited by a tool error are decided here (false)."""
+    open_items: list[ChecklistItem] = []
+    for item in items:
+        if options.skip_satisfied and progress.settled(item):
+            continue
+        if tool_error and item.focus_on in SHORT_CIRCUIT_FOCUS:
+            row[item.id] = False
+            progress.verdicts.append(ItemVerdict(item.id, s, False, short_circuit=True, reason="tool error"))
+            continue
+        open_items.append(item)
+    return open_items
+
+
+def _from_cache(open_items: Sequence[ChecklistItem], s: int, previous: Sequence[Message],
+                current: Sequence[Message], options: JudgeOptions, model: str | None, progress: _TurnProgress,
+                row: dict[str, bool]) -> tuple[list[ChecklistItem], dict[str, str]]:
+    """Verdicts the cache already has go into ``row``; returns the items still to ask and their cache keys."""
+    pending: list[ChecklistItem] = []
+    keys: dict[str, str] = {}
+    for item in open_items:
+        if options.cache is not None:
+            key = keys[item.id] = cache_key(item, previous, current, mode=options.mode, model=model)
+            hit = options.cache.get(key)
+            if hit is not None:
+                progress.cache_hits += 1
+                row[item.id] = hit
+                progress.verdicts.append(ItemVerdict(item.id, s, hit, cached=True))
+                continue
+        pending.append(item)
+    return pending, keys
+
+
+async def _ask_step(caller: _Caller, previous: Sequence[Message], current: Sequence[Message],
+                    pending: Sequence[ChecklistItem],
+                    options: JudgeOptions) -> dict[str, tuple[bool | None, str | None, str | None]]:
+    """The calls of one step: one grouped call, or one call per item at once. Item id → (verdict or None when the
+    call failed, failure reason, answer text)."""
+    results: dict[str, tuple[bool | None, str | None, str | None]] = {}
+    if pending and options.grouped:
+        ids = [i.id for i in pending]
+        letters = options.grouped_answer == "letters"
+        parsed, why, raw = await caller.ask(build_prompt(previous, current, pending, options),
+                                            answer_schema(ids, grouped_answer=options.grouped_answer),
+                                            (_checker_letters if letters else _checker_grouped)(ids))
+        for cid in ids:
+            results[cid] = (None, why, raw) if parsed is None else (bool(parsed[cid]), None, raw)
+    elif pending:
+        schema = answer_schema(None, analysis=options.analysis)
+        answers = await asyncio.gather(*(caller.ask(build_prompt(previous, current, [i], options), schema,
+                                                    _check_one) for i in pending))
+        for item, (parsed, why, raw) in zip(pending, answers, strict=True):
+            results[item.id] = (None, why, raw) if parsed is None else (bool(parsed), None, raw)
+    return results
+
+
+def _record_answers(pending: Sequence[ChecklistItem], results: dict[str, tuple[bool | None, str | None, str | None]],
+                    s: int, keys: dict[str, str], options: JudgeOptions, progress: _TurnProgress,
+                    row: dict[str, bool]) -> None:
+    """The answers of step ``s`` into ``row`` and the verdicts (a failed call: false, counted as failed); answered
+    verdicts go into the cache."""
+    for item in pending:
+        value, why, raw = results[item.id]
+        if value is None:
+            row[item.id] = False
+            progress.verdicts.append(ItemVerdict(item.id, s, False, failed=True, reason=why, raw=raw))
+        else:
+            row[item.id] = value
+            progress.verdicts.append(ItemVerdict(item.id, s, value, raw=raw))
+            if options.cache is not None:
+                options.cache.set(keys[item.id], value)
+
+
 async def judge_turn(client: Any, messages: Sequence[Message | dict[str, Any]], turn_index: int,
                      items: Sequence[ChecklistItem], options: JudgeOptions | None = None) -> TurnJudgement:
     """Judge turn ``turn_index`` of the rollout ``messages`` (the whole conversation so far, canonical or OpenAI
@@ -411,88 +526,23 @@ async def judge_turn(client: Any, messages: Sequence[Message | dict[str, Any]], 
     caller = _Caller(client, options)
     model = getattr(client, "model", None)
     by_id = {i.id: i for i in items}
-    step_verdicts: list[dict[str, bool]] = []
-    verdicts: list[ItemVerdict] = []
-    cache_hits = 0
-    gated_at: dict[str, int] = {}  # item → assistant step where it became satisfied (dependencies met before)
-    ever_true: set[str] = set()
-
-    steps = list(turn.steps)
-    a_steps = [(k, st) for k, st in enumerate(steps) if st.kind == "assistant"]
-    for s, (k, step) in enumerate(a_steps):
-        # the current messages: the turn up to this assistant step and the tool responses that answer it
-        end = step.message_indices[-1] + 1
-        tool_error = False
-        if k + 1 < len(steps) and steps[k + 1].kind == "tool":
-            nxt = steps[k + 1]
-            end = nxt.message_indices[-1] + 1
-            tool_error = any(is_tool_error(msgs[i].content) for i in nxt.message_indices)
-        current = msgs[turn.start:end]
+    progress = _TurnProgress()
+    a_steps = [k for k, st in enumerate(turn.steps) if st.kind == "assistant"]
+    for s, k in enumerate(a_steps):
+        current, tool_error = _step_context(msgs, turn, k)
         row: dict[str, bool] = {}
-        open_items: list[ChecklistItem] = []
-        for item in items:
-            if options.skip_satisfied and item.id in ever_true and (item.id in gated_at or not item.depends_on):
-                continue  # already satisfied in a way later steps cannot change
-            if tool_error and item.focus_on in SHORT_CIRCUIT_FOCUS:
-                row[item.id] = False
-                verdicts.append(ItemVerdict(item.id, s, False, short_circuit=True, reason="tool error"))
-                continue
-            open_items.append(item)
-        # cache look-ups
-        pending: list[ChecklistItem] = []
-        keys: dict[str, str] = {}
-        for item in open_items:
-            if options.cache is not None:
-                key = keys[item.id] = cache_key(item, previous, current, mode=options.mode, model=model)
-                hit = options.cache.get(key)
-                if hit is not None:
-                    cache_hits += 1
-                    row[item.id] = hit
-                    verdicts.append(ItemVerdict(item.id, s, hit, cached=True))
-                    continue
-            pending.append(item)
-        # the calls of this step
-        results: dict[str, tuple[bool | None, str | None, str | None]] = {}
-        if pending and options.grouped:
-            ids = [i.id for i in pending]
-            letters = options.grouped_answer == "letters"
-            parsed, why, raw = await caller.ask(build_prompt(previous, current, pending, options),
-                                                answer_schema(ids, grouped_answer=options.grouped_answer),
-                                                (_checker_letters if letters else _checker_grouped)(ids))
-            for cid in ids:
-                results[cid] = (None, why, raw) if parsed is None else (bool(parsed[cid]), None, raw)
-        elif pending:
-            schema = answer_schema(None, analysis=options.analysis)
-            answers = await asyncio.gather(*(caller.ask(build_prompt(previous, current, [i], options), schema,
-                                                        _check_one) for i in pending))
-            for item, (parsed, why, raw) in zip(pending, answers, strict=True):
-                results[item.id] = (None, why, raw) if parsed is None else (bool(parsed), None, raw)
-        for item in pending:
-            value, why, raw = results[item.id]
-            if value is None:
-                row[item.id] = False
-                verdicts.append(ItemVerdict(item.id, s, False, failed=True, reason=why, raw=raw))
-            else:
-                row[item.id] = value
-                verdicts.append(ItemVerdict(item.id, s, value, raw=raw))
-                if options.cache is not None:
-                    options.cache.set(keys[item.id], value)
-        # progress of satisfaction (ungated and gated)
-        for cid, ok in row.items():
-            if not ok:
-                continue
-            ever_true.add(cid)
-            item = by_id.get(cid)
-            if cid not in gated_at and item is not None and all(gated_at.get(d, s) < s for d in item.depends_on):
-                gated_at[cid] = s
-        step_verdicts.append(row)
+        open_items = _open_items(items, s, tool_error, options, progress, row)
+        pending, keys = _from_cache(open_items, s, previous, current, options, model, progress, row)
+        results = await _ask_step(caller, previous, current, pending, options)
+        _record_answers(pending, results, s, keys, options, progress, row)
+        progress.advance(row, by_id, s)
 
-    satisfied = reward.item_satisfaction(items, step_verdicts)
+    satisfied = reward.item_satisfaction(items, progress.step_verdicts)
     return TurnJudgement(
-        turn=turn_index, step_verdicts=step_verdicts, verdicts=verdicts, satisfied=satisfied,
+        turn=turn_index, step_verdicts=progress.step_verdicts, verdicts=progress.verdicts, satisfied=satisfied,
         score=reward.turn_score(items, satisfied), gate_passed=reward.gate_passed(items, satisfied),
         failed_gates=reward.failed_gates(items, satisfied), calls=caller.calls, failures=caller.failures,
-        cache_hits=cache_hits, complete=turn.complete)
+        cache_hits=progress.cache_hits, complete=turn.complete)
 
 
 @dataclass

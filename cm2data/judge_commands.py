@@ -12,15 +12,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from cm2data.cli_options import EXIT_FAILED, BaseUrl, Model, err, fail
 
 judge_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Measure the checklist judge: its verdicts on a dataset, and their agreement with "
                              "people and with a careful judge.")
 
-_err = Console(stderr=True, soft_wrap=True)
 
-
+# the judge's modes (cm2data.fidelity.run.MODES) and grouped answer forms (cm2data.judge.GroupedAnswer), not imported
+# here to keep the command light; tests/test_registries.py checks they agree
 class Mode(StrEnum):
     reference = "reference"
     prefix = "prefix"
@@ -32,18 +33,13 @@ class GroupedAnswer(StrEnum):
     letters = "letters"
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    return typer.Exit(code)
-
-
 def _variants(text: str | None) -> list[int] | None:
     if not text:
         return None
     try:
         return sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise _fail(f"--variants takes comma-separated integers, got {text!r}") from None
+        raise fail(f"--variants takes comma-separated integers, got {text!r}", EXIT_FAILED) from None
 
 
 @judge_app.command("run")
@@ -53,10 +49,8 @@ def judge_run(
     mode: Annotated[Mode, typer.Option(help="reference: criterion first, one call per item and step (careful); "
                                             "prefix: conversation first, one call per item and step; grouped: one "
                                             "call per step for all items.")] = Mode.prefix,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: "
-                                                                   "CM2DATA_LLM_BASE_URL, else the embedded "
-                                                                   "server).")] = None,
-    model: Annotated[str | None, typer.Option(help="Served model name (default: the first the server lists).")] = None,
+    base_url: BaseUrl = None,
+    model: Model = None,
     sample: Annotated[int | None, typer.Option(help="Judge a seeded sample of this many dialogues.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
     variants: Annotated[str | None, typer.Option(help="Checklist variants to judge, e.g. 0 or 0,1 (default: all).")
@@ -74,9 +68,9 @@ def judge_run(
     try:
         result = run_judge(src, out, mode=mode.value, base_url=base_url, model=model, sample=sample, seed=seed,
                            variants=_variants(variants), grouped_answer=grouped_answer.value,
-                           concurrency=concurrency, timeout=timeout, console=_err)
+                           concurrency=concurrency, timeout=timeout, console=err)
     except (FidelityError, VerdictError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     print_run(result, Console(soft_wrap=True, highlight=False))
 
 
@@ -107,7 +101,7 @@ def judge_agree(
         report = agree(verdicts, human=human, against=against, dataset=dataset, resamples=resamples, seed=seed,
                        level=level)
     except (VerdictError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     json_path, html_path = write_agreement(out or verdicts[0], report)
     print_agreement(report, Console(soft_wrap=True, highlight=False))
     Console(soft_wrap=True, highlight=False).print(f"→ {json_path}, {html_path}")

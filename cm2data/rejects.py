@@ -11,7 +11,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 class RecordError(ValueError):
@@ -69,3 +72,18 @@ def read_rejects(path: Path) -> list[Reject]:
             if line.strip():
                 out.append(Reject(**json.loads(line)))
     return out
+
+
+def rejects_table(rejects: list[Reject], title: str) -> Table:
+    """``cm2data rejects``: one row per (stage, rule), most frequent first, with its count and a first example."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("stage", "rule", "count", "example"):
+        table.add_column(col)
+    by = Counter((r.stage, r.rule) for r in rejects)
+    for (stage, rule), n in by.most_common():
+        example = next(r for r in rejects if r.stage == stage and r.rule == rule)
+        table.add_row(stage, rule, str(n), escape(f"{example.where()}: {example.message[:80]}"))
+    return table

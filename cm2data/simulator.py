@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cm2data.schema import Dialogue, Tool, canonical_json
+from cm2data.schema.jsonschema import check_object
 
 #: ``error_tool_call`` codes. ``TOOL_NOT_AVAILABLE``: the name is not a candidate tool; ``INVALID_PARAMETERS``: the
 #: arguments are not a JSON object; ``SCHEMA_VALIDATION_FAILED``: the object does not fit the parameters' schema;
@@ -79,65 +80,11 @@ def error_tool_call(code: str, message: str, details: Any = None) -> dict[str, A
 # ---------------------------------------------------------------------------------------------- schema check
 
 
-def _type_ok(value: Any, expected: str) -> bool:
-    if expected == "string":
-        return isinstance(value, str)
-    if expected == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
-    if expected == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if expected == "boolean":
-        return isinstance(value, bool)
-    if expected == "array":
-        return isinstance(value, list)
-    if expected == "object":
-        return isinstance(value, dict)
-    if expected == "null":
-        return value is None
-    return True
-
-
-def _check_value(value: Any, schema: Mapping[str, Any], path: str, out: list[str]) -> None:
-    if not isinstance(schema, Mapping):
-        return
-    expected = schema.get("type")
-    if expected is not None:
-        options = expected if isinstance(expected, list) else [expected]
-        if not any(_type_ok(value, t) for t in options) and not (value is None and schema.get("nullable")):
-            out.append(f"{path}: expected {'|'.join(options)}, got {type(value).__name__} {value!r:.60}")
-            return
-    enum = schema.get("enum")
-    if enum is not None and value not in enum:
-        out.append(f"{path}: {value!r:.60} is not one of {enum}")
-    if isinstance(value, dict) and ("properties" in schema or "required" in schema):
-        _check_object(value, schema, path, out)
-    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        for i, item in enumerate(value):
-            _check_value(item, schema["items"], f"{path}[{i}]", out)
-
-
-def _check_object(args: Mapping[str, Any], schema: Mapping[str, Any], path: str, out: list[str]) -> None:
-    props = schema.get("properties") or {}
-    for name in schema.get("required") or []:
-        if name not in args:
-            out.append(f"{path}: missing required parameter {name!r}")
-    additional = schema.get("additionalProperties", not props)
-    for name, value in args.items():
-        sub = props.get(name)
-        if sub is None:
-            if additional is False:
-                out.append(f"{path}: unexpected parameter {name!r}")
-            elif isinstance(additional, Mapping):
-                _check_value(value, additional, f"{path}.{name}", out)
-            continue
-        _check_value(value, sub, f"{path}.{name}", out)
-
-
 def check_call(tools: Sequence[Tool], name: str, arguments: str | Mapping[str, Any]) -> dict[str, Any] | None:
     """Step 2 of method §6: ``None`` when the call fits a candidate tool, else its ``error_tool_call``.
 
-    Same semantics as the gate's ``tool_schema`` rule (a test checks they agree), without importing the gate.
+    The same checker as the gate's ``tool_schema`` rule (:mod:`cm2data.schema.jsonschema`), without importing the
+    gate: the same verdicts and the same messages (in ``details``).
     """
     by_name = {t.name: t for t in tools}
     tool = by_name.get(name)
@@ -156,7 +103,7 @@ def check_call(tools: Sequence[Tool], name: str, arguments: str | Mapping[str, A
         return error_tool_call("INVALID_PARAMETERS", f"arguments of {name!r} must be a JSON object",
                                {"arguments": args})
     problems: list[str] = []
-    _check_object(args, tool.parameters, name, problems)
+    check_object(args, tool.parameters, name, problems)
     if problems:
         return error_tool_call("SCHEMA_VALIDATION_FAILED", f"arguments of {name!r} do not fit its schema",
                                problems)

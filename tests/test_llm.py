@@ -26,7 +26,7 @@ from cm2data.llm import (
     LLMUnreachableError,
     SyncLLMClient,
     Usage,
-    parse_json,
+    extract_json,
     resolve_config,
 )
 from cm2data.llm import server as embedded
@@ -123,13 +123,13 @@ def test_usage_is_thread_safe_and_mergeable() -> None:
         usage.record("x", tokens=1)
 
 
-def test_parse_json_is_lenient_about_wrapping_only() -> None:
-    assert parse_json('{"a": 1}') == {"a": 1}
-    assert parse_json('```json\n{"a": 1}\n```') == {"a": 1}
-    assert parse_json('Sure! {"a": [1, 2]} Hope that helps.') == {"a": [1, 2]}
+def test_extract_json_is_lenient_about_wrapping_only() -> None:
+    assert extract_json('{"a": 1}') == {"a": 1}
+    assert extract_json('```json\n{"a": 1}\n```') == {"a": 1}
+    assert extract_json('Sure! {"a": [1, 2]} Hope that helps.') == {"a": [1, 2]}
     for bad in ("", "no json here", '{"a": 1,,}'):
         with pytest.raises(ValueError):
-            parse_json(bad)
+            extract_json(bad)
 
 
 # ---------------------------------------------------------------------------------- scripted server: the client
@@ -430,7 +430,7 @@ def test_embedded_tool_call_with_hermes_template(embedded_llm: LLMConfig) -> Non
     r = run(one(embedded_llm, messages=[{"role": "user", "content": "What's the weather in Oslo?"}],
                 tools=[tool], tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60))
     assert r.tool_calls and r.tool_calls[0]["function"]["name"] == "get_weather"
-    assert "city" in parse_json(r.tool_calls[0]["function"]["arguments"])
+    assert "city" in extract_json(r.tool_calls[0]["function"]["arguments"])
 
 
 @pytest.mark.slow

@@ -139,10 +139,8 @@ def test_rlhf_dataset_with_our_class(verl_python: Path, verl_inputs: tuple[Path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["local", "simulator"])
-def test_load_all_tools_replays_validates_mocks(verl_python: Path, verl_inputs: tuple[Path, Path],
-                                                backend: str) -> None:
-    out = probe(verl_python, "tools", verl_inputs[0], env={"PROBE_SIMULATOR": "1" if backend == "simulator" else "0"})
+def test_load_all_tools_replays_validates_mocks(verl_python: Path, verl_inputs: tuple[Path, Path]) -> None:
+    out = probe(verl_python, "tools", verl_inputs[0])
     assert out["loaded"] == "CM2SimulatedTool"
     assert out["replay"] == "replay" and out["replay_matches"]
     assert out.get("missing_required", "SCHEMA_VALIDATION_FAILED") == "SCHEMA_VALIDATION_FAILED"

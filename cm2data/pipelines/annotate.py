@@ -31,21 +31,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cm2data.llm import LLMError, LLMOutputError
-from cm2data.pipelines.base import (
-    RecordStep,
-    StageContext,
-    StageResult,
-    collect,
-    decode_record,
-    encode_record,
-    llm_error_reject,
-    merge_meta,
-    record_row,
-    reject_json,
-    run_rows,
-    stamp,
-)
 from cm2data.pipelines.config import AnnotateConfig
+from cm2data.pipelines.registry import register_stage
+from cm2data.pipelines.results import StageResult, collect, stamp
+from cm2data.pipelines.rows import decode_record, encode_record, llm_error_reject, merge_meta, record_row, reject_json
+from cm2data.pipelines.run import StageContext, run_rows
+from cm2data.pipelines.steps import RecordStep
 from cm2data.pipelines.text import dialogue_text, tools_text
 from cm2data.prompts import load_prompt
 from cm2data.rejects import RecordError
@@ -483,6 +474,7 @@ def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 
             "temperature": float(settings.get("temperature", 0.3)), **seed}
 
 
+@register_stage("annotate", config=AnnotateConfig, llm=True)
 def run_annotate(records: list[Dialogue], cfg: AnnotateConfig, ctx: StageContext) -> StageResult:
     seed = ctx.seed if cfg.seed is None else cfg.seed
     rows = [record_row(d) for d in records]

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cm2data.llm import LLMError
-from cm2data.pipelines.config import STAGE_CONFIGS, PipelineConfig, StageSpec, load_pipeline_config
+from cm2data.pipelines.config import PipelineConfig, load_pipeline_config
+from cm2data.pipelines.registry import stage
 from cm2data.pipelines.report import REPORT_HTML
 from cm2data.pipelines.runner import resolve_endpoint, run_pipeline, run_stage
 
@@ -30,19 +31,33 @@ def _table(title: str, stages: list[dict[str, Any]]) -> Table:
     return table
 
 
+def read_drop_ratios(text: str | None) -> dict[str, Any] | None:
+    """``--drop-ratios``: a YAML/JSON mapping metric → {value: ratio}, or a file holding one (None: the defaults)."""
+    if text is None:
+        return None
+    import yaml
+
+    source = Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text
+    try:
+        return yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise CommandError(f"--drop-ratios is not YAML/JSON: {exc}") from None
+
+
 def stage_command(name: str, settings: dict[str, Any], *, src: Path | None, out: Path, fmt: str = "auto",
                   base_url: str | None = None, model: str | None = None, seed: int = 42, batch_size: int = 50,
                   fresh: bool = False, console: Console, err: Console) -> int:
     """``cm2data <stage> --in SRC --out OUT``: one stage, its dataset folder, rejects and report."""
+    entry = stage(name)
     try:
-        cfg = STAGE_CONFIGS[name](**{k: v for k, v in settings.items() if v is not None})
+        cfg = entry.config(**{k: v for k, v in settings.items() if v is not None})
     except ValueError as exc:
         raise CommandError(f"invalid {name} settings: {exc}") from None
     if src is not None and not src.exists():
         raise CommandError(f"input {src} does not exist")
     try:
         endpoint = None
-        if StageSpec(name=name, config=cfg).uses_llm():
+        if entry.uses_llm(cfg):
             endpoint = resolve_endpoint(base_url, model, settings=cfg.llm)
             err.print(f"[dim]LLM: {endpoint.config.model} at {endpoint.config.base_url} ({endpoint.kind})[/]")
         outcome = run_stage(name, cfg, out, src=src, fmt=fmt, endpoint=endpoint, seed=seed, batch_size=batch_size,

@@ -12,20 +12,12 @@ never makes a record longer; counted in the report). Dialogues without thinking 
 import json
 from typing import Any
 
-from cm2data.pipelines.base import (
-    JSONTask,
-    StageContext,
-    StageResult,
-    collect,
-    decode_record,
-    encode_record,
-    merge_meta,
-    openai_llm,
-    record_row,
-    run_rows,
-    stamp,
-)
 from cm2data.pipelines.config import CompressConfig
+from cm2data.pipelines.registry import register_stage
+from cm2data.pipelines.results import StageResult, collect, stamp
+from cm2data.pipelines.rows import decode_record, encode_record, merge_meta, record_row
+from cm2data.pipelines.run import StageContext, run_rows
+from cm2data.pipelines.steps import JSONTask, openai_llm
 from cm2data.prompts import load_prompt
 from cm2data.rejects import RecordError
 from cm2data.schema import Dialogue
@@ -103,6 +95,7 @@ class CompressThinking(JSONTask):
                                                                     "thinkings": len(positions)})}
 
 
+@register_stage("compress", config=CompressConfig, llm=True)
 def run_compress(records: list[Dialogue], cfg: CompressConfig, ctx: StageContext) -> StageResult:
     rows = [record_row(d) for d in records]
     tag = load_prompt("compress").tag

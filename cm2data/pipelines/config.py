@@ -29,6 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cm2data.pipelines import registry
 from cm2data.schema import STAT_NAMES
 
 #: The reference drop ratios of method §2.6 (metric → {value: drop ratio}).
@@ -43,9 +44,16 @@ REFERENCE_DROP_RATIOS: dict[str, dict[int, float]] = {
 
 
 class StageConfig(BaseModel):
+    """Settings every stage takes; each stage's own are a subclass, registered with the stage
+    (:func:`cm2data.pipelines.registry.register_stage`)."""
+
     model_config = ConfigDict(extra="forbid")
 
     llm: dict[str, Any] | None = Field(None, description="LLM settings for this stage, merged over the pipeline's")
+
+    def needs_llm(self) -> bool:
+        """Whether these settings make an LLM-using stage call the LLM (override where some do not)."""
+        return True
 
 
 class SynthesizeConfig(StageConfig):
@@ -91,6 +99,9 @@ class FilterConfig(StageConfig):
     max_tokens: int = 300
     invalid_retries: int = 1
     max_chars_per_message: int = 800
+
+    def needs_llm(self) -> bool:
+        return self.passes > 0
 
 
 class CompressConfig(StageConfig):
@@ -157,16 +168,6 @@ class AnnotateConfig(StageConfig):
         return v
 
 
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {
-    "synthesize": SynthesizeConfig,
-    "filter": FilterConfig,
-    "compress": CompressConfig,
-    "select": SelectConfig,
-    "annotate": AnnotateConfig,
-}
-LLM_STAGES = {"synthesize", "filter", "compress", "annotate"}
-
-
 class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -174,9 +175,7 @@ class StageSpec(BaseModel):
     config: StageConfig
 
     def uses_llm(self) -> bool:
-        if self.name == "filter":
-            return getattr(self.config, "passes", 0) > 0
-        return self.name in LLM_STAGES
+        return registry.stage(self.name).uses_llm(self.config)
 
 
 class PipelineConfig(BaseModel):
@@ -212,12 +211,12 @@ class PipelineConfig(BaseModel):
                 settings = settings or {}
             else:
                 raise ValueError(f"stages[{i}]: expected a stage name or {{name: settings}}, got {item!r}")
-            if name not in STAGE_CONFIGS:
-                raise ValueError(f"stages[{i}]: unknown stage {name!r}; known: {', '.join(STAGE_CONFIGS)}")
+            if name not in registry.stages():
+                raise ValueError(f"stages[{i}]: unknown stage {name!r}; known: {', '.join(registry.stages())}")
             if not isinstance(settings, dict):
                 raise ValueError(f"stages[{i}] ({name}): settings must be a mapping")
             try:
-                config = STAGE_CONFIGS[name](**settings)
+                config = registry.stage(name).config(**settings)
             except ValidationError as exc:
                 raise ValueError(f"stages[{i}] ({name}): {exc}") from None
             parsed.append(StageSpec(name=name, config=config))
@@ -226,9 +225,10 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _order(self) -> PipelineConfig:
         names = [s.name for s in self.stages]
-        if "synthesize" in names[1:]:
-            raise ValueError("synthesize can only be the first stage")
-        if names[0] != "synthesize" and not self.input:
+        for name in names[1:]:
+            if not registry.stage(name).takes_input:
+                raise ValueError(f"{name} can only be the first stage")
+        if registry.stage(names[0]).takes_input and not self.input:
             raise ValueError(f"the first stage is {names[0]}: give an 'input' (a dataset folder or file)")
         return self
 

@@ -15,21 +15,12 @@ from typing import Any
 from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field
 
-from cm2data.pipelines.base import (
-    ROW_COLUMNS,
-    JSONTask,
-    StageContext,
-    StageResult,
-    collect,
-    decode_record,
-    merge_meta,
-    openai_llm,
-    record_row,
-    reject_json,
-    run_rows,
-    stamp,
-)
 from cm2data.pipelines.config import FilterConfig
+from cm2data.pipelines.registry import register_stage
+from cm2data.pipelines.results import StageResult, collect, stamp
+from cm2data.pipelines.rows import ROW_COLUMNS, decode_record, merge_meta, record_row, reject_json
+from cm2data.pipelines.run import StageContext, run_rows
+from cm2data.pipelines.steps import JSONTask, openai_llm
 from cm2data.pipelines.text import dialogue_text, tools_text
 from cm2data.prompts import load_prompt
 from cm2data.schema import Dialogue
@@ -120,6 +111,7 @@ class QualityJudge(JSONTask):
                                                     f"pass {self.pass_index}: {verdict.Reasoning}"[:2000])}
 
 
+@register_stage("filter", config=FilterConfig, llm=True)
 def run_filter(records: list[Dialogue], cfg: FilterConfig, ctx: StageContext) -> StageResult:
     """Rule filters, then ``cfg.passes`` chained LLM quality passes."""
     rows = [record_row(d) for d in records]

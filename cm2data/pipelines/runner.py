@@ -9,7 +9,7 @@ into ``OUT`` itself (dataset, every reject, ``pipeline.yaml`` with the resolved 
 
 Resume: a stage whose ``stage.json`` has the same fingerprint (stage settings, input content, model, prompt
 versions) is not run again; a stage that did not finish is run again, and its steps take every row they had
-finished from their journals (see :mod:`cm2data.pipelines.base`).
+finished from their journals (see :mod:`cm2data.pipelines.journal`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,11 @@ import yaml
 
 from cm2data import store
 from cm2data.llm import LLMConfig, LLMError, SyncLLMClient, resolve_config
-from cm2data.pipelines.base import StageContext, StageResult, fingerprint
-from cm2data.pipelines.config import (
-    LLM_STAGES,
-    STAGE_CONFIGS,
-    PipelineConfig,
-    StageConfig,
-    StageSpec,
-)
+from cm2data.pipelines.config import PipelineConfig, StageConfig
+from cm2data.pipelines.registry import stage
 from cm2data.pipelines.report import build_report, write_report
+from cm2data.pipelines.rows import fingerprint
+from cm2data.pipelines.run import StageContext
 from cm2data.prompts import PROMPT_NAMES, load_prompt
 from cm2data.rejects import Reject, read_rejects, write_rejects
 from cm2data.schema import Dialogue
@@ -106,27 +102,11 @@ def file_fingerprint(path: Path) -> str:
 
 def stage_fingerprint(name: str, cfg: StageConfig, input_fp: str, endpoint: Endpoint | None, seed: Any) -> str:
     prompts = [load_prompt(p).tag for p in PROMPT_NAMES]
-    llm = endpoint.describe() if endpoint is not None and name in LLM_STAGES else None
+    llm = endpoint.describe() if endpoint is not None and stage(name).llm else None
     return fingerprint(name, cfg.model_dump(mode="json"), input_fp, llm, prompts, seed)
 
 
 # ------------------------------------------------------------------------------------------------------ stages
-
-
-def _run(name: str, cfg: StageConfig, records: list[Dialogue], ctx: StageContext) -> StageResult:
-    from cm2data.pipelines import annotate, compress, filter, select, synthesize
-
-    if name == "synthesize":
-        return synthesize.run_synthesize(cfg, ctx)  # type: ignore[arg-type]
-    if name == "filter":
-        return filter.run_filter(records, cfg, ctx)  # type: ignore[arg-type]
-    if name == "compress":
-        return compress.run_compress(records, cfg, ctx)  # type: ignore[arg-type]
-    if name == "select":
-        return select.run_select(records, cfg, ctx)  # type: ignore[arg-type]
-    if name == "annotate":
-        return annotate.run_annotate(records, cfg, ctx)  # type: ignore[arg-type]
-    raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGE_CONFIGS)}")
 
 
 @dataclass
@@ -160,12 +140,10 @@ def run_stage(name: str, cfg: StageConfig, out: Path, *, src: Path | None = None
     work = out / WORK_DIR
     if fresh and work.exists():
         shutil.rmtree(work)
-    if name == "synthesize":
+    entry = stage(name)
+    if entry.source is not None:
         records, carried = [], []
-        catalog = getattr(cfg, "catalog", None)
-        from cm2data.pipelines.synthesize import shipped_catalog
-
-        input_fp = file_fingerprint(Path(catalog) if catalog else shipped_catalog())
+        input_fp = file_fingerprint(entry.source(cfg))
     else:
         if src is None:
             raise ValueError(f"the {name} stage needs an input (--in)")
@@ -176,15 +154,15 @@ def run_stage(name: str, cfg: StageConfig, out: Path, *, src: Path | None = None
             and store.is_dataset_folder(out):
         say(f"{name}: up to date in {out} (same input, settings and model); --fresh to run it again")
         return StageOutcome(out, previous, reused=True, rejects=read_rejects(out / store.REJECTS_FILE))
-    if name in LLM_STAGES and endpoint is None and _needs_llm(name, cfg):
+    if endpoint is None and entry.uses_llm(cfg):
         raise LLMError(f"the {name} stage needs an LLM endpoint")
     started_at = datetime.now(UTC).isoformat()
     t0 = time.monotonic()
     ctx = StageContext(work=work, llm=endpoint.config if endpoint else None,
                        schema_form=endpoint.schema_form if endpoint else "structured_outputs",
                        batch_size=batch_size, seed=seed, request_seeds=request_seeds)
-    say(f"{name}: {len(records) if name != 'synthesize' else getattr(cfg, 'n', 0)} records in …")
-    result = _run(name, cfg, records, ctx)
+    say(f"{name}: {len(records) if entry.takes_input else getattr(cfg, 'n', 0)} records in …")
+    result = entry.run(records, cfg, ctx)
     rejects = [*carried, *result.rejects]
     for name_ in ("data", "README.md", store.REJECTS_FILE, STAGE_FILE):
         path = out / name_
@@ -201,7 +179,7 @@ def run_stage(name: str, cfg: StageConfig, out: Path, *, src: Path | None = None
         "details": result.details, "config": cfg.model_dump(mode="json", exclude_none=True),
         "input_folder": str(src) if src else None, "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(),
-        "llm": endpoint.describe() if endpoint and _needs_llm(name, cfg) else None,
+        "llm": endpoint.describe() if endpoint and entry.uses_llm(cfg) else None,
     }
     report = build_report(name=name, stages=[summary], records=result.accepted, rejects=result.rejects,
                           llm=summary["llm"], started_at=started_at, seconds=summary["seconds"], output=str(out),
@@ -212,10 +190,6 @@ def run_stage(name: str, cfg: StageConfig, out: Path, *, src: Path | None = None
         + (f" ({', '.join(f'{k} {v}' for k, v in result.counts.items())})" if result.counts else "")
         + (f"; {result.resumed} from checkpoints" if result.resumed else "") + f" — {summary['seconds']} s")
     return StageOutcome(out, summary, reused=False, rejects=result.rejects)
-
-
-def _needs_llm(name: str, cfg: StageConfig) -> bool:
-    return StageSpec(name=name, config=cfg).uses_llm()
 
 
 def _read_stage(folder: Path) -> dict[str, Any]:

@@ -19,19 +19,11 @@ from typing import Any
 from distilabel.steps import Step, StepInput
 from pydantic import Field
 
-from cm2data.pipelines.base import (
-    ROW_COLUMNS,
-    StageContext,
-    StageResult,
-    collect,
-    decode_record,
-    merge_meta,
-    record_row,
-    reject_json,
-    run_rows,
-    stamp,
-)
 from cm2data.pipelines.config import SelectConfig
+from cm2data.pipelines.registry import register_stage
+from cm2data.pipelines.results import StageResult, collect, stamp
+from cm2data.pipelines.rows import ROW_COLUMNS, decode_record, merge_meta, record_row, reject_json
+from cm2data.pipelines.run import StageContext, run_rows
 from cm2data.schema import Dialogue, dialogue_stats
 
 STAGE = "select"
@@ -129,6 +121,7 @@ class SelectHardSamples(Step):
         yield out
 
 
+@register_stage("select", config=SelectConfig)
 def run_select(records: list[Dialogue], cfg: SelectConfig, ctx: StageContext) -> StageResult:
     seed = ctx.seed if cfg.seed is None else cfg.seed
     rows = [record_row(d) for d in records]

@@ -33,19 +33,12 @@ from typing import Any
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from cm2data.llm import LLMError
-from cm2data.pipelines.base import (
-    JSONTask,
-    RecordStep,
-    StageContext,
-    StageResult,
-    collect,
-    merge_meta,
-    openai_llm,
-    reject_json,
-    run_rows,
-    stamp,
-)
 from cm2data.pipelines.config import SynthesizeConfig
+from cm2data.pipelines.registry import register_stage
+from cm2data.pipelines.results import StageResult, collect, stamp
+from cm2data.pipelines.rows import merge_meta, reject_json
+from cm2data.pipelines.run import StageContext, run_rows
+from cm2data.pipelines.steps import JSONTask, RecordStep, openai_llm
 from cm2data.pipelines.text import clip, history_text, tools_brief
 from cm2data.prompts import load_prompt
 from cm2data.rejects import RecordError
@@ -442,8 +435,15 @@ def _recorded(messages: list[Message]) -> list[RecordedCall]:
 # -------------------------------------------------------------------------------------------------------- stage
 
 
-def run_synthesize(cfg: SynthesizeConfig, ctx: StageContext) -> StageResult:
-    """Sample ``cfg.n`` tool subsets, then write and simulate one dialogue each."""
+def catalog_path(cfg: SynthesizeConfig) -> Path:
+    """The tool catalog the stage reads (its input)."""
+    return Path(cfg.catalog) if cfg.catalog else shipped_catalog()
+
+
+@register_stage("synthesize", config=SynthesizeConfig, llm=True, source=catalog_path)
+def run_synthesize(records: list[Dialogue], cfg: SynthesizeConfig, ctx: StageContext) -> StageResult:
+    """Sample ``cfg.n`` tool subsets, then write and simulate one dialogue each (``records``: none; the stage reads
+    its catalog)."""
     seed = ctx.seed if cfg.seed is None else cfg.seed
     catalog = load_catalog(cfg.catalog)
     specs = sample_specs(catalog, cfg.n, seed, turns=cfg.turns, tools=cfg.tools, distractors=cfg.distractors,

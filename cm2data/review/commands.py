@@ -15,6 +15,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cm2data.cli_options import EXIT_FAILED, JsonFlag, fail
+from cm2data.cli_options import err as _err
+
 review_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="Human review of checklists in Argilla: the local stack, push, pull.")
 stack_app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -22,25 +25,24 @@ stack_app = typer.Typer(no_args_is_help=True, add_completion=False,
                              "127.0.0.1.")
 review_app.add_typer(stack_app, name="stack")
 
-_err = Console(stderr=True, soft_wrap=True)
-_STATE_DIR = typer.Option("--state-dir", help="The stack's state folder (default: $CM2DATA_ARGILLA_DIR, else "
-                                              "$CM2DATA_CACHE/argilla).")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    return typer.Exit(code)
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="The stack's state folder (default: "
+                                                                 "$CM2DATA_ARGILLA_DIR, else $CM2DATA_CACHE/argilla).")]
+Workspace = Annotated[str | None, typer.Option("--workspace", "-w", help="Argilla workspace (default: "
+                                                                         "$ARGILLA_WORKSPACE, else the user's first "
+                                                                         "workspace).")]
+ApiUrl = Annotated[str | None, typer.Option("--api-url", help="Argilla server (default: $ARGILLA_API_URL). The key is "
+                                                              "read from $ARGILLA_API_KEY only.")]
 
 
 @stack_app.command("start")
 def stack_start(
-    state_dir: Annotated[Path | None, _STATE_DIR] = None,
+    state_dir: StateDir = None,
     port: Annotated[int | None, typer.Option(help="The server's port on 127.0.0.1 (default: a free one).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the database first (credentials are kept).")] = False,
     workers: Annotated[int, typer.Option(help="Background-job workers (0: none).")] = 1,
     username: Annotated[str | None, typer.Option(help="The owner user (default: owner, or the stored one).")] = None,
     workspace: Annotated[str | None, typer.Option(help="The owner's workspace (default: cm2data).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the stack's record as JSON instead.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Start the stack (or reuse the running one) and print `export ARGILLA_API_URL=…` and `export
     ARGILLA_API_KEY=…` on stdout: `eval "$(cm2data review stack start)"`. The first start builds the server's
@@ -53,7 +55,7 @@ def stack_start(
     try:
         stack = st.start(state_dir, port=port, fresh=fresh, workers=workers, username=username, workspace=workspace)
     except st.StackError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     how = "already running" if running is not None and running.pids == stack.pids else \
         f"ready in {stack.ready_seconds} s"
     if as_json:
@@ -67,22 +69,22 @@ def stack_start(
 
 
 @stack_app.command("stop")
-def stack_stop(state_dir: Annotated[Path | None, _STATE_DIR] = None) -> None:
+def stack_stop(state_dir: StateDir = None) -> None:
     """Stop the stack (SIGTERM to each component, SIGKILL after 15 s). The database and credentials stay."""
     from cm2data.review import stack as st
 
     try:
         stopped = st.stop(state_dir)
     except st.StackError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     _err.print(f"stopped the Argilla stack at {stopped.api_url}" if stopped else "the Argilla stack is not running",
                highlight=False)
 
 
 @stack_app.command("status")
 def stack_status(
-    state_dir: Annotated[Path | None, _STATE_DIR] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the stack's record as JSON.")] = False,
+    state_dir: StateDir = None,
+    as_json: JsonFlag = False,
     export: Annotated[bool, typer.Option("--export", help="Print the export lines (API URL and key) again.")] = False,
 ) -> None:
     """Say whether the stack runs, where, and which component is up; exit 0 when it is healthy, 1 otherwise."""
@@ -103,16 +105,10 @@ def stack_status(
                    highlight=False)
         if export:
             print(running.export_lines())
-    raise typer.Exit(0 if healthy else 1)
+    raise typer.Exit(0 if healthy else EXIT_FAILED)
 
 
 # ------------------------------------------------------------------------------------ push / status / pull
-
-_WORKSPACE = typer.Option("--workspace", "-w", help="Argilla workspace (default: $ARGILLA_WORKSPACE, else the "
-                                                    "user's first workspace).")
-_API_URL = typer.Option("--api-url", help="Argilla server (default: $ARGILLA_API_URL). The key is read from "
-                                          "$ARGILLA_API_KEY only.")
-
 
 def _client(api_url: str | None):  # type: ignore[no-untyped-def]
     from cm2data.review.push import connect
@@ -130,11 +126,11 @@ def _workspace(workspace: str | None) -> str | None:
 def review_push(
     src: Annotated[Path, typer.Argument(help="Dataset folder (or file in a registered format) with checklists.")],
     name: Annotated[str, typer.Option("--name", "-n", help="The Argilla review dataset (created on first push).")],
-    workspace: Annotated[str | None, _WORKSPACE] = None,
+    workspace: Workspace = None,
     min_submitted: Annotated[int, typer.Option("--min-submitted", help="Reviewers per item (task distribution "
                                                                        "overlap) when the dataset is created.")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per request (max 500).")] = 500,
-    api_url: Annotated[str | None, _API_URL] = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """Push every checklist item of SRC to an Argilla review dataset, one record per item. Pushing again updates
     in place: nothing is duplicated, submitted responses stay, items changed since their review are flagged."""
@@ -145,16 +141,16 @@ def review_push(
         result = push(src, name, client=client, workspace=_workspace(workspace), min_submitted=min_submitted,
                       batch_size=batch_size, console=_err)
     except (ReviewError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     print_push(result, Console(soft_wrap=True, highlight=False))
 
 
 @review_app.command("status")
 def review_status(
     name: Annotated[str, typer.Argument(help="The Argilla review dataset.")],
-    workspace: Annotated[str | None, _WORKSPACE] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
-    api_url: Annotated[str | None, _API_URL] = None,
+    workspace: Workspace = None,
+    as_json: JsonFlag = False,
+    api_url: ApiUrl = None,
 ) -> None:
     """Review progress: records pending/completed, responses per state, per reviewer."""
     from cm2data.review.push import ReviewError
@@ -164,7 +160,7 @@ def review_status(
     try:
         status = get_status(name, client=_client(api_url), workspace=_workspace(workspace))
     except ReviewError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     if as_json:
         print(json.dumps(status, indent=2))
     else:
@@ -176,11 +172,11 @@ def review_pull(
     name: Annotated[str, typer.Argument(help="The Argilla review dataset.")],
     into: Annotated[Path, typer.Option("--into", help="The dataset folder that was pushed.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged dataset folder and report.")],
-    workspace: Annotated[str | None, _WORKSPACE] = None,
+    workspace: Workspace = None,
     min_answers: Annotated[int | None, typer.Option("--min-answers", help="Submitted answers an item needs before "
                                                                           "its verdict applies (default: the "
                                                                           "dataset's min_submitted).")] = None,
-    api_url: Annotated[str | None, _API_URL] = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """Merge the submitted reviews into the records of --into (majority per item, ties stay flagged; drop, fix, add
     criteria, re-normalise weights), validate, write --out with review_report.json and .md."""
@@ -193,9 +189,9 @@ def review_pull(
     except PullGateFailed as exc:
         for r in exc.report["gate"]["rejects"][:10]:
             _err.print(f"  {escape(str(r['record_id']))}: {r['rule']}: {escape(r['message'])}", highlight=False)
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     except ReviewError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     print_pull(result, Console(soft_wrap=True, highlight=False))
 
 
@@ -207,14 +203,14 @@ def review_push_verdicts(
     verdicts: Annotated[Path, typer.Argument(help="A verdict folder (cm2data judge run).")],
     name: Annotated[str, typer.Option("--name", "-n", help="The Argilla verdict-review dataset (created on first "
                                                            "push).")],
-    workspace: Annotated[str | None, _WORKSPACE] = None,
+    workspace: Workspace = None,
     min_submitted: Annotated[int, typer.Option("--min-submitted", help="Reviewers per item when the dataset is "
                                                                        "created.")] = 2,
     show_judge: Annotated[bool, typer.Option("--show-judge", help="Show the judge's verdict as a pre-filled "
                                                                   "suggestion (hidden by default; fixed when the "
                                                                   "dataset is created).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per request (max 500).")] = 500,
-    api_url: Annotated[str | None, _API_URL] = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """Push every judged item of VERDICTS for people to answer pass/fail (with an optional reason), one record per
     item, the dialogue up to the item's turn shown. Pushing again updates in place."""
@@ -225,7 +221,7 @@ def review_push_verdicts(
         result = push_verdicts(verdicts, name, client=_client(api_url), workspace=_workspace(workspace),
                                min_submitted=min_submitted, show_judge=show_judge, batch_size=batch_size)
     except (ReviewError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     print_push_verdicts(result, Console(soft_wrap=True, highlight=False))
 
 
@@ -234,8 +230,8 @@ def review_pull_verdicts(
     name: Annotated[str, typer.Argument(help="The Argilla verdict-review dataset.")],
     into: Annotated[Path, typer.Option("--into", help="The verdict folder that was pushed.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The human verdict folder to write.")],
-    workspace: Annotated[str | None, _WORKSPACE] = None,
-    api_url: Annotated[str | None, _API_URL] = None,
+    workspace: Workspace = None,
+    api_url: ApiUrl = None,
 ) -> None:
     """Pull people's pass/fail answers into a human verdict folder (one row per item and reviewer, skips and drafts
     included and counted), checked against the verdict folder --into; then `cm2data judge agree INTO --human OUT`."""
@@ -245,5 +241,5 @@ def review_pull_verdicts(
     try:
         result = pull_verdicts(name, into=into, out=out, client=_client(api_url), workspace=_workspace(workspace))
     except ReviewError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_FAILED) from None
     print_pull_verdicts(result, Console(soft_wrap=True, highlight=False))

@@ -284,147 +284,188 @@ def merge_reviews(records: Sequence[Dialogue], reviews: Mapping[str, ItemReview]
     ``min_answers`` is the number of submitted answers an item needs before its verdict is applied (the dataset's
     overlap, ``min_submitted``). Returns a :class:`MergeResult`; see the module docstring for the rules.
     """
-    counts: Counter[str] = Counter({a: 0 for a in ACTIONS})
-    counts.update({"items": 0, "applied": 0, "added": 0, "added_rejected": 0, "renormalised_turns": 0})
-    decisions: list[dict[str, Any]] = []
-    rejected_criteria: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    merged: list[Dialogue] = []
-    for original in records:
+    merger = _Merger(reviews, reviewed_at=reviewed_at, dataset=dataset, min_answers=min_answers)
+    merged = [merger.merge_record(original) for original in records]
+    not_in_folder = sorted(rid for rid in reviews if rid not in merger.seen)
+    statuses = Counter(d.review.status for d in merged)
+    return MergeResult(merged, merger.decisions, dict(merger.counts), merger.rejected_criteria, not_in_folder,
+                       dict(statuses))
+
+
+@dataclass
+class _RecordTally:
+    """What merging one record gathers for its review stamp (:func:`_stamp`)."""
+
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    reviewers: set[str] = field(default_factory=set)
+    empty_turns: list[str] = field(default_factory=list)
+    verdict_units: list[list[str]] = field(default_factory=list)
+    unreviewed: int = 0
+
+
+class _Merger:
+    """One merge: the reviews, the stamp of the round, and what it gathers over all records."""
+
+    def __init__(self, reviews: Mapping[str, ItemReview], *, reviewed_at: str, dataset: str, min_answers: int):
+        self.reviews = reviews
+        self.reviewed_at = reviewed_at
+        self.dataset = dataset
+        self.min_answers = min_answers
+        self.counts: Counter[str] = Counter({a: 0 for a in ACTIONS})
+        self.counts.update({"items": 0, "applied": 0, "added": 0, "added_rejected": 0, "renormalised_turns": 0})
+        self.decisions: list[dict[str, Any]] = []
+        self.rejected_criteria: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+
+    def merge_record(self, original: Dialogue) -> Dialogue:
+        """A merged copy of ``original``: every turn block of every variant, then the record's review stamp."""
         d = original.model_copy(deep=True)
-        record_decisions: list[dict[str, Any]] = []
-        reviewers: set[str] = set()
-        empty_turns: list[str] = []
-        verdict_units: list[list[str]] = []
-        unreviewed = 0
+        tally = _RecordTally()
         for v, variant in enumerate(d.checklists):
             for block in variant:
-                used = _used_ids(d, v, block)
-                kept: list[ChecklistItem] = []
-                dropped: list[str] = []
-                missing_answers: list[Answer] = []
-                for it in block.items:
-                    key = ItemKey(d.id, v, block.turn, it.id)
-                    rid = key.record_id
-                    review = reviews.get(rid)
-                    if review is not None:
-                        seen.add(rid)
-                        missing_answers += [a for a in review.answers if _norm(a.missing_criterion)]
-                        reviewers.update(a.reviewer for a in review.answers)
-                        verdict_units.append([a.verdict for a in review.answers if a.verdict])
-                    counts["items"] += 1
-                    dec = decide(review, content_hash(d, block, it), min_answers)
-                    action = dec["action"]
-                    counts[action] += 1
-                    applied = action in ("keep", "drop") or (action == "fix" and bool(dec["rewrite"]))
-                    entry = {"dataset": dataset, "at": reviewed_at, "variant": v, "turn": block.turn,
-                             "item_id": it.id, "record_id": rid, "applied": applied, **dec}
-                    if action == "fix" and dec["rewrite"]:
-                        entry["before"] = {k: getattr(it, k) for k in dec["rewrite"]}
-                        for k, text in dec["rewrite"].items():
-                            setattr(it, k, text)
-                        entry["after"] = dict(dec["rewrite"])
-                    entry.pop("rewrite")
-                    if applied:
-                        counts["applied"] += 1
-                    if action != "unreviewed":
-                        record_decisions.append(entry)
-                    else:
-                        unreviewed += 1
-                    if action == "drop":
-                        dropped.append(it.id)
-                        continue
-                    if action != "unreviewed":
-                        it.extra_info = {**it.extra_info, "review": {
-                            "dataset": dataset, "decision": action, "applied": applied, "at": reviewed_at,
-                            "by": [{"reviewer": b["reviewer"], "verdict": b["verdict"], "at": b["at"]}
-                                   for b in dec["by"]],
-                            **({"flags": dec["flags"]} if dec["flags"] else {}),
-                            **({"problems": dec["problems"]} if dec["problems"] else {}),
-                            **({"before": entry["before"]} if "before" in entry else {})}}
-                    kept.append(it)
-                # dependencies on dropped items go
-                if dropped:
-                    for it in kept:
-                        if any(dep in dropped for dep in it.depends_on):
-                            it.depends_on = [dep for dep in it.depends_on if dep not in dropped]
-                # added criteria (once per distinct question)
-                added: list[ChecklistItem] = []
-                known = {_norm(it.question).lower() for it in kept}
-                next_n = max([_number(i) for i in used] + [-1]) + 1
-                mean_weight = (sum(it.weight for it in kept) / len(kept)) if kept else 1.0
-                proposals: dict[str, dict[str, Any]] = {}
-                for a in missing_answers:
-                    criteria, errors = parse_missing_criterion(a.missing_criterion or "")
-                    for err in errors:
-                        rejected_criteria.append({"dialogue_id": d.id, "variant": v, "turn": block.turn,
-                                                  "reviewer": a.reviewer, "text": a.missing_criterion,
-                                                  "reason": err})
-                        counts["added_rejected"] += 1
-                    for c in criteria:
-                        norm_q = c["question"].lower()
-                        if norm_q in known and norm_q not in proposals:
-                            continue
-                        slot = proposals.setdefault(norm_q, {"criterion": c, "by": []})
-                        slot["by"].append({"reviewer": a.reviewer, "at": a.at})
-                for norm_q, slot in proposals.items():
-                    c = slot["criterion"]
-                    item_id = f"C{next_n}"
-                    next_n += 1
-                    focus = {it.id: it.focus_on for it in kept}
-                    deps = [x for x in c["depends_on"] if focus.get(x) == "tool.content"]
-                    new = ChecklistItem(
-                        id=item_id, evidence=[], focus_on=c["focus_on"], question=c["question"],
-                        pass_condition=c["pass_condition"], failure_examples=c["failure_examples"],
-                        required_for_next_turn=c["required_for_next_turn"], depends_on=deps,
-                        weight=c["weight"] if c["weight"] is not None else mean_weight,
-                        extra_info={"review": {"dataset": dataset, "decision": "add", "applied": True,
-                                               "at": reviewed_at, "by": slot["by"]}})
-                    added.append(new)
-                    known.add(norm_q)
-                    counts["added"] += 1
-                    record_decisions.append({"dataset": dataset, "at": reviewed_at, "variant": v, "turn": block.turn,
-                                             "item_id": item_id, "action": "add", "applied": True,
-                                             "by": slot["by"], "criterion": c,
-                                             **({"dropped_depends_on": sorted(set(c["depends_on"]) - set(deps))}
-                                                if set(c["depends_on"]) - set(deps) else {})})
-                block.items = kept + added
-                if dropped or added:
-                    renormalise(block.items)
-                    counts["renormalised_turns"] += 1
-                if not block.items:
-                    empty_turns.append(f"variant {v} turn {block.turn}")
-        decisions.extend({"dialogue_id": d.id, **e} for e in record_decisions)
-        if record_decisions:
-            _stamp(d, record_decisions, unreviewed, reviewers, empty_turns, verdict_units, dataset, reviewed_at)
-        merged.append(d)
-    not_in_folder = sorted(rid for rid in reviews if rid not in seen)
-    statuses = Counter(d.review.status for d in merged)
-    return MergeResult(merged, decisions, dict(counts), rejected_criteria, not_in_folder, dict(statuses))
+                self._merge_block(d, v, block, tally)
+        self.decisions.extend({"dialogue_id": d.id, **e} for e in tally.decisions)
+        if tally.decisions:
+            _stamp(d, tally, self.dataset, self.reviewed_at)
+        return d
+
+    def _merge_block(self, d: Dialogue, v: int, block: TurnChecklist, tally: _RecordTally) -> None:
+        """Decide every item of one turn block, add the proposed criteria, re-normalise the weights."""
+        used = _used_ids(d, v, block)
+        kept: list[ChecklistItem] = []
+        dropped: list[str] = []
+        missing_answers: list[Answer] = []
+        for it in block.items:
+            if self._merge_item(d, v, block, it, tally, missing_answers):
+                kept.append(it)
+            else:
+                dropped.append(it.id)
+        if dropped:  # dependencies on dropped items go
+            for it in kept:
+                if any(dep in dropped for dep in it.depends_on):
+                    it.depends_on = [dep for dep in it.depends_on if dep not in dropped]
+        added = self._add_criteria(d, v, block, kept, used, missing_answers, tally)
+        block.items = kept + added
+        if dropped or added:
+            renormalise(block.items)
+            self.counts["renormalised_turns"] += 1
+        if not block.items:
+            tally.empty_turns.append(f"variant {v} turn {block.turn}")
+
+    def _merge_item(self, d: Dialogue, v: int, block: TurnChecklist, it: ChecklistItem, tally: _RecordTally,
+                    missing_answers: list[Answer]) -> bool:
+        """Decide one item and apply the decision (a rewrite, the item's own review record); False when it is
+        dropped. Its ``missing_criterion`` answers go to ``missing_answers``."""
+        rid = ItemKey(d.id, v, block.turn, it.id).record_id
+        review = self.reviews.get(rid)
+        if review is not None:
+            self.seen.add(rid)
+            missing_answers += [a for a in review.answers if _norm(a.missing_criterion)]
+            tally.reviewers.update(a.reviewer for a in review.answers)
+            tally.verdict_units.append([a.verdict for a in review.answers if a.verdict])
+        self.counts["items"] += 1
+        dec = decide(review, content_hash(d, block, it), self.min_answers)
+        action = dec["action"]
+        self.counts[action] += 1
+        applied = action in ("keep", "drop") or (action == "fix" and bool(dec["rewrite"]))
+        entry = {"dataset": self.dataset, "at": self.reviewed_at, "variant": v, "turn": block.turn,
+                 "item_id": it.id, "record_id": rid, "applied": applied, **dec}
+        if action == "fix" and dec["rewrite"]:
+            entry["before"] = {k: getattr(it, k) for k in dec["rewrite"]}
+            for k, text in dec["rewrite"].items():
+                setattr(it, k, text)
+            entry["after"] = dict(dec["rewrite"])
+        entry.pop("rewrite")
+        if applied:
+            self.counts["applied"] += 1
+        if action != "unreviewed":
+            tally.decisions.append(entry)
+        else:
+            tally.unreviewed += 1
+        if action == "drop":
+            return False
+        if action != "unreviewed":
+            it.extra_info = {**it.extra_info, "review": _item_review(dec, entry, self.dataset, self.reviewed_at)}
+        return True
+
+    def _add_criteria(self, d: Dialogue, v: int, block: TurnChecklist, kept: list[ChecklistItem], used: set[str],
+                      missing_answers: list[Answer], tally: _RecordTally) -> list[ChecklistItem]:
+        """The new items the turn's ``missing_criterion`` answers propose (once per distinct question not already
+        asked); the answers that do not parse are reported in :attr:`rejected_criteria`."""
+        added: list[ChecklistItem] = []
+        known = {_norm(it.question).lower() for it in kept}
+        next_n = max([_number(i) for i in used] + [-1]) + 1
+        mean_weight = (sum(it.weight for it in kept) / len(kept)) if kept else 1.0
+        for slot in self._proposals(d, v, block, missing_answers, known).values():
+            c = slot["criterion"]
+            item_id = f"C{next_n}"
+            next_n += 1
+            focus = {it.id: it.focus_on for it in kept}
+            deps = [x for x in c["depends_on"] if focus.get(x) == "tool.content"]
+            added.append(ChecklistItem(
+                id=item_id, evidence=[], focus_on=c["focus_on"], question=c["question"],
+                pass_condition=c["pass_condition"], failure_examples=c["failure_examples"],
+                required_for_next_turn=c["required_for_next_turn"], depends_on=deps,
+                weight=c["weight"] if c["weight"] is not None else mean_weight,
+                extra_info={"review": {"dataset": self.dataset, "decision": "add", "applied": True,
+                                       "at": self.reviewed_at, "by": slot["by"]}}))
+            self.counts["added"] += 1
+            lost = set(c["depends_on"]) - set(deps)
+            tally.decisions.append({"dataset": self.dataset, "at": self.reviewed_at, "variant": v, "turn": block.turn,
+                                    "item_id": item_id, "action": "add", "applied": True, "by": slot["by"],
+                                    "criterion": c, **({"dropped_depends_on": sorted(lost)} if lost else {})})
+        return added
+
+    def _proposals(self, d: Dialogue, v: int, block: TurnChecklist, missing_answers: list[Answer],
+                   known: set[str]) -> dict[str, dict[str, Any]]:
+        """Lower-cased question → ``{"criterion", "by"}`` for every valid proposed criterion whose question the
+        turn does not already ask; every parse error is counted and reported."""
+        proposals: dict[str, dict[str, Any]] = {}
+        for a in missing_answers:
+            criteria, errors = parse_missing_criterion(a.missing_criterion or "")
+            for err in errors:
+                self.rejected_criteria.append({"dialogue_id": d.id, "variant": v, "turn": block.turn,
+                                               "reviewer": a.reviewer, "text": a.missing_criterion, "reason": err})
+                self.counts["added_rejected"] += 1
+            for c in criteria:
+                norm_q = c["question"].lower()
+                if norm_q in known and norm_q not in proposals:
+                    continue
+                slot = proposals.setdefault(norm_q, {"criterion": c, "by": []})
+                slot["by"].append({"reviewer": a.reviewer, "at": a.at})
+        return proposals
 
 
-def _stamp(d: Dialogue, record_decisions: list[dict[str, Any]], unreviewed: int, reviewers: set[str],
-           empty_turns: list[str], verdict_units: list[list[str]], dataset: str, reviewed_at: str) -> None:
+def _item_review(dec: dict[str, Any], entry: dict[str, Any], dataset: str, reviewed_at: str) -> dict[str, Any]:
+    """The decision as the item keeps it in ``extra_info["review"]``."""
+    return {"dataset": dataset, "decision": dec["action"], "applied": entry["applied"], "at": reviewed_at,
+            "by": [{"reviewer": b["reviewer"], "verdict": b["verdict"], "at": b["at"]} for b in dec["by"]],
+            **({"flags": dec["flags"]} if dec["flags"] else {}),
+            **({"problems": dec["problems"]} if dec["problems"] else {}),
+            **({"before": entry["before"]} if "before" in entry else {})}
+
+
+def _stamp(d: Dialogue, tally: _RecordTally, dataset: str, reviewed_at: str) -> None:
     """Review status, reviewers, decisions, agreement and provenance of one merged record: ``reviewed`` when
     every item got an applied verdict, ``rejected`` when a turn has no item left, else ``in_review``."""
-    actions = Counter(e["action"] for e in record_decisions)
-    open_actions = actions["tie"] + actions["pending"] + actions["stale"] + unreviewed
+    actions = Counter(e["action"] for e in tally.decisions)
+    open_actions = actions["tie"] + actions["pending"] + actions["stale"] + tally.unreviewed
     decided = actions["keep"] + actions["fix"] + actions["drop"]
-    if empty_turns:
+    if tally.empty_turns:
         d.review.status = "rejected"
-    elif decided and not open_actions and all(e["applied"] for e in record_decisions):
+    elif decided and not open_actions and all(e["applied"] for e in tally.decisions):
         d.review.status = "reviewed"
     else:
         d.review.status = "in_review"
-    d.review.reviewers = sorted(set(d.review.reviewers) | reviewers)
-    d.review.decisions = [*d.review.decisions, *record_decisions]
-    if empty_turns:
+    d.review.reviewers = sorted(set(d.review.reviewers) | tally.reviewers)
+    d.review.decisions = [*d.review.decisions, *tally.decisions]
+    if tally.empty_turns:
         d.review.decisions.append({"dataset": dataset, "at": reviewed_at, "action": "reject_record",
-                                   "reason": "no checklist items left in " + ", ".join(empty_turns)})
-    agreement = percent_agreement(verdict_units)
+                                   "reason": "no checklist items left in " + ", ".join(tally.empty_turns)})
+    agreement = percent_agreement(tally.verdict_units)
     if agreement is not None:
         d.review.agreement = {**d.review.agreement, "verdict_percent": round(agreement, 4)}
-    d.provenance.stamp("review", dataset=dataset, reviewers=sorted(reviewers),
+    d.provenance.stamp("review", dataset=dataset, reviewers=sorted(tally.reviewers),
                        **{k: actions[k] for k in ("keep", "fix", "drop", "add", "tie", "pending", "stale")
                           if actions[k]})
 

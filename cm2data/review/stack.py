@@ -22,29 +22,27 @@ accepts the owner's API key. All state lives in one folder (:func:`stack_dir`: `
 :func:`stop` sends SIGTERM to each component's process group (workers, server, osmem, Redis), then SIGKILL after
 ``timeout``. :func:`status` reports what runs.
 
-This module imports only the standard library: it works without argilla installed.
+Starting, stopping, the lock and the state file go through :mod:`cm2data.supervisor`, shared with the embedded model
+server. This module imports only the standard library and :mod:`cm2data.supervisor`: it works without argilla
+installed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import fcntl
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cm2data import supervisor
+from cm2data.supervisor import cache_dir, log_tail  # also this module's own API, as before
 
 HOST = "127.0.0.1"
 STATE_FILE = "stack.json"
@@ -59,7 +57,6 @@ COMPONENTS = ("redis", "osmem", "server", "worker")
 _MARKERS = {"redis": b"redis-server", "osmem": b"osmem-server", "server": b"argilla_server_patch",
             "worker": b"argilla_server_patch"}
 _PATCH = Path(__file__).with_name("argilla_server_patch.py")
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # processes this process started: reaped on stop
 
 
 class StackError(RuntimeError):
@@ -116,7 +113,7 @@ class ArgillaStack:
 
     def healthy(self, timeout: float = 2.0) -> bool:
         """The server answers ``/api/v1/status`` with 200 (it reaches its search engine)."""
-        return _http_status(f"{self.api_url}/api/v1/status", timeout=timeout) == 200
+        return supervisor.http_status(f"{self.api_url}/api/v1/status", timeout=timeout) == 200
 
     def env(self) -> dict[str, str]:
         """``ARGILLA_API_URL`` and ``ARGILLA_API_KEY`` (the variables ``argilla.Argilla()`` reads)."""
@@ -132,20 +129,11 @@ class ArgillaStack:
 
 # ---------------------------------------------------------------------------------------------------- locations
 
-def cache_dir() -> Path:
-    """``$CM2DATA_CACHE``, default ``~/.cache/cm2data``."""
-    return Path(os.environ.get("CM2DATA_CACHE") or Path.home() / ".cache" / "cm2data")
-
-
 def stack_dir(state_dir: str | Path | None = None) -> Path:
     """The stack's state folder: ``state_dir``, else ``$CM2DATA_ARGILLA_DIR``, else ``<cache>/argilla``."""
     if state_dir is not None:
         return Path(state_dir).absolute()
     return Path(os.environ.get("CM2DATA_ARGILLA_DIR") or cache_dir() / "argilla").absolute()
-
-
-def _checkout() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def install() -> Path:
@@ -155,17 +143,15 @@ def install() -> Path:
     python = os.environ.get("CM2DATA_ARGILLA_PYTHON")
     if python:
         return Path(python)
-    script = _checkout() / "scripts" / "argilla_stack.sh"
+    script = supervisor.checkout() / "scripts" / "argilla_stack.sh"
     if not script.is_file():
         raise StackError(f"{script} not found: build the Argilla server's environment from a cm2data checkout "
                          "(bash scripts/argilla_stack.sh install), or set CM2DATA_ARGILLA_PYTHON")
-    done = subprocess.run(["bash", str(script), "install"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                          text=True, check=False)  # progress goes to our stderr, the path to stdout
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise StackError(f"building the Argilla stack's environment failed (exit {done.returncode}, {script} "
+    returncode, last = supervisor.run_installer(script, "install")  # progress goes to our stderr, the path to stdout
+    if returncode != 0 or last is None:
+        raise StackError(f"building the Argilla stack's environment failed (exit {returncode}, {script} "
                          "install); see its messages above")
-    return Path(lines[-1]) / "bin" / "python"
+    return Path(last) / "bin" / "python"
 
 
 def redis_binary() -> str:
@@ -230,15 +216,10 @@ def ensure_credentials(state_dir: Path, username: str | None = None, workspace: 
 
 def free_port(host: str = HOST, prefer: int | None = None) -> int:
     """A port on ``host`` that nothing listens on right now: ``prefer`` when it is free, else any."""
-    for wanted in ((prefer, 0) if prefer else (0,)):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no obstacle
-            try:
-                s.bind((host, wanted))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise StackError(f"no free port on {host}")
+    try:
+        return supervisor.free_port(host, prefer)
+    except OSError as e:
+        raise StackError(str(e)) from None
 
 
 def _last_port(d: Path) -> int | None:
@@ -246,17 +227,6 @@ def _last_port(d: Path) -> int | None:
     try:
         return int((d / LAST_PORT_FILE).read_text().strip())
     except (OSError, ValueError):
-        return None
-
-
-def _http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int | None:
-    """The HTTP status of ``GET url`` (None when nothing answers)."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (OSError, urllib.error.URLError, ValueError):
         return None
 
 
@@ -271,91 +241,15 @@ def _redis_ping(port: int, timeout: float = 1.0) -> bool:
 
 def _alive(pid: int, component: str) -> bool:
     """The process exists, is not a zombie, and its command line is that of ``component``."""
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if proc.exists():
-        try:
-            if proc.joinpath("stat").read_text().split(") ", 1)[1].startswith("Z"):
-                return False
-            return _MARKERS[component] in proc.joinpath("cmdline").read_bytes()
-        except (OSError, IndexError):
-            return False
-    return True
-
-
-def _death_signal() -> Any:
-    """For the child between fork and exec: PR_SET_PDEATHSIG, so that the kernel sends it SIGTERM when the thread
-    that started it dies (libc is looked up here, in the parent)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGTERM)
-
-
-def log_tail(path: str | Path, lines: int = 25) -> str:
-    """The last ``lines`` lines of a log file ("" when unreadable)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def _locked(d: Path) -> Iterator[None]:
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / "lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return supervisor.alive(pid, _MARKERS[component])
 
 
 def _read_state(d: Path) -> ArgillaStack | None:
-    try:
-        data = json.loads((d / STATE_FILE).read_text(encoding="utf-8"))
-        data.pop("api_url", None)
-        return ArgillaStack(**data)
-    except (OSError, ValueError, TypeError):
-        return None
+    return supervisor.read_state(d / STATE_FILE, ArgillaStack, derived=("api_url",))
 
 
 def _write_state(stack: ArgillaStack) -> None:
-    path = Path(stack.state_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stack.as_dict(), indent=2), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _terminate(pid: int, component: str, timeout: float) -> bool:
-    """SIGTERM the process group, wait, SIGKILL what is left; True when it ended within ``timeout``."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    clean = False
-    while time.monotonic() < deadline:
-        child = _CHILDREN.get(pid)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=0.1)
-        if not _alive(pid, component):
-            clean = True
-            break
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # stragglers of the group (forked rq workers, …)
-    child = _CHILDREN.pop(pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=5)
-    return clean
+    supervisor.write_state(Path(stack.state_dir) / STATE_FILE, stack.as_dict())
 
 
 def _server_env(d: Path, redis_port: int, osmem_port: int) -> dict[str, str]:
@@ -374,34 +268,22 @@ def _server_env(d: Path, redis_port: int, osmem_port: int) -> dict[str, str]:
 
 def _launch(stack: ArgillaStack, component: str, cmd: list[str], env: dict[str, str] | None,
             die_with_parent: bool) -> subprocess.Popen[bytes]:
-    log = stack.log(component)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    if log.exists():
-        log.replace(log.with_name(log.name + ".1"))
-    with open(log, "wb") as fh:
-        fh.write(f"# cm2data: {' '.join(cmd)}\n".encode())
-        fh.flush()
-        # its own session: it outlives this process and gets no terminal signals; stop() signals the whole group
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=stack.state_dir, start_new_session=True,
-                                preexec_fn=_death_signal() if die_with_parent and sys.platform == "linux" else None)
-    _CHILDREN[proc.pid] = proc
+    proc = supervisor.launch(cmd, log=stack.log(component), env=env, cwd=stack.state_dir,
+                             die_with_parent=die_with_parent)
     stack.pids[component] = proc.pid
     _write_state(stack)
     return proc
 
 
-def _wait(stack: ArgillaStack, component: str, proc: subprocess.Popen[bytes], ready: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"{component} exited during start-up (exit {proc.returncode}); its log "
-                             f"{stack.log(component)} ends:\n{log_tail(stack.log(component))}")
-        if ready():
-            return
-        time.sleep(0.1)
-    raise StackError(f"{component} was not ready within {timeout:g} s; its log {stack.log(component)} ends:\n"
-                     + log_tail(stack.log(component)))
+def _wait(stack: ArgillaStack, component: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool],
+          timeout: float) -> None:
+    outcome = supervisor.wait_for(ready, lambda: proc.poll() is not None, timeout)
+    if outcome == "exited":
+        raise StackError(f"{component} exited during start-up (exit {proc.returncode}); its log "
+                         f"{stack.log(component)} ends:\n{log_tail(stack.log(component))}")
+    if outcome == "timeout":
+        raise StackError(f"{component} was not ready within {timeout:g} s; its log {stack.log(component)} ends:\n"
+                         + log_tail(stack.log(component)))
 
 
 # ------------------------------------------------------------------------------------------------------- the API
@@ -423,7 +305,7 @@ def _stop_components(stack: ArgillaStack, timeout: float) -> None:
     for component in reversed(COMPONENTS):
         pid = stack.pids.get(component)
         if pid is not None:
-            _terminate(pid, component, timeout)
+            supervisor.terminate(pid, _MARKERS[component], timeout)
 
 
 def _start_once(d: Path, python: Path, port: int, username: str | None, workspace: str | None, workers: int,
@@ -440,12 +322,12 @@ def _start_once(d: Path, python: Path, port: int, username: str | None, workspac
         _wait(stack, "redis", proc, lambda: _redis_ping(stack.redis_port), 20)
         proc = _launch(stack, "osmem", [osmem_binary(python), "--addr", f"{HOST}:{stack.osmem_port}",
                                         "--no-stdin-watch"], None, die_with_parent)
-        _wait(stack, "osmem", proc, lambda: _http_status(f"http://{HOST}:{stack.osmem_port}/") == 200, 20)
+        _wait(stack, "osmem", proc, lambda: supervisor.http_status(f"http://{HOST}:{stack.osmem_port}/") == 200, 20)
         env = _server_env(d, stack.redis_port, stack.osmem_port)
         proc = _launch(stack, "server", [str(python), str(_PATCH), "serve", "--host", HOST, "--port", str(port),
                                          "--credentials", str(d / CREDENTIALS_FILE)], env, die_with_parent)
         _wait(stack, "server", proc, lambda: stack.healthy(1.0), timeout)
-        me = _http_status(f"{stack.api_url}/api/v1/me", {"X-Argilla-Api-Key": creds.api_key})
+        me = supervisor.http_status(f"{stack.api_url}/api/v1/me", {"X-Argilla-Api-Key": creds.api_key})
         if me != 200:
             raise StackError(f"the server does not accept the owner's API key (GET /api/v1/me: {me}); its log "
                              f"{stack.log('server')} ends:\n{log_tail(stack.log('server'))}")
@@ -476,7 +358,7 @@ def start(state_dir: str | Path | None = None, *, port: int | None = None, fresh
     command that started it. Builds the server's environment first when needed (:func:`install`). Raises
     :class:`StackError` with the failing component's log tail."""
     d = stack_dir(state_dir)
-    with _locked(d):
+    with supervisor.locked(d):
         running = status(d)
         if running is not None:
             if all(running.alive().values()) and running.healthy():
@@ -512,7 +394,7 @@ def stop(state_dir: str | Path | None = None, timeout: float = 15.0) -> ArgillaS
     """Stop the stack in ``state_dir`` (SIGTERM to each component's process group, SIGKILL after ``timeout``);
     return what was stopped, or None when nothing ran. The database and credentials stay."""
     d = stack_dir(state_dir)
-    with _locked(d):
+    with supervisor.locked(d):
         stack = status(d)
         if stack is None:
             return None

@@ -1,8 +1,9 @@
 """The validation gate: rule filters, record-level checklist rules and the pandera tables, in one pass.
 
-``run_gate(records)`` returns the accepted records, one :class:`~cm2data.rejects.Reject` per (record, rule) that
-failed, and a count of failing records per rule (every rule listed, zeros included, so reports show what ran).
-``run_gate_stream(records)`` returns the same rejects and counts while holding none of the records.
+``run_gate(records)`` returns a :class:`GateResult`: the accepted records, one :class:`~cm2data.rejects.Reject` per
+(record, rule) that failed, and a count of failing records per rule (every rule listed, zeros included, so reports
+show what ran). ``run_gate_stream(records)`` returns the same result without the records (the same rejects and
+counts while holding none of them).
 
 Every record is checked by every selected rule. A quick one-pass screen (:mod:`cm2data.validate.screen`, and the
 checklist screen while the table columns are gathered) clears the records that certainly pass the rule filters and
@@ -49,12 +50,17 @@ def rule_names(stages: Sequence[str] = STAGES) -> list[str]:
 
 @dataclass
 class GateResult:
-    accepted: list[Dialogue]
+    """What the gate found: one reject per (record, rule) that failed, the count of failing records per selected rule
+    (zeros included), how many records were checked and which rules ran; and, from :func:`run_gate`, the records
+    themselves, split into ``accepted`` and ``rejected``. :func:`run_gate_stream` holds no records: there both are
+    ``None``."""
+
     rejects: list[Reject]
     counts: Counter[str]
     checked: int
     rules: list[str] = field(default_factory=list)
-    rejected: list[Dialogue] = field(default_factory=list)
+    accepted: list[Dialogue] | None = None
+    rejected: list[Dialogue] | None = None
 
     @property
     def passed(self) -> bool:
@@ -154,28 +160,10 @@ def run_gate(
     rejects, counts = gate.finish()
     failed = gate.failed
     if not failed:
-        return GateResult(recs, rejects, counts, len(recs), gate.selected, [])
+        return GateResult(rejects, counts, len(recs), gate.selected, accepted=recs, rejected=[])
     accepted = [d for d, did in zip(recs, ids, strict=True) if did not in failed]
     rejected = [d for d, did in zip(recs, ids, strict=True) if did in failed]
-    return GateResult(accepted, rejects, counts, len(recs), gate.selected, rejected)
-
-
-@dataclass
-class GateReport:
-    """What :func:`run_gate_stream` returns: :class:`GateResult` without the records themselves."""
-
-    rejects: list[Reject]
-    counts: Counter[str]
-    checked: int
-    rules: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.rejects
-
-    @property
-    def rejected_ids(self) -> set[str]:
-        return {r.record_id for r in self.rejects if r.record_id}
+    return GateResult(rejects, counts, len(recs), gate.selected, accepted=accepted, rejected=rejected)
 
 
 def run_gate_stream(
@@ -185,9 +173,9 @@ def run_gate_stream(
     stages: Sequence[str] = STAGES,
     rules: Sequence[str] | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> GateReport:
+) -> GateResult:
     """The gate over a stream of records, holding none of them: the same rejects and counts as :func:`run_gate` on
-    the same records, in the same order, but no accepted or rejected record objects.
+    the same records, in the same order, but no accepted or rejected record objects (both ``None``).
 
     Each record is checked and let go (pass e.g. :func:`cm2data.store.iter_dataset`, which reads a batch at a time),
     so memory is one batch of records plus the gate's own: the dialogue table's three columns, one chunk of item
@@ -214,7 +202,7 @@ def run_gate_stream(
     if on_progress is not None:
         on_progress(n % 1000)
     rejects, counts = gate.finish()
-    return GateReport(rejects, counts, n, gate.selected)
+    return GateResult(rejects, counts, n, gate.selected)
 
 
 def _check_rule_names(rules: Sequence[str] | None) -> None:

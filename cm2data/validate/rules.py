@@ -2,7 +2,8 @@
 
 A validator takes the record (and the :class:`RuleConfig`) and returns a list of messages, one per violation; an
 empty list means the record passes. :data:`RULE_FILTERS` lists them in the order they run. Unlike the reference,
-``tool_schema`` really checks JSON types: a boolean is neither an integer nor a number.
+``tool_schema`` really checks JSON types: a boolean is neither an integer nor a number (the checker,
+:mod:`cm2data.schema.jsonschema`, is shared with the tool simulator).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from itertools import pairwise
 from typing import Any, Literal
 
 from cm2data.schema import Dialogue
+from cm2data.schema.jsonschema import check_object, json_type
 
 ThinkingPolicy = Literal["auto", "required", "forbidden"]
 
@@ -35,7 +37,7 @@ class RuleConfig:
     min_words: int = 2
 
 
-# ------------------------------------------------------------------------------------------------- JSON types
+# ---------------------------------------------------------------------------------------------- JSON parsing
 
 _DECODER = json.JSONDecoder()
 
@@ -53,87 +55,6 @@ def parse_json(text: str) -> Any:
     except json.JSONDecodeError:
         pass
     return json.loads(text)
-
-
-def _type_ok(value: Any, expected: str) -> bool:
-    if expected == "string":
-        return isinstance(value, str)
-    if expected == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer()
-        )
-    if expected == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if expected == "boolean":
-        return isinstance(value, bool)
-    if expected == "array":
-        return isinstance(value, list)
-    if expected == "object":
-        return isinstance(value, dict)
-    if expected == "null":
-        return value is None
-    return True  # unknown type names are not ours to judge
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
-
-
-def check_value(value: Any, schema: dict[str, Any], path: str, out: list[str]) -> None:
-    """Check ``value`` against a JSON-schema subset (type, enum, properties, required, items)."""
-    if not isinstance(schema, dict):
-        return
-    expected = schema.get("type")
-    if expected is not None:
-        if value is None and schema.get("nullable"):
-            return
-        if expected == "string":  # the commonest case, inline
-            ok = isinstance(value, str)
-        elif isinstance(expected, list):
-            ok = any(_type_ok(value, t) for t in expected)
-        else:
-            ok = _type_ok(value, expected)
-        if not ok:
-            options = expected if isinstance(expected, list) else [expected]
-            out.append(f"{path}: expected {'|'.join(options)}, got {_json_type(value)} {value!r:.60}")
-            return
-    enum = schema.get("enum")
-    if enum is not None and value not in enum:
-        out.append(f"{path}: {value!r:.60} is not one of {enum}")
-    if isinstance(value, dict) and ("properties" in schema or "required" in schema):
-        check_object(value, schema, path, out)
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            check_value(item, schema["items"], f"{path}[{i}]", out)
-
-
-def check_object(args: dict[str, Any], schema: dict[str, Any], path: str, out: list[str]) -> None:
-    props = schema.get("properties") or {}
-    for name in schema.get("required") or []:
-        if name not in args:
-            out.append(f"{path}: missing required parameter {name!r}")
-    additional = schema.get("additionalProperties", False if props else True)
-    for name, value in args.items():
-        sub = props.get(name)
-        if sub is None:
-            if additional is False:
-                out.append(f"{path}: unknown parameter {name!r}")
-            elif isinstance(additional, dict):
-                check_value(value, additional, f"{path}.{name}", out)
-            continue
-        check_value(value, sub, f"{path}.{name}", out)
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
@@ -156,7 +77,7 @@ def tool_schema(d: Dialogue, cfg: RuleConfig) -> list[str]:
                 out.append(f"{where}: arguments are not JSON ({exc.msg})")
                 continue
             if not isinstance(args, dict):
-                out.append(f"{where}: arguments must be a JSON object, got {_json_type(args)}")
+                out.append(f"{where}: arguments must be a JSON object, got {json_type(args)}")
                 continue
             check_object(args, tool.parameters, where, out)
     return out

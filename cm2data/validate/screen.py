@@ -36,7 +36,7 @@ _SCAN = re.compile(_MARKERS_RE.pattern + "|<think>|</think>")
 
 _FIELDS = attrgetter("__dict__")
 _NONE = type(None)
-#: JSON type name → the Python types of a parsed value that certainly satisfy it. Stricter than ``_type_ok``:
+#: JSON type name → the Python types of a parsed value that certainly satisfy it. Stricter than ``type_ok``:
 #: an integral float is an ``integer`` there, "not proven" here.
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "array": (list,),
@@ -48,7 +48,7 @@ _ENUM_SAFE = (str, int, bool, _NONE)  # values both parsers read alike, whose en
 
 
 def _value_ok(value: Any, schema: Any) -> bool:
-    """True only if :func:`~cm2data.validate.rules.check_value` reports nothing for ``value``."""
+    """True only if :func:`~cm2data.schema.jsonschema.check_value` reports nothing for ``value``."""
     if not isinstance(schema, dict):
         return True
     expected = schema.get("type")
@@ -87,7 +87,7 @@ def _value_ok(value: Any, schema: Any) -> bool:
 
 
 def _object_ok(args: dict[str, Any], schema: dict[str, Any]) -> bool:
-    """True only if :func:`~cm2data.validate.rules.check_object` reports nothing for ``args``."""
+    """True only if :func:`~cm2data.schema.jsonschema.check_object` reports nothing for ``args``."""
     props = schema.get("properties") or {}
     if not isinstance(props, dict):
         return False

@@ -1,0 +1,68 @@
+"""Per-row journals: how a stage resumes after a kill.
+
+Every LLM-using step appends each finished row to ``<work>/journal/<step>.jsonl`` the moment
+it finishes, keyed by a hash of the step's settings and the row's input. A stage started again after a kill sends
+every row through the pipeline as before, and the step answers the journaled ones from the journal without calling
+the LLM: finished work is not redone, and since the output is built from the pipeline's rows (one per input id),
+nothing is duplicated. distilabel's own ``use_cache`` is *not* used for this: in distilabel 1.5.3 a pipeline killed
+with SIGKILL and run again with ``use_cache=True`` hangs (measured: the generator resumed at its offset and the next
+step never received a batch), and its batch-level cache would redo every row of an unfinished batch anyway.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cm2data.pipelines.rows import fingerprint, merge_meta
+
+
+class Journal:
+    """Append-only JSON lines ``{"key", "update"}``, one per finished row; the last entry of a key wins and a
+    torn last line (a kill mid-write) is ignored. One writer per file (one step process)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        done: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return done
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    done[entry["key"]] = entry["update"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        return done
+
+    def append(self, key: str, update: dict[str, Any]) -> None:
+        line = json.dumps({"key": key, "update": update}, ensure_ascii=False) + "\n"
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+
+
+class _Journaled:
+    """Journal plumbing shared by :class:`RecordStep` and :class:`JSONTask` (which declare its private attributes
+    ``_journal``, ``_done``, ``_fp``)."""
+
+    def step_fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def _open_journal(self) -> None:
+        self._journal = Journal(Path(self.work_dir) / "journal" / f"{self.name}.jsonl")
+        self._done = self._journal.load()
+        self._fp = self.step_fingerprint()
+
+    def _key(self, row: dict[str, Any]) -> str:
+        return fingerprint(self._fp, row["id"], row.get("record", ""), row.get("spec", ""), row.get("scenario", ""))
+
+    def _from_journal(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        update = self._done.get(self._key(row))
+        if update is None:
+            return None
+        out = {**row, **update}
+        out["meta"] = merge_meta(out.get("meta", "{}"), resumed=[self.name])
+        return out

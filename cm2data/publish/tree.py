@@ -1,0 +1,291 @@
+"""The repository tree a publish uploads, built and validated on local disk (``cm2data publish --dry-run``).
+
+:func:`build_tree` streams a dataset folder through the validation gate and writes a Hub-layout dataset: the
+configs ``dialogues`` (the canonical records, written by :mod:`cm2data.store`), ``checklist_items`` (one flat row
+per checklist item) and, on request, the trainer exports of the :data:`cm2data.export.registry.EXPORTERS` registry;
+``README.md`` (the card, :mod:`cm2data.card`) and its plots under ``assets/``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cm2data import card, store
+from cm2data.export.registry import EXPORTERS, Exporter, TableBuilder
+from cm2data.publish.errors import GateFailed, PublishError
+from cm2data.rejects import Reject, read_rejects
+from cm2data.schema import Dialogue
+from cm2data.validate import GateResult, RuleConfig, run_gate
+
+CHECKLIST_ITEMS = "checklist_items"
+
+CHECKLIST_ITEM_SCHEMA = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("variant", pa.int64()),
+        ("turn", pa.int64()),
+        ("item_id", pa.string()),
+        ("question", pa.string()),
+        ("pass_condition", pa.string()),
+        ("focus_on", pa.string()),
+        ("weight", pa.float64()),
+        ("required_for_next_turn", pa.bool_()),
+        ("depends_on", pa.list_(pa.string())),
+        ("evidence", pa.string()),
+        ("failure_examples", pa.list_(pa.string())),
+        ("domain", pa.string()),
+        ("source", pa.string()),
+        ("extra_info", pa.string()),
+    ]
+)
+
+
+def resolve_exporters(names: Sequence[str]) -> list[tuple[Exporter, TableBuilder]]:
+    out = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        exporter = EXPORTERS.get(name)
+        if exporter is None:
+            raise PublishError(f"unknown --with {name!r}; known: {', '.join(sorted(EXPORTERS))}")
+        build = exporter.builder()
+        if build is None:
+            where = f" ({exporter.requires or exporter.target})" if exporter.target else ""
+            raise PublishError(
+                f"--with {name}: the {exporter.label} is not available yet — its exporter"
+                f"{' (`' + exporter.command + '`)' if exporter.command else ''} is not installed in this "
+                f"cm2data{where}; publish without --with {name}, or once the exporter exists")
+        out.append((exporter, build))
+    return out
+
+
+def checklist_items_table(records: Sequence[Dialogue]) -> pa.Table:
+    """One flat row per checklist item (every variant, every turn), in record order."""
+    cols: dict[str, list[Any]] = {f.name: [] for f in CHECKLIST_ITEM_SCHEMA}
+    for d in records:
+        domain = d.metadata.get("domain")
+        domain = None if domain is None else str(domain)
+        for v, variant in enumerate(d.checklists):
+            for block in variant:
+                for it in block.items:
+                    cols["dialogue_id"].append(d.id)
+                    cols["variant"].append(v)
+                    cols["turn"].append(block.turn)
+                    cols["item_id"].append(it.id)
+                    cols["question"].append(it.question)
+                    cols["pass_condition"].append(it.pass_condition)
+                    cols["focus_on"].append(it.focus_on)
+                    cols["weight"].append(it.weight)
+                    cols["required_for_next_turn"].append(it.required_for_next_turn)
+                    cols["depends_on"].append(list(it.depends_on))
+                    cols["evidence"].append(store._dumps([e.to_dict() for e in it.evidence]))
+                    cols["failure_examples"].append(list(it.failure_examples))
+                    cols["domain"].append(domain)
+                    cols["source"].append(d.source)
+                    cols["extra_info"].append(store._dumps(it.extra_info) if it.extra_info else None)
+    return pa.table(cols, schema=CHECKLIST_ITEM_SCHEMA)
+
+
+@dataclass
+class Tree:
+    """A built repository tree: the folder, its files and what they hold."""
+
+    root: Path
+    records: int
+    items: int
+    configs: dict[str, dict[str, int]]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files.values())
+
+
+class _Shard:
+    """The rows of one output shard of every config, kept as Arrow tables until the shard is complete."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[pa.Table]] = {}
+
+    def add(self, config: str, table: pa.Table) -> None:
+        self.parts.setdefault(config, []).append(table)
+
+    def write(self, out: Path, split: str, index: int, total: int) -> dict[str, int]:
+        rows = {}
+        for config, parts in self.parts.items():
+            tables = [t for t in parts if t.num_columns]  # an exporter may return pa.table({}) for "no rows"
+            if not tables:
+                continue
+            table = pa.concat_tables(tables).combine_chunks()  # contiguous, as store.write_table writes it
+            target = store.data_dir(out, config)
+            target.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, target / f"{split}-{index:05d}-of-{total:05d}.parquet", compression="zstd")
+            rows[config] = table.num_rows
+        self.parts.clear()
+        return rows
+
+
+def _read_chunks(paths: Sequence[Path], size: int) -> Iterator[tuple[list[Dialogue], list[Reject]]]:
+    """The records of a split's parquet files, ``size`` rows at a time across file boundaries; rows and files
+    that do not read become ``read`` rejects (as in :mod:`cm2data.sources`)."""
+    from pydantic import ValidationError
+
+    records: list[Dialogue] = []
+    rejects: list[Reject] = []
+    pending = 0
+    for path in paths:
+        offset = 0
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=min(size, 4096)):
+                for i, row in enumerate(batch.to_pylist()):
+                    try:
+                        records.append(store.from_row(row))
+                    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+                        rejects.append(Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0],
+                                              f"{path.name}#{offset + i}"))
+                    pending += 1
+                    if pending == size:
+                        yield records, rejects
+                        records, rejects, pending = [], [], 0
+                offset += batch.num_rows
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            rejects.append(Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}",
+                                  f"{path.name}#{offset}"))
+    if pending or rejects:
+        yield records, rejects
+
+
+def build_tree(src: Path, out: Path, *, repo_id: str | None = None, with_: Sequence[str] = (),
+               license: str | None = None, pretty_name: str | None = None, thinking: str = "auto",
+               rows_per_file: int = 50_000, chunk: int = 5_000) -> Tree:
+    """Validate ``src`` and write into ``out`` (absent or empty) exactly the tree that :func:`publish` uploads.
+
+    The folder is streamed ``chunk`` records at a time: each chunk is read, gated and turned into Arrow rows of
+    every config, so memory holds one chunk of records plus one shard (``rows_per_file`` dialogues, as
+    :func:`cm2data.store.write_dataset` shards) of rows. Ids are checked for uniqueness across the whole dataset.
+    Raises :class:`GateFailed` (after checking everything, and leaving ``out`` empty) unless every row reads and
+    passes every rule.
+    """
+    exporters = resolve_exporters(with_)
+    if not store.is_dataset_folder(src):
+        raise PublishError(f"{src} is not a cm2data dataset folder (no data/{store.DIALOGUES}/*.parquet)")
+    if out.exists() and any(out.iterdir()):
+        raise PublishError(f"{out} exists and is not empty; choose a new folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    config = RuleConfig(thinking=thinking)
+    summary = card.Summary()
+    counts: Counter[str] = Counter({name: 0 for name in _gate_rules()})
+    gate_rejects: list[Reject] = []
+    read_rejects_: list[Reject] = []
+    checked = 0
+    seen: set[str] = set()
+    configs: dict[str, dict[str, int]] = {}
+    try:
+        for split, paths in store.split_files(src).items():
+            total_rows = sum(pq.read_metadata(p).num_rows for p in paths)
+            n_files = max(1, -(-total_rows // rows_per_file))
+            shard, index, in_shard, done = _Shard(), 0, 0, 0
+            for records, rejects in _read_chunks(paths, chunk):
+                fresh = []
+                for d in records:
+                    if d.id in seen:
+                        rejects.append(Reject(d.id, "read", "duplicate_id",
+                                              f"record id {d.id!r} appears more than once in the dataset"))
+                    else:
+                        seen.add(d.id)
+                        fresh.append(d)
+                read_rejects_ += rejects
+                result = run_gate(fresh, config=config)
+                checked += result.checked
+                counts.update(result.counts)
+                gate_rejects += result.rejects
+                if read_rejects_ or gate_rejects:
+                    continue  # keep checking, to report every failure; write nothing more
+                summary.add(fresh)
+                pos = 0
+                while pos < len(fresh):  # pieces that never straddle a shard boundary
+                    piece = fresh[pos:pos + rows_per_file - in_shard]
+                    shard.add(store.DIALOGUES, store.records_table(piece))
+                    shard.add(CHECKLIST_ITEMS, checklist_items_table(piece))
+                    for exporter, build in exporters:
+                        shard.add(exporter.config, build(piece, split, done))
+                    pos += len(piece)
+                    done += len(piece)
+                    in_shard += len(piece)
+                    if in_shard == rows_per_file:
+                        _count(configs, split, shard.write(out, split, index, n_files))
+                        index, in_shard = index + 1, 0
+            if shard.parts and not (read_rejects_ or gate_rejects):
+                _count(configs, split, shard.write(out, split, index, n_files))
+        if read_rejects_ or gate_rejects:
+            raise GateFailed(GateResult(gate_rejects, counts, checked, list(counts)), read_rejects_)
+        if not summary.dialogues:
+            raise PublishError(f"{src} holds no records")
+        # a config with no rows at all (no checklists, an export that kept nothing) is left out
+        for cfg, splits in list(configs.items()):
+            if not any(splits.values()):
+                shutil.rmtree(store.data_dir(out, cfg))
+                del configs[cfg]
+            else:
+                configs[cfg] = {s: n for s, n in splits.items() if n}
+        order = [store.DIALOGUES, CHECKLIST_ITEMS, *(e.config for e, _ in exporters)]
+        configs = {cfg: configs[cfg] for cfg in order if cfg in configs}
+
+        source_header = store.read_card_header(src)
+        license = license or source_header.get("license") or "unknown"
+        title = pretty_name or source_header.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else src.name)
+        stats = summary.stats()
+        plots = card.write_plots(out, stats, summary.agreement)
+        docs = {store.DIALOGUES: "the canonical records: one dialogue per row, with tools, checklists, provenance "
+                                 "and review", CHECKLIST_ITEMS: "one flat row per checklist item"}
+        for exporter, _ in exporters:
+            docs[exporter.config] = exporter.description or exporter.label
+        body = card.card_body(
+            title=title, repo_id=repo_id, summary=summary, stats=stats, configs=configs, config_docs=docs,
+            plots=plots, gate_rules=_gate_rules(), thinking=thinking,
+            rejects=card.rejects_summary(read_rejects(src / store.REJECTS_FILE)), license=license,
+            pipeline_config=card.read_pipeline_config(src), judge_agreement=card.read_judge_agreement(src),
+        )
+        header = card.card_header(n_dialogues=summary.dialogues, license=license, pretty_name=title,
+                                  source_header=source_header)
+        store.write_card(out, body=body, extra_header=header)
+    except BaseException:
+        _empty(out, remove=created)
+        raise
+    files = {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*")) if p.is_file()}
+    n_items = sum(configs.get(CHECKLIST_ITEMS, {}).values())
+    return Tree(out, summary.dialogues, n_items, configs, files)
+
+
+def _count(configs: dict[str, dict[str, int]], split: str, rows: dict[str, int]) -> None:
+    for cfg, n in rows.items():
+        configs.setdefault(cfg, {}).setdefault(split, 0)
+        configs[cfg][split] += n
+
+
+def _empty(folder: Path, *, remove: bool) -> None:
+    if not folder.exists():
+        return
+    if remove:
+        shutil.rmtree(folder)
+        return
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _gate_rules() -> list[str]:
+    from cm2data.validate import rule_names
+
+    return rule_names()
