@@ -44,8 +44,12 @@ def raw_replay(base_url: str, chains: list[list[dict[str, Any]]], concurrency: i
     url = base_url + "/chat/completions"
 
     def post(body: dict[str, Any]) -> None:
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": "Bearer x"})
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": "Bearer x"},
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             json.loads(resp.read())
 
@@ -82,8 +86,7 @@ def main() -> None:
         with lock:
             events.append((time.monotonic(), e))
 
-    with BfclFake(data, ids, "replay", delay=args.delay) as fake, \
-            tempfile.TemporaryDirectory() as tmp:
+    with BfclFake(data, ids, "replay", delay=args.delay) as fake, tempfile.TemporaryDirectory() as tmp:
         settings = BfclSettings(base_url=fake.base_url, model=fake.model, ids=ids, concurrency=args.concurrency)
         t0 = time.monotonic()
         summary = run_bfcl(settings, Path(tmp) / "run", python=python, on_event=on_event)
@@ -102,12 +105,19 @@ def main() -> None:
         fake.requests.clear()
         raw = raw_replay(fake.base_url, list(chains.values()), args.concurrency)
     result = {
-        "entries": len(ids), "requests": n_requests, "delay_s": args.delay, "concurrency": args.concurrency,
-        "harness_s": round(harness, 2), "raw_s": round(raw, 2),
+        "entries": len(ids),
+        "requests": n_requests,
+        "delay_s": args.delay,
+        "concurrency": args.concurrency,
+        "harness_s": round(harness, 2),
+        "raw_s": round(raw, 2),
         "ratio_total": round(harness / raw, 3),
-        "generation_s": round(generation, 2), "ratio_generation": round(generation / raw, 3),
-        "startup_s": round(start - t0, 2), "until_first_request_s": round(first_request - t0, 2),
-        "scoring_s": round(done - scoring, 2), "summary_and_report_s": round(harness - (done - t0), 2),
+        "generation_s": round(generation, 2),
+        "ratio_generation": round(generation / raw, 3),
+        "startup_s": round(start - t0, 2),
+        "until_first_request_s": round(first_request - t0, 2),
+        "scoring_s": round(done - scoring, 2),
+        "summary_and_report_s": round(harness - (done - t0), 2),
         "model_time_s": round(n_requests * args.delay / args.concurrency, 2),
     }
     print(json.dumps(result, indent=2))

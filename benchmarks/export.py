@@ -56,11 +56,20 @@ def _phase(name: str, n: int, mem: Any, fn: Callable[[], Any]) -> tuple[Any, dic
     value = fn()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = mem.peak()
-    fig = {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "dialogues_per_s": round(n / wall, 1),
-           "dialogues_per_cpu_s": round(n / cpu, 1), "rss_before_mib": round(before / 2**20, 1),
-           "peak_rss_mib": round(peak / 2**20, 1), "peak_rss_delta_mib": round((peak - before) / 2**20, 1)}
-    print(f"{name:<20} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / cpu:9,.0f}/s   "
-          f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})", flush=True)
+    fig = {
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "dialogues_per_s": round(n / wall, 1),
+        "dialogues_per_cpu_s": round(n / cpu, 1),
+        "rss_before_mib": round(before / 2**20, 1),
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "peak_rss_delta_mib": round((peak - before) / 2**20, 1),
+    }
+    print(
+        f"{name:<20} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / cpu:9,.0f}/s   "
+        f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})",
+        flush=True,
+    )
     return value, fig
 
 
@@ -78,8 +87,10 @@ def _check_llamafactory(out: Path, result: Any) -> list[str]:
                 break
             rows += 1
     if rows != result.rows or result.rows != result.exported_records:
-        problems.append(f"{result.data_file.name}: {rows} rows on disk, {result.rows} reported, "
-                        f"{result.exported_records} dialogues exported")
+        problems.append(
+            f"{result.data_file.name}: {rows} rows on disk, {result.rows} reported, "
+            f"{result.exported_records} dialogues exported"
+        )
     if result.records != result.exported_records + result.dropped:
         problems.append("records != exported + dropped")
     unknown = {r.rule for r in result.rejects} - set(RULES)
@@ -99,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     vb = _validate_bench()
     mem = vb.PeakMemory()
-    print(f"cm2data export benchmark: n={args.n} seed={args.seed} broken={args.broken}; "
-          f"python {sys.version.split()[0]}; peak memory: {mem.method}", flush=True)
-    (records, broken_ids), gen = _phase("generate", args.n, mem, lambda: vb.generate(args.n, args.seed,
-                                                                                         args.broken))
+    print(
+        f"cm2data export benchmark: n={args.n} seed={args.seed} broken={args.broken}; "
+        f"python {sys.version.split()[0]}; peak memory: {mem.method}",
+        flush=True,
+    )
+    (records, broken_ids), gen = _phase("generate", args.n, mem, lambda: vb.generate(args.n, args.seed, args.broken))
     phases: dict[str, Any] = {"generate": gen}
     outputs: dict[str, Any] = {}
     problems: list[str] = []
@@ -110,31 +123,55 @@ def main(argv: list[str] | None = None) -> int:
         for style in ("inline", "native"):
             out = Path(tmp) / style
             name = f"llamafactory-{style}"
-            result, fig = _phase(name, args.n, mem, lambda out=out, style=style: export_llamafactory(
-                records, out, ExportOptions(style=style)))
+            result, fig = _phase(
+                name,
+                args.n,
+                mem,
+                lambda out=out, style=style: export_llamafactory(records, out, ExportOptions(style=style)),
+            )
             size = result.data_file.stat().st_size
-            fig.update({"rows": result.rows, "truncated": result.truncated, "dropped": result.dropped,
-                        "data_mib": round(size / 2**20, 1), "rejects_by_rule": dict(result.counts)})
+            fig.update(
+                {
+                    "rows": result.rows,
+                    "truncated": result.truncated,
+                    "dropped": result.dropped,
+                    "data_mib": round(size / 2**20, 1),
+                    "rejects_by_rule": dict(result.counts),
+                }
+            )
             phases[name] = fig
             problems += [f"{name}: {p}" for p in _check_llamafactory(out, result)]
-            print(f"{'':20} {result.rows} rows, {size / 2**20:.1f} MiB; {result.truncated} truncated, "
-                  f"{result.dropped} dropped ({', '.join(f'{k} {v}' for k, v in result.counts.most_common())})",
-                  flush=True)
+            print(
+                f"{'':20} {result.rows} rows, {size / 2**20:.1f} MiB; {result.truncated} truncated, "
+                f"{result.dropped} dropped ({', '.join(f'{k} {v}' for k, v in result.counts.most_common())})",
+                flush=True,
+            )
             outputs[style] = result
         out = Path(tmp) / "verl"
         _, fig = _phase("verl", args.n, mem, lambda: export_verl(records, out))
         phases["verl"] = fig
     slow = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_s"] < TARGET]
     slow_cpu = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_cpu_s"] < TARGET]
-    print(f"target ≥ {TARGET:,.0f} dialogues/s per style: wall {'met' if not slow else 'missed: ' + ', '.join(slow)}"
-          f"; CPU time {'met' if not slow_cpu else 'missed: ' + ', '.join(slow_cpu)}")
+    print(
+        f"target ≥ {TARGET:,.0f} dialogues/s per style: wall {'met' if not slow else 'missed: ' + ', '.join(slow)}"
+        f"; CPU time {'met' if not slow_cpu else 'missed: ' + ', '.join(slow_cpu)}"
+    )
     for p in problems:
         print(f"  PROBLEM {p}")
     if args.json is not None:
-        payload = {"n": args.n, "seed": args.seed, "broken": args.broken, "injected": len(broken_ids),
-                   "python": sys.version.split()[0], "memory_method": mem.method, "phases": phases,
-                   "target_dialogues_per_s": TARGET, "target_met_wall": not slow, "target_met_cpu": not slow_cpu,
-                   "problems": problems}
+        payload = {
+            "n": args.n,
+            "seed": args.seed,
+            "broken": args.broken,
+            "injected": len(broken_ids),
+            "python": sys.version.split()[0],
+            "memory_method": mem.method,
+            "phases": phases,
+            "target_dialogues_per_s": TARGET,
+            "target_met_wall": not slow,
+            "target_met_cpu": not slow_cpu,
+            "problems": problems,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 1 if problems else 0

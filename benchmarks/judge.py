@@ -46,9 +46,12 @@ from cm2data.llm import LLMClient, Usage, resolve_config  # noqa: E402
 from cm2data.schema import segment  # noqa: E402
 from cm2data.sources import load  # noqa: E402
 
-MODES = {"a_reference": {"order": "reference"}, "b_prefix": {"order": "prefix"},
-         "c_grouped": {"order": "prefix", "grouped": True},
-         "d_grouped_letters": {"order": "prefix", "grouped": True, "grouped_answer": "letters"}}
+MODES = {
+    "a_reference": {"order": "reference"},
+    "b_prefix": {"order": "prefix"},
+    "c_grouped": {"order": "prefix", "grouped": True},
+    "d_grouped_letters": {"order": "prefix", "grouped": True, "grouped_answer": "letters"},
+}
 
 
 class RecordingClient:
@@ -60,8 +63,14 @@ class RecordingClient:
         self.requests: list[dict[str, Any]] = []
 
     async def chat(self, messages, **kwargs):  # type: ignore[no-untyped-def]
-        self.requests.append({"messages": [dict(m) for m in messages], "schema": kwargs.get("schema"),
-                              "max_tokens": kwargs.get("max_tokens"), "temperature": kwargs.get("temperature")})
+        self.requests.append(
+            {
+                "messages": [dict(m) for m in messages],
+                "schema": kwargs.get("schema"),
+                "max_tokens": kwargs.get("max_tokens"),
+                "temperature": kwargs.get("temperature"),
+            }
+        )
         return await self.client.chat(messages, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -74,8 +83,9 @@ async def plain_replay(client: LLMClient, requests: list[dict[str, Any]], old_sa
     import openai
 
     salt = f"[run {uuid.uuid4().hex[:12]}]"
-    plain = openai.AsyncOpenAI(base_url=client.base_url, api_key=client.config.api_key or "none", timeout=600.0,
-                               max_retries=0)
+    plain = openai.AsyncOpenAI(
+        base_url=client.base_url, api_key=client.config.api_key or "none", timeout=600.0, max_retries=0
+    )
     sem = asyncio.Semaphore(concurrency)
     tokens = failures = 0
 
@@ -85,8 +95,13 @@ async def plain_replay(client: LLMClient, requests: list[dict[str, Any]], old_sa
         extra = {"structured_outputs": {"json": req["schema"], "disable_any_whitespace": True}}
         async with sem:
             try:
-                r = await plain.chat.completions.create(model=client.model, messages=messages, extra_body=extra,
-                                                        max_tokens=req["max_tokens"], temperature=req["temperature"])
+                r = await plain.chat.completions.create(
+                    model=client.model,
+                    messages=messages,
+                    extra_body=extra,
+                    max_tokens=req["max_tokens"],
+                    temperature=req["temperature"],
+                )
                 tokens += r.usage.completion_tokens if r.usage else 0
             except openai.OpenAIError:
                 failures += 1
@@ -95,8 +110,13 @@ async def plain_replay(client: LLMClient, requests: list[dict[str, Any]], old_sa
     await asyncio.gather(*(one(r) for r in requests))
     wall = time.perf_counter() - start
     await plain.close()
-    return {"requests": len(requests), "wall_s": round(wall, 2), "requests_per_s": round(len(requests) / wall, 3),
-            "completion_tokens": tokens, "failures": failures}
+    return {
+        "requests": len(requests),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(requests) / wall, 3),
+        "completion_tokens": tokens,
+        "failures": failures,
+    }
 
 
 def metrics(base_url: str) -> dict[str, float]:
@@ -143,11 +163,21 @@ async def run_mode(client: Any, dialogues, mode: str, concurrency: int) -> dict[
     delta = {k: after_m.get(k, 0.0) - before_m.get(k, 0.0) for k in after_m}
     hits = delta.get("vllm:prefix_cache_hits")
     prompt_tokens = after_u.prompt_tokens - before_u.prompt_tokens
-    return {"mode": mode, "judged_items": judged, "calls": calls, "failures": failures, "wall_s": round(wall, 2),
-            "items_per_s": round(judged / wall, 3) if wall else None, "prompt_tokens": prompt_tokens,
-            "completion_tokens": after_u.completion_tokens - before_u.completion_tokens,
-            "cached_prompt_tokens": hits, "computed_prompt_tokens": None if hits is None else prompt_tokens - hits,
-            "requests_per_s": round(calls / wall, 3) if wall else None, "_verdicts": verdicts, "_salt": salt}
+    return {
+        "mode": mode,
+        "judged_items": judged,
+        "calls": calls,
+        "failures": failures,
+        "wall_s": round(wall, 2),
+        "items_per_s": round(judged / wall, 3) if wall else None,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": after_u.completion_tokens - before_u.completion_tokens,
+        "cached_prompt_tokens": hits,
+        "computed_prompt_tokens": None if hits is None else prompt_tokens - hits,
+        "requests_per_s": round(calls / wall, 3) if wall else None,
+        "_verdicts": verdicts,
+        "_salt": salt,
+    }
 
 
 async def sim_latency(n: int) -> dict[str, float]:
@@ -155,8 +185,15 @@ async def sim_latency(n: int) -> dict[str, float]:
     from cm2data.schema import canonical_json
     from cm2data.simulator import MockCache, ToolSimulator
 
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
-        "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+            },
+        }
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         cache = MockCache(Path(tmp) / "sim.sqlite")
         env = SimulatorEnvironment(ToolSimulator(None, cache))
@@ -168,8 +205,11 @@ async def sim_latency(n: int) -> dict[str, float]:
             r = await env.call("d", [], tools, "lookup", {"q": str(i)})
             times.append(time.perf_counter() - t0)
             assert r.source == "cache"
-    return {"n": n, "median_us": round(statistics.median(times) * 1e6, 1),
-            "p95_us": round(sorted(times)[int(0.95 * (n - 1))] * 1e6, 1)}
+    return {
+        "n": n,
+        "median_us": round(statistics.median(times) * 1e6, 1),
+        "p95_us": round(sorted(times)[int(0.95 * (n - 1))] * 1e6, 1),
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,8 +218,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     config = resolve_config(args.base_url, args.model, max_concurrency=args.concurrency, timeout=600.0)
     client = LLMClient(config, usage=Usage())
     await client.check()
-    out: dict[str, Any] = {"server": client.base_url, "model": client.model, "dialogues": len(dialogues),
-                           "concurrency": args.concurrency, "modes": {}}
+    out: dict[str, Any] = {
+        "server": client.base_url,
+        "model": client.model,
+        "dialogues": len(dialogues),
+        "concurrency": args.concurrency,
+        "modes": {},
+    }
     order = list(MODES)
     recorder = RecordingClient(client)
     for mode in order:
@@ -201,8 +246,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     out["ratio_judge_client_over_plain"] = round(b_rps / out["plain_client"]["requests_per_s"], 3)
 
     def agreement(x: dict[str, Any], y: dict[str, Any]) -> tuple[float | None, int]:
-        common = [k for k in x["_verdicts"] if k in y["_verdicts"] and not x["_verdicts"][k][1]
-                  and not y["_verdicts"][k][1]]
+        common = [
+            k for k in x["_verdicts"] if k in y["_verdicts"] and not x["_verdicts"][k][1] and not y["_verdicts"][k][1]
+        ]
         same = sum(x["_verdicts"][k][0] == y["_verdicts"][k][0] for k in common)
         return (round(same / len(common), 3) if common else None), len(common)
 

@@ -55,12 +55,23 @@ async def run_mode(config: Any, dialogues: list, mode: str, concurrency: int) ->
     judged = [r for r in rows if r["verdict"] is not None]
     n = len(judged)
     return {
-        "mode": mode, "items": len(rows), "judged": n, "calls": calls["calls"], "failures": calls["failures"],
-        "failed_items": sum(r["failed"] for r in rows), "wall_s": round(wall, 2),
-        "prompt_tokens": u.get("prompt_tokens", 0), "completion_tokens": u.get("completion_tokens", 0),
-        "per_item": {"seconds": round(wall / n, 4), "prompt_tokens": round(u.get("prompt_tokens", 0) / n, 1),
-                     "completion_tokens": round(u.get("completion_tokens", 0) / n, 2),
-                     "calls": round(calls["calls"] / n, 3)} if n else None,
+        "mode": mode,
+        "items": len(rows),
+        "judged": n,
+        "calls": calls["calls"],
+        "failures": calls["failures"],
+        "failed_items": sum(r["failed"] for r in rows),
+        "wall_s": round(wall, 2),
+        "prompt_tokens": u.get("prompt_tokens", 0),
+        "completion_tokens": u.get("completion_tokens", 0),
+        "per_item": {
+            "seconds": round(wall / n, 4),
+            "prompt_tokens": round(u.get("prompt_tokens", 0) / n, 1),
+            "completion_tokens": round(u.get("completion_tokens", 0) / n, 2),
+            "calls": round(calls["calls"] / n, 3),
+        }
+        if n
+        else None,
         "pass_rate": round(sum(r["verdict"] for r in judged) / n, 4) if n else None,
         "_verdicts": {row_key(r): bool(r["verdict"]) for r in judged},
     }
@@ -72,12 +83,26 @@ def _total(runs: list[dict[str, Any]]) -> dict[str, Any]:
     wall = sum(r["wall_s"] for r in runs)
     calls = sum(r["calls"] for r in runs)
     prompt, completion = sum(r["prompt_tokens"] for r in runs), sum(r["completion_tokens"] for r in runs)
-    return {"mode": runs[0]["mode"], "rounds": len(runs), "judged": n, "calls": calls,
-            "failures": sum(r["failures"] for r in runs), "wall_s": round(wall, 2), "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "per_item": {"seconds": round(wall / n, 4), "prompt_tokens": round(prompt / n, 1),
-                         "completion_tokens": round(completion / n, 2), "calls": round(calls / n, 3)} if n else None,
-            "pass_rate": runs[0]["pass_rate"], "_verdicts": runs[0]["_verdicts"]}
+    return {
+        "mode": runs[0]["mode"],
+        "rounds": len(runs),
+        "judged": n,
+        "calls": calls,
+        "failures": sum(r["failures"] for r in runs),
+        "wall_s": round(wall, 2),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "per_item": {
+            "seconds": round(wall / n, 4),
+            "prompt_tokens": round(prompt / n, 1),
+            "completion_tokens": round(completion / n, 2),
+            "calls": round(calls / n, 3),
+        }
+        if n
+        else None,
+        "pass_rate": runs[0]["pass_rate"],
+        "_verdicts": runs[0]["_verdicts"],
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,10 +110,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     annotated = sorted((d for d in records if d.checklists), key=lambda d: sum(len(m.content) for m in d.messages))
     dialogues = annotated[: args.dialogues]  # the shortest ones: a small, quick run on a CPU server
     config = resolve_config(args.base_url, args.model, max_concurrency=args.concurrency, timeout=900.0)
-    out: dict[str, Any] = {"server": config.base_url, "dialogues": [d.id for d in dialogues],
-                           "concurrency": args.concurrency, "rounds": [], "modes": {}}
+    out: dict[str, Any] = {
+        "server": config.base_url,
+        "dialogues": [d.id for d in dialogues],
+        "concurrency": args.concurrency,
+        "rounds": [],
+        "modes": {},
+    }
     for r in range(args.rounds):  # the order alternates, so that drift in the machine's load hits both modes alike
-        for mode in (MODES if r % 2 == 0 else MODES[::-1]):
+        for mode in MODES if r % 2 == 0 else MODES[::-1]:
             res = await run_mode(config, dialogues, mode, args.concurrency)
             out["rounds"].append({k: v for k, v in res.items() if not k.startswith("_")} | {"round": r})
             print(json.dumps(out["rounds"][-1]), flush=True)
@@ -99,10 +129,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if ref["per_item"] and grp["per_item"]:
         out["ratio_reference_over_grouped"] = {
             k: round(ref["per_item"][k] / grp["per_item"][k], 2) if grp["per_item"][k] else None
-            for k in ("seconds", "prompt_tokens", "completion_tokens", "calls")}
+            for k in ("seconds", "prompt_tokens", "completion_tokens", "calls")
+        }
     keys = sorted(k for k in ref["_verdicts"] if k in grp["_verdicts"])
     out["agreement_grouped_vs_reference"] = binary_agreement(
-        [ref["_verdicts"][k] for k in keys], [grp["_verdicts"][k] for k in keys], resamples=2000, seed=0)
+        [ref["_verdicts"][k] for k in keys], [grp["_verdicts"][k] for k in keys], resamples=2000, seed=0
+    )
     for m in out["modes"].values():
         m.pop("_verdicts")
     return out

@@ -78,8 +78,9 @@ def with_nonce(records: list[Dialogue], nonce: str) -> list[Dialogue]:
     return out
 
 
-async def plain(base_url: str, api_key: str, model: str, reqs: list[dict[str, Any]], concurrency: int
-                ) -> tuple[int, float, int]:
+async def plain(
+    base_url: str, api_key: str, model: str, reqs: list[dict[str, Any]], concurrency: int
+) -> tuple[int, float, int]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=3600)
     sem = asyncio.Semaphore(concurrency)
 
@@ -97,40 +98,63 @@ async def plain(base_url: str, api_key: str, model: str, reqs: list[dict[str, An
 
 def wire(request: dict[str, Any], schema_form: str) -> dict[str, Any]:
     """``LLMClient.chat`` arguments → the HTTP body fields it sends (vLLM form)."""
-    body: dict[str, Any] = {"messages": request["messages"], "max_tokens": request["max_tokens"],
-                            "temperature": request["temperature"]}
+    body: dict[str, Any] = {
+        "messages": request["messages"],
+        "max_tokens": request["max_tokens"],
+        "temperature": request["temperature"],
+    }
     if schema_form == "structured_outputs":
         body["extra_body"] = {"structured_outputs": {"json": request["schema"], "disable_any_whitespace": True}}
     elif schema_form == "json_schema":
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer",
-                                                                          "schema": request["schema"]}}
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": request["schema"]},
+        }
     return body
 
 
 def run_plain(endpoint: Any, records: list[Dialogue], cfg: AnnotateConfig, concurrency: int) -> dict[str, Any]:
     settings = {**cfg.model_dump(mode="json", exclude={"llm"}), "seed": 0, "request_seeds": False}
     reqs = [wire(annotate_request(d, settings), endpoint.schema_form) for d in records]
-    tokens, seconds, n = asyncio.run(plain(endpoint.config.base_url, endpoint.config.api_key,
-                                           endpoint.config.model, reqs, concurrency))
-    return {"requests": n, "completion_tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1)}
+    tokens, seconds, n = asyncio.run(
+        plain(endpoint.config.base_url, endpoint.config.api_key, endpoint.config.model, reqs, concurrency)
+    )
+    return {
+        "requests": n,
+        "completion_tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
 
 
-def run_pipeline_phase(endpoint: Any, records: list[Dialogue], cfg: AnnotateConfig, work: Path,
-                       concurrency: int) -> dict[str, Any]:
+def run_pipeline_phase(
+    endpoint: Any, records: list[Dialogue], cfg: AnnotateConfig, work: Path, concurrency: int
+) -> dict[str, Any]:
     src = work / f"in-{uuid.uuid4().hex[:6]}"
     store.write_dataset(src, records)
     ep = type(endpoint)(endpoint.config.with_(max_concurrency=concurrency), endpoint.kind, endpoint.schema_form)
     t0 = time.monotonic()
-    outcome = run_stage("annotate", cfg, work / f"out-{uuid.uuid4().hex[:6]}", src=src, endpoint=ep,
-                        batch_size=max(50, len(records)), fresh=True)
+    outcome = run_stage(
+        "annotate",
+        cfg,
+        work / f"out-{uuid.uuid4().hex[:6]}",
+        src=src,
+        endpoint=ep,
+        batch_size=max(50, len(records)),
+        fresh=True,
+    )
     seconds = time.monotonic() - t0
     usage = outcome.summary["usage"].get("annotate", {})
     tokens = int(usage.get("completion_tokens", 0))
-    return {"requests": usage.get("requests", 0), "completion_tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1), "accepted": outcome.summary["accepted"],
-            "rejects_by_rule": outcome.summary["rejects_by_rule"],
-            "distilabel_seconds": outcome.summary["details"].get("pipeline_seconds")}
+    return {
+        "requests": usage.get("requests", 0),
+        "completion_tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "accepted": outcome.summary["accepted"],
+        "rejects_by_rule": outcome.summary["rejects_by_rule"],
+        "distilabel_seconds": outcome.summary["details"].get("pipeline_seconds"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,10 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-chars", type=int, default=14_000, help="skip sample dialogues longer than this (JSON)")
     ap.add_argument("--max-tokens", type=int, default=1200, help="labeller max_tokens (default 1200)")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight, both clients (default 32)")
-    ap.add_argument("--retries", type=int, default=0, help="pipeline retries for the headline ratio (default 0: "
-                                                           "the same requests as the plain client)")
-    ap.add_argument("--with-retries", type=int, default=None, metavar="R",
-                    help="also run the pipeline with R feedback retries and report it (e.g. 3, the default)")
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="pipeline retries for the headline ratio (default 0: the same requests as the plain client)",
+    )
+    ap.add_argument(
+        "--with-retries",
+        type=int,
+        default=None,
+        metavar="R",
+        help="also run the pipeline with R feedback retries and report it (e.g. 3, the default)",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="rounds, alternating which phase goes first")
     ap.add_argument("--target", type=float, default=0.8)
     ap.add_argument("--json", type=Path, help="write the figures here")
@@ -153,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = resolve_endpoint(args.base_url, args.model)
     base = inputs(args.n, args.max_chars)
     cfg = AnnotateConfig(retries=args.retries, max_tokens=args.max_tokens)
-    print(f"server {endpoint.config.base_url} ({endpoint.kind}, {endpoint.config.model}); {args.n} dialogues; "
-          f"max_tokens {args.max_tokens}; concurrency {args.concurrency}", flush=True)
+    print(
+        f"server {endpoint.config.base_url} ({endpoint.kind}, {endpoint.config.model}); {args.n} dialogues; "
+        f"max_tokens {args.max_tokens}; concurrency {args.concurrency}",
+        flush=True,
+    )
     rounds = []
     with tempfile.TemporaryDirectory(prefix="cm2data-pipebench-") as tmp:
         work = Path(tmp)
@@ -167,20 +203,29 @@ def main(argv: list[str] | None = None) -> int:
                     got[phase] = run_plain(endpoint, records, cfg, args.concurrency)
                 else:
                     got[phase] = run_pipeline_phase(endpoint, records, cfg, work, args.concurrency)
-                print(f"round {r + 1} {phase:8s}: {got[phase]['completion_tokens']} output tokens in "
-                      f"{got[phase]['seconds']} s = {got[phase]['tokens_per_s']} tokens/s", flush=True)
+                print(
+                    f"round {r + 1} {phase:8s}: {got[phase]['completion_tokens']} output tokens in "
+                    f"{got[phase]['seconds']} s = {got[phase]['tokens_per_s']} tokens/s",
+                    flush=True,
+                )
             got["ratio"] = round(got["pipeline"]["tokens_per_s"] / got["plain"]["tokens_per_s"], 3)
             got["order"] = list(order)
             rounds.append(got)
             print(f"round {r + 1} ratio pipeline/plain: {got['ratio']}", flush=True)
         extra = None
         if args.with_retries is not None:
-            extra = run_pipeline_phase(endpoint, with_nonce(base, uuid.uuid4().hex[:8]),
-                                       AnnotateConfig(retries=args.with_retries, max_tokens=args.max_tokens), work,
-                                       args.concurrency)
-            print(f"pipeline with {args.with_retries} retries: {extra['completion_tokens']} output tokens in "
-                  f"{extra['seconds']} s = {extra['tokens_per_s']} tokens/s ({extra['requests']} requests)",
-                  flush=True)
+            extra = run_pipeline_phase(
+                endpoint,
+                with_nonce(base, uuid.uuid4().hex[:8]),
+                AnnotateConfig(retries=args.with_retries, max_tokens=args.max_tokens),
+                work,
+                args.concurrency,
+            )
+            print(
+                f"pipeline with {args.with_retries} retries: {extra['completion_tokens']} output tokens in "
+                f"{extra['seconds']} s = {extra['tokens_per_s']} tokens/s ({extra['requests']} requests)",
+                flush=True,
+            )
     ratios = [g["ratio"] for g in rounds]
     median = round(statistics.median(ratios), 3)
     plain_tps = statistics.median(g["plain"]["tokens_per_s"] for g in rounds)
@@ -189,12 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(b) annotate pipeline:        {pipe_tps} output tokens/s (median of {len(rounds)})")
     print(f"ratio (b)/(a): median {median} (rounds: {ratios}); target >= {args.target}")
     if extra is not None:
-        print(f"pipeline with {args.with_retries} retries: {extra['tokens_per_s']} output tokens/s = "
-              f"{round(extra['tokens_per_s'] / plain_tps, 3)} of (a)")
-    result = {"server": endpoint.describe(), "n": args.n, "max_tokens": args.max_tokens,
-              "concurrency": args.concurrency, "retries": args.retries, "rounds": rounds,
-              "plain_tokens_per_s": plain_tps, "pipeline_tokens_per_s": pipe_tps, "ratio_median": median,
-              "with_retries": extra, "target": args.target}
+        print(
+            f"pipeline with {args.with_retries} retries: {extra['tokens_per_s']} output tokens/s = "
+            f"{round(extra['tokens_per_s'] / plain_tps, 3)} of (a)"
+        )
+    result = {
+        "server": endpoint.describe(),
+        "n": args.n,
+        "max_tokens": args.max_tokens,
+        "concurrency": args.concurrency,
+        "retries": args.retries,
+        "rounds": rounds,
+        "plain_tokens_per_s": plain_tps,
+        "pipeline_tokens_per_s": pipe_tps,
+        "ratio_median": median,
+        "with_retries": extra,
+        "target": args.target,
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0 if median >= args.target else 1

@@ -110,8 +110,9 @@ def run_phase(name: str, src: Path, work: Path) -> dict[str, Any]:
                 dialogues.append(store.records_table(records))
                 items.append(pub.checklist_items_table(records))
             _write_shard(store.data_dir(out), i, len(paths), pa.concat_tables(dialogues).combine_chunks())
-            _write_shard(store.data_dir(out, pub.CHECKLIST_ITEMS), i, len(paths),
-                         pa.concat_tables(items).combine_chunks())
+            _write_shard(
+                store.data_dir(out, pub.CHECKLIST_ITEMS), i, len(paths), pa.concat_tables(items).combine_chunks()
+            )
         size = sum(p.stat().st_size for p in (out / "data").rglob("*.parquet"))
     elif name == "dry_run":
         tree = pub.build_tree(src, work / "dry", repo_id=REPO)
@@ -129,21 +130,43 @@ def run_phase(name: str, src: Path, work: Path) -> dict[str, Any]:
         result = pub.publish(src, REPO, token=TOKEN, on_step=step)
         marks["end"] = time.perf_counter()
         size = _tree_bytes(work / "dry")
-        extra.update({"commit": result.commit, "bytes_uploaded": result.bytes_uploaded,
-                      "files_added": len(result.added), "files_unchanged": len(result.unchanged)})
+        extra.update(
+            {
+                "commit": result.commit,
+                "bytes_uploaded": result.bytes_uploaded,
+                "files_added": len(result.added),
+                "files_unchanged": len(result.unchanged),
+            }
+        )
         if "upload" in marks:
             up = marks["end"] - marks["upload"]
-            extra.update({"build_seconds": round(marks["upload"] - t0, 3), "upload_seconds": round(up, 3),
-                          "upload_mb_per_s": round(result.bytes_uploaded / 1e6 / up, 2)})
+            extra.update(
+                {
+                    "build_seconds": round(marks["upload"] - t0, 3),
+                    "upload_seconds": round(up, 3),
+                    "upload_mb_per_s": round(result.bytes_uploaded / 1e6 / up, 2),
+                }
+            )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"phase": name, "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "bytes": size,
-            "mb_per_s": round(size / 1e6 / wall, 2), "rss_after_imports_mib": round(rss_start / 2**20, 1),
-            "peak_rss_mib": round(_status("VmHWM") / 2**20, 1), **extra}
+    return {
+        "phase": name,
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "bytes": size,
+        "mb_per_s": round(size / 1e6 / wall, 2),
+        "rss_after_imports_mib": round(rss_start / 2**20, 1),
+        "peak_rss_mib": round(_status("VmHWM") / 2**20, 1),
+        **extra,
+    }
 
 
 def _spawn(name: str, src: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--phase", name, "--src", str(src), "--work", str(work)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--phase", name, "--src", str(src), "--work", str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"phase {name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -151,9 +174,22 @@ def _spawn(name: str, src: Path, work: Path, env: dict[str, str]) -> dict[str, A
 
 def _start_standin(root: Path, chunk: int) -> tuple[subprocess.Popen, dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.Popen([sys.executable, "-m", "hub_standin", "--root", str(root), "--token",
-                             f"{TOKEN}:bench:bench-org", "--multipart-chunk-size", str(chunk)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hub_standin",
+            "--root",
+            str(root),
+            "--token",
+            f"{TOKEN}:bench:bench-org",
+            "--multipart-chunk-size",
+            str(chunk),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -175,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_phase(args.phase, args.src, args.work)), flush=True)
         return 0
 
-    print(f"cm2data publish benchmark: n={args.n} seed={args.seed}; python {sys.version.split()[0]}; "
-          f"{os.cpu_count()} CPUs; each phase in its own process", flush=True)
+    print(
+        f"cm2data publish benchmark: n={args.n} seed={args.seed}; python {sys.version.split()[0]}; "
+        f"{os.cpu_count()} CPUs; each phase in its own process",
+        flush=True,
+    )
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     base_env.update({"HF_HUB_DISABLE_TELEMETRY": "1", "BENCH_N": str(args.n), "BENCH_SEED": str(args.seed)})
     figures: dict[str, Any] = {}
@@ -185,29 +224,44 @@ def main(argv: list[str] | None = None) -> int:
         src, work = tmp_path / "dataset", tmp_path / "work"
         work.mkdir()
         gen = _spawn("generate", src, work, base_env)
-        print(f"generated {args.n} dialogues in {gen['seconds']:.1f} s: {gen['bytes'] / 1e6:.1f} MB of parquet",
-              flush=True)
+        print(
+            f"generated {args.n} dialogues in {gen['seconds']:.1f} s: {gen['bytes'] / 1e6:.1f} MB of parquet",
+            flush=True,
+        )
         standin, urls = _start_standin(tmp_path / "hub", args.chunk_mib * 2**20)
         try:
-            hub_env = {**base_env, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": urls["url"],
-                       "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+            hub_env = {
+                **base_env,
+                "HF_HOME": str(tmp_path / "hf"),
+                "HF_ENDPOINT": urls["url"],
+                "HF_HUB_DISABLE_XET": "1",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            }
             for name in PHASES:
                 fig = _spawn(name, src, work, hub_env if name in ("publish", "republish") else base_env)
                 figures[name] = fig
-                print(f"{name:<14} {fig['seconds']:8.2f} s (cpu {fig['cpu_seconds']:7.2f} s)  "
-                      f"{fig['bytes'] / 1e6:7.1f} MB  {fig['mb_per_s']:7.2f} MB/s  "
-                      f"{args.n / fig['seconds']:8,.0f} dialogues/s  peak RSS {fig['peak_rss_mib']:8.1f} MiB "
-                      f"(after imports {fig['rss_after_imports_mib']:.0f})", flush=True)
+                print(
+                    f"{name:<14} {fig['seconds']:8.2f} s (cpu {fig['cpu_seconds']:7.2f} s)  "
+                    f"{fig['bytes'] / 1e6:7.1f} MB  {fig['mb_per_s']:7.2f} MB/s  "
+                    f"{args.n / fig['seconds']:8,.0f} dialogues/s  peak RSS {fig['peak_rss_mib']:8.1f} MiB "
+                    f"(after imports {fig['rss_after_imports_mib']:.0f})",
+                    flush=True,
+                )
                 if "upload_seconds" in fig:
-                    print(f"  of which build {fig['build_seconds']:.2f} s, upload + commit "
-                          f"{fig['upload_seconds']:.2f} s for {fig['bytes_uploaded'] / 1e6:.1f} MB = "
-                          f"{fig['upload_mb_per_s']:.2f} MB/s", flush=True)
+                    print(
+                        f"  of which build {fig['build_seconds']:.2f} s, upload + commit "
+                        f"{fig['upload_seconds']:.2f} s for {fig['bytes_uploaded'] / 1e6:.1f} MB = "
+                        f"{fig['upload_mb_per_s']:.2f} MB/s",
+                        flush=True,
+                    )
             figures["standin_peak_rss_mib"] = round(_status("VmHWM", standin.pid) / 2**20, 1)
         finally:
             standin.terminate()
             standin.wait(timeout=30)
-        same = all((work / "dry" / p.relative_to(work / "local")).read_bytes() == p.read_bytes()
-                   for p in (work / "local" / "data").rglob("*.parquet"))
+        same = all(
+            (work / "dry" / p.relative_to(work / "local")).read_bytes() == p.read_bytes()
+            for p in (work / "local" / "data").rglob("*.parquet")
+        )
     problems = []
     if not same:
         problems.append("the dry-run parquet files differ from the local baseline's")
@@ -215,17 +269,29 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("the first publish made no commit")
     if figures["republish"].get("commit") is not None:
         problems.append("publishing identical content made a commit")
-    print(f"stand-in process peak RSS {figures['standin_peak_rss_mib']} MiB; parquet files of the tree identical "
-          f"to the local baseline: {same}")
+    print(
+        f"stand-in process peak RSS {figures['standin_peak_rss_mib']} MiB; parquet files of the tree identical "
+        f"to the local baseline: {same}"
+    )
     ratio = figures["publish"]["seconds"] / figures["local_parquet"]["seconds"]
-    print(f"ratio publish / local_parquet = {ratio:6.2f}; publish / dry_run = "
-          f"{figures['publish']['seconds'] / figures['dry_run']['seconds']:6.2f}")
+    print(
+        f"ratio publish / local_parquet = {ratio:6.2f}; publish / dry_run = "
+        f"{figures['publish']['seconds'] / figures['dry_run']['seconds']:6.2f}"
+    )
     for p in problems:
         print(f"PROBLEM: {p}")
     if args.json is not None:
-        out = {"n": args.n, "seed": args.seed, "python": sys.version.split()[0], "cpus": os.cpu_count(),
-               "generate": gen, "phases": figures, "parquet_identical_to_local": same,
-               "ratio_publish_to_local_parquet": round(ratio, 3), "problems": problems}
+        out = {
+            "n": args.n,
+            "seed": args.seed,
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "generate": gen,
+            "phases": figures,
+            "parquet_identical_to_local": same,
+            "ratio_publish_to_local_parquet": round(ratio, 3),
+            "problems": problems,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 1 if problems else 0

@@ -119,8 +119,14 @@ def respond_all(client: Any, name: str, workspace: str | None, user_id: Any) -> 
     n = 0
     with _quiet():
         for rec in ds.records(with_responses=False, with_suggestions=False, batch_size=1000):
-            batch.append(rg.Record(id=rec.id, fields=rec.fields.to_dict(), metadata=dict(rec.metadata),
-                                   responses=[rg.Response("verdict", "keep", user_id=user_id, status="submitted")]))
+            batch.append(
+                rg.Record(
+                    id=rec.id,
+                    fields=rec.fields.to_dict(),
+                    metadata=dict(rec.metadata),
+                    responses=[rg.Response("verdict", "keep", user_id=user_id, status="submitted")],
+                )
+            )
             if len(batch) == 500:
                 ds.records.log(batch, batch_size=500)
                 n += len(batch)
@@ -161,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         items = [it for d in records for it in review_items(d)]
         n = len(items)
         name = f"bench-{int(time.time())}"
-        results: dict[str, Any] = {"items": n, "dialogues": len(records), "baseline_items": args.baseline,
-                                   "server": client.api_url}
+        results: dict[str, Any] = {
+            "items": n,
+            "dialogues": len(records),
+            "baseline_items": args.baseline,
+            "server": client.api_url,
+        }
 
         t = time.perf_counter()
         first = push(folder, name, client=client, workspace=args.workspace, progress=False)
@@ -199,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         results[f"{phase}_items_per_s"] = round(rate, 1)
         results[f"baseline_{phase}_items_per_s"] = round(base, 1)
         results[f"{phase}_speedup"] = round(rate / base, 1)
-        rows.append(f"{phase:7s} {n:6d} items {results[f'{phase}_s']:8.1f} s {rate:9.1f} items/s   baseline "
-                    f"(1 record/request, {nb} items) {base:7.1f} items/s   × {rate / base:.1f}")
+        rows.append(
+            f"{phase:7s} {n:6d} items {results[f'{phase}_s']:8.1f} s {rate:9.1f} items/s   baseline "
+            f"(1 record/request, {nb} items) {base:7.1f} items/s   × {rate / base:.1f}"
+        )
     print("\n".join(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

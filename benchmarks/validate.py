@@ -61,15 +61,25 @@ _PARAMS: dict[str, tuple[dict[str, Any], Callable[[random.Random], Any]]] = {
     "limit": ({"type": "integer", "description": "Maximum number of results"}, lambda r: r.randint(1, 50)),
     "max_price": ({"type": "number", "description": "Upper price bound in EUR"}, lambda r: round(r.uniform(5, 500), 2)),
     "include_closed": ({"type": "boolean", "description": "Also list closed venues"}, lambda r: r.random() < 0.5),
-    "sort": ({"type": "string", "enum": ["price", "rating", "distance"], "description": "Sort order"},
-             lambda r: r.choice(["price", "rating", "distance"])),
-    "tags": ({"type": "array", "items": {"type": "string"}, "description": "Tags to match"},
-             lambda r: r.sample(["vegan", "quiet", "outdoor", "cheap", "kids"], r.randint(1, 3))),
-    "date": ({"type": "string", "description": "ISO date"},
-             lambda r: f"2025-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"),
+    "sort": (
+        {"type": "string", "enum": ["price", "rating", "distance"], "description": "Sort order"},
+        lambda r: r.choice(["price", "rating", "distance"]),
+    ),
+    "tags": (
+        {"type": "array", "items": {"type": "string"}, "description": "Tags to match"},
+        lambda r: r.sample(["vegan", "quiet", "outdoor", "cheap", "kids"], r.randint(1, 3)),
+    ),
+    "date": (
+        {"type": "string", "description": "ISO date"},
+        lambda r: f"2025-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}",
+    ),
     "location": (
-        {"type": "object", "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
-         "required": ["lat", "lon"], "description": "Coordinates"},
+        {
+            "type": "object",
+            "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
+            "required": ["lat", "lon"],
+            "description": "Coordinates",
+        },
         lambda r: {"lat": round(r.uniform(-80, 80), 4), "lon": round(r.uniform(-170, 170), 4)},
     ),
     "ticker": ({"type": "string", "description": "Stock ticker"}, lambda r: r.choice(["ACME", "INIT", "GLOBX"])),
@@ -108,25 +118,56 @@ def _arguments(rng: random.Random, name: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ the dialogues
 
-_WEIGHTS = ((0.3, 0.2, 0.2, 0.15, 0.15), (0.25, 0.25, 0.2, 0.2, 0.1), (0.4, 0.15, 0.15, 0.15, 0.15),
-            (0.2, 0.2, 0.2, 0.2, 0.2))
-_LOREM = ("the user wants results that match every constraint they gave, so I check the candidate tools, pick the "
-          "one whose parameters fit and fill in only the arguments the request supports")
+_WEIGHTS = (
+    (0.3, 0.2, 0.2, 0.15, 0.15),
+    (0.25, 0.25, 0.2, 0.2, 0.1),
+    (0.4, 0.15, 0.15, 0.15, 0.15),
+    (0.2, 0.2, 0.2, 0.2, 0.2),
+)
+_LOREM = (
+    "the user wants results that match every constraint they gave, so I check the candidate tools, pick the "
+    "one whose parameters fit and fill in only the arguments the request supports"
+)
 
 
-def _msg(role: str, content: str = "", thinking: str | None = None, tool_calls: list[dict[str, Any]] | None = None,
-         tool_call_id: str | None = None, name: str | None = None) -> dict[str, Any]:
-    return {"role": role, "content": content, "thinking": thinking, "tool_calls": tool_calls or [],
-            "tool_call_id": tool_call_id, "name": name}
-
-
-def _item(iid: str, focus: str, ev: list[tuple[int, int, str, str]], weight: float, deps: list[str],
-          required: bool, extra: dict[str, Any]) -> dict[str, Any]:
+def _msg(
+    role: str,
+    content: str = "",
+    thinking: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    tool_call_id: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
     return {
-        "id": iid, "evidence": [{"turn": t, "step": s, "from": f, "snippet": snip[:80]} for t, s, f, snip in ev],
-        "focus_on": focus, "question": f"Did the assistant satisfy criterion {iid}?",
-        "pass_condition": f"Criterion {iid} is observably met.", "failure_examples": ["not met", "partially met"],
-        "required_for_next_turn": required, "depends_on": deps, "weight": weight, "extra_info": extra,
+        "role": role,
+        "content": content,
+        "thinking": thinking,
+        "tool_calls": tool_calls or [],
+        "tool_call_id": tool_call_id,
+        "name": name,
+    }
+
+
+def _item(
+    iid: str,
+    focus: str,
+    ev: list[tuple[int, int, str, str]],
+    weight: float,
+    deps: list[str],
+    required: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "id": iid,
+        "evidence": [{"turn": t, "step": s, "from": f, "snippet": snip[:80]} for t, s, f, snip in ev],
+        "focus_on": focus,
+        "question": f"Did the assistant satisfy criterion {iid}?",
+        "pass_condition": f"Criterion {iid} is observably met.",
+        "failure_examples": ["not met", "partially met"],
+        "required_for_next_turn": required,
+        "depends_on": deps,
+        "weight": weight,
+        "extra_info": extra,
     }
 
 
@@ -145,13 +186,16 @@ def dialogue_data(rng: random.Random, index: int) -> dict[str, Any]:
         for k in range(2):
             name = rng.choice(names)
             calls.append({"id": f"call_{t}_{k}", "name": name, "arguments": json.dumps(_arguments(rng, name))})
-        results = [json.dumps({"status": "ok", "call": c["name"], "items": [rng.randint(0, 999) for _ in range(3)]})
-                   for c in calls]
+        results = [
+            json.dumps({"status": "ok", "call": c["name"], "items": [rng.randint(0, 999) for _ in range(3)]})
+            for c in calls
+        ]
         thinking = [f"Step {s}: {_LOREM} ({rng.random():.6f})." for s in range(3)]
         if rng.random() < 0.5:  # one action with two parallel calls: steps user, action, tools, reply
             messages.append(_msg("assistant", "", thinking[0], calls))
-            messages += [_msg("tool", res, tool_call_id=c["id"], name=c["name"])
-                         for c, res in zip(calls, results, strict=True)]
+            messages += [
+                _msg("tool", res, tool_call_id=c["id"], name=c["name"]) for c, res in zip(calls, results, strict=True)
+            ]
             call_steps, tool_steps = (1, 1), (2, 2)
         else:  # two sequential actions: steps user, action, tool, action, tool, reply
             for k, (c, res) in enumerate(zip(calls, results, strict=True)):
@@ -165,20 +209,52 @@ def dialogue_data(rng: random.Random, index: int) -> dict[str, Any]:
         extra = {"price_usd": round(rng.uniform(0.05, 0.15), 5)} if rng.random() < 0.5 else {}
         args = [c["arguments"] for c in calls]
         items = [
-            _item("C0", "assistant.tool_calls", [(t, call_steps[0], "assistant.tool_calls", args[0]),
-                                                 (t, 0, "user.content", user)], w[0], [], True, extra),
+            _item(
+                "C0",
+                "assistant.tool_calls",
+                [(t, call_steps[0], "assistant.tool_calls", args[0]), (t, 0, "user.content", user)],
+                w[0],
+                [],
+                True,
+                extra,
+            ),
             _item("C1", "tool.content", [(t, tool_steps[0], "tool.content", results[0])], w[1], [], True, {}),
-            _item("C2", "assistant.tool_calls", [(t, call_steps[1], "assistant.tool_calls", args[1])],
-                  w[2], ["C1"] if call_steps[1] > tool_steps[0] else [], False, {}),
-            _item("C3", "assistant.content.thinking", [(t, call_steps[0], "assistant.content.thinking", thinking[0])],
-                  w[3], [], False, {}),
-            _item("C4", "assistant.content.user_visible_reply",
-                  [(t, final, "assistant.content.user_visible_reply", reply)], w[4], ["C1"], False, {}),
+            _item(
+                "C2",
+                "assistant.tool_calls",
+                [(t, call_steps[1], "assistant.tool_calls", args[1])],
+                w[2],
+                ["C1"] if call_steps[1] > tool_steps[0] else [],
+                False,
+                {},
+            ),
+            _item(
+                "C3",
+                "assistant.content.thinking",
+                [(t, call_steps[0], "assistant.content.thinking", thinking[0])],
+                w[3],
+                [],
+                False,
+                {},
+            ),
+            _item(
+                "C4",
+                "assistant.content.user_visible_reply",
+                [(t, final, "assistant.content.user_visible_reply", reply)],
+                w[4],
+                ["C1"],
+                False,
+                {},
+            ),
         ]
         blocks.append({"turn": t, "items": items})
     return {
-        "id": did, "source": "benchmark", "tools": [_TOOL_DICTS[n] for n in names], "messages": messages,
-        "checklists": [blocks], "metadata": {"domain": rng.choice(["travel", "finance", "food"])},
+        "id": did,
+        "source": "benchmark",
+        "tools": [_TOOL_DICTS[n] for n in names],
+        "messages": messages,
+        "checklists": [blocks],
+        "metadata": {"domain": rng.choice(["travel", "finance", "food"])},
         "provenance": {"source": "benchmark", "source_id": did, "labeller_model": "synthetic", "prompt_version": "v1"},
     }
 
@@ -223,6 +299,7 @@ def _wrong_type(d: Dialogue) -> None:
 def _set_content(i: int, text: str) -> Callable[[Dialogue], None]:
     def apply(d: Dialogue) -> None:
         d.messages[i if i >= 0 else len(d.messages) + i].content = text
+
     return apply
 
 
@@ -309,8 +386,10 @@ BREAKAGES: dict[str, tuple[Callable[[Dialogue], None], str]] = {
     "not_candidate": (_not_candidate, "tool_schema"),
     "missing_tool_message": (_drop_tool_message, "tool_call_response_match"),
     "ends_with_call": (_end_with_call, "role_order"),
-    "marker_in_reply": (_set_content(-1, "Done. <tool_response>{}</tool_response>"),
-                        "no_tool_response_in_assistant_message"),
+    "marker_in_reply": (
+        _set_content(-1, "Done. <tool_response>{}</tool_response>"),
+        "no_tool_response_in_assistant_message",
+    ),
     "empty_reply": (_set_content(-1, "  "), "non_empty_content"),
     "stray_think": (_stray_think, "think_tags"),
     "thinking_missing": (_thinking_missing, "think_tags"),
@@ -453,12 +532,22 @@ def _phase(name: str, n: int, mem: PeakMemory, gct: GcTimer, fn: Callable[[], An
     sys_s = resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
     gc_s, n_gc = gct.seconds - gc0, gct.collections - ngc0
     peak = mem.peak()
-    fig = {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "dialogues_per_s": round(n / wall, 1),
-           "dialogues_per_cpu_s": round(n / cpu, 1) if cpu else None, "system_cpu_seconds": round(sys_s, 3),
-           "gc_cpu_seconds": round(gc_s, 3), "gc_collections": n_gc,
-           "rss_before_mib": round(before / 2**20, 1), "peak_rss_mib": round(peak / 2**20, 1)}
-    print(f"{name:<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
-          f"GC {gc_s:6.2f} s)  peak RSS {peak / 2**20:6.0f} MiB (before {before / 2**20:.0f})", flush=True)
+    fig = {
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "dialogues_per_s": round(n / wall, 1),
+        "dialogues_per_cpu_s": round(n / cpu, 1) if cpu else None,
+        "system_cpu_seconds": round(sys_s, 3),
+        "gc_cpu_seconds": round(gc_s, 3),
+        "gc_collections": n_gc,
+        "rss_before_mib": round(before / 2**20, 1),
+        "peak_rss_mib": round(peak / 2**20, 1),
+    }
+    print(
+        f"{name:<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
+        f"GC {gc_s:6.2f} s)  peak RSS {peak / 2**20:6.0f} MiB (before {before / 2**20:.0f})",
+        flush=True,
+    )
     return value, fig
 
 
@@ -473,9 +562,19 @@ def _stream_child(folder: Path) -> int:
         peak = PeakMemory._hwm()
     except OSError:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "checked": report.checked,
-                      "rejected": len(report.rejected_ids), "digest": rejects_digest(report),
-                      "rss_before_mib": round(before / 2**20, 1), "peak_rss_mib": round(peak / 2**20, 1)}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(wall, 3),
+                "cpu_seconds": round(cpu, 3),
+                "checked": report.checked,
+                "rejected": len(report.rejected_ids),
+                "digest": rejects_digest(report),
+                "rss_before_mib": round(before / 2**20, 1),
+                "peak_rss_mib": round(peak / 2**20, 1),
+            }
+        )
+    )
     return 0
 
 
@@ -488,9 +587,11 @@ def _stream_phase(folder: Path, n: int) -> dict[str, Any]:
     wall, cpu = fig["seconds"], fig["cpu_seconds"]
     fig["dialogues_per_s"] = round(n / wall, 1)
     fig["dialogues_per_cpu_s"] = round(n / cpu, 1) if cpu else None
-    print(f"{'stream':<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
-          f"child process)  peak RSS {fig['peak_rss_mib']:6.0f} MiB (before {fig['rss_before_mib']:.0f})",
-          flush=True)
+    print(
+        f"{'stream':<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
+        f"child process)  peak RSS {fig['peak_rss_mib']:6.0f} MiB (before {fig['rss_before_mib']:.0f})",
+        flush=True,
+    )
     return fig
 
 
@@ -508,18 +609,25 @@ def main(argv: list[str] | None = None) -> int:
     mem = PeakMemory()
     gct = GcTimer()
     load_start = os.getloadavg()
-    print(f"cm2data validation benchmark: n={args.n} seed={args.seed} broken={args.broken}; "
-          f"python {sys.version.split()[0]}; cm2data from {Path(cm2data.__file__).parent}; "
-          f"peak memory: {mem.method}", flush=True)
+    print(
+        f"cm2data validation benchmark: n={args.n} seed={args.seed} broken={args.broken}; "
+        f"python {sys.version.split()[0]}; cm2data from {Path(cm2data.__file__).parent}; "
+        f"peak memory: {mem.method}",
+        flush=True,
+    )
     covers = gate_coverage()
-    print(f"gate = run_gate over records already in memory, every rule on every record, nothing skipped: "
-          f"{len(covers['rules'])} rule filters + {len(covers['checklist'])} checklist rules + "
-          f"{len(covers['tables'])} pandera table checks = {len(rule_names())} rules", flush=True)
+    print(
+        f"gate = run_gate over records already in memory, every rule on every record, nothing skipped: "
+        f"{len(covers['rules'])} rule filters + {len(covers['checklist'])} checklist rules + "
+        f"{len(covers['tables'])} pandera table checks = {len(rule_names())} rules",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory(prefix="cm2data-bench-") as tmp:
         folder = Path(tmp) / "dataset"
-        (records, broken_ids), gen = _phase("generate", args.n, mem, gct,
-                                            lambda: generate(args.n, args.seed, args.broken))
+        (records, broken_ids), gen = _phase(
+            "generate", args.n, mem, gct, lambda: generate(args.n, args.seed, args.broken)
+        )
         box = {"records": records}  # so that the generated records can be freed before loading
         del records
         _, write = _phase("write", args.n, mem, gct, lambda: store.write_dataset(folder, box.pop("records")))
@@ -544,33 +652,57 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ratio_raw = gate["cpu_seconds"] / max(load_raw["cpu_seconds"], 1e-9)
     cpu_ratio_records = gate["cpu_seconds"] / max(load_records["cpu_seconds"], 1e-9)
     load_avg = os.getloadavg()
-    print(f"parquet: {len(files)} file(s), {size / 2**20:.1f} MiB; load average now {load_avg[0]:.2f} "
-          f"(at start {load_start[0]:.2f}) on {os.cpu_count()} CPUs")
+    print(
+        f"parquet: {len(files)} file(s), {size / 2**20:.1f} MiB; load average now {load_avg[0]:.2f} "
+        f"(at start {load_start[0]:.2f}) on {os.cpu_count()} CPUs"
+    )
     print(f"ratio gate / load_raw     = {ratio_raw:6.2f}  (CPU time {cpu_ratio_raw:6.2f})")
     print(f"ratio gate / load_records = {ratio_records:6.2f}  (CPU time {cpu_ratio_records:6.2f})")
-    print(f"gate: {gate['dialogues_per_cpu_s']:,.0f} dialogues per CPU second (target 10,000); its peak RSS is "
-          f"{gate['peak_over_records_mib']:,.0f} MiB over the {gate['rss_before_mib']:,.0f} MiB the loaded records "
-          f"hold" + (f"; the stream (load + gate, batch by batch) peaks at {stream['peak_rss_mib']:,.0f} MiB"
-                     if stream else ""))
-    print(f"gate: {result.checked} checked, {len(result.accepted)} accepted, {len(result.rejected_ids)} rejected "
-          f"({len(broken_ids)} broken injected)" + (", the stream the same" if stream else "")
-          + f": {'OK' if not problems else 'MISMATCH'}")
+    print(
+        f"gate: {gate['dialogues_per_cpu_s']:,.0f} dialogues per CPU second (target 10,000); its peak RSS is "
+        f"{gate['peak_over_records_mib']:,.0f} MiB over the {gate['rss_before_mib']:,.0f} MiB the loaded records "
+        f"hold"
+        + (f"; the stream (load + gate, batch by batch) peaks at {stream['peak_rss_mib']:,.0f} MiB" if stream else "")
+    )
+    print(
+        f"gate: {result.checked} checked, {len(result.accepted)} accepted, {len(result.rejected_ids)} rejected "
+        f"({len(broken_ids)} broken injected)"
+        + (", the stream the same" if stream else "")
+        + f": {'OK' if not problems else 'MISMATCH'}"
+    )
     for p in problems:
         print(f"  {p}")
     if args.json is not None:
         out = {
-            "n": args.n, "seed": args.seed, "broken": args.broken, "python": sys.version.split()[0],
-            "memory_method": mem.method, "parquet_files": len(files), "parquet_mib": round(size / 2**20, 1),
+            "n": args.n,
+            "seed": args.seed,
+            "broken": args.broken,
+            "python": sys.version.split()[0],
+            "memory_method": mem.method,
+            "parquet_files": len(files),
+            "parquet_mib": round(size / 2**20, 1),
             "gate_covers": covers,
-            "phases": {"generate": gen, "write": write, "load_raw": load_raw, "load_records": load_records,
-                       "gate": gate, **({"stream": stream} if stream else {})},
-            "ratio_gate_to_load_raw": round(ratio_raw, 3), "ratio_gate_to_load_records": round(ratio_records, 3),
+            "phases": {
+                "generate": gen,
+                "write": write,
+                "load_raw": load_raw,
+                "load_records": load_records,
+                "gate": gate,
+                **({"stream": stream} if stream else {}),
+            },
+            "ratio_gate_to_load_raw": round(ratio_raw, 3),
+            "ratio_gate_to_load_records": round(ratio_records, 3),
             "cpu_ratio_gate_to_load_raw": round(cpu_ratio_raw, 3),
             "cpu_ratio_gate_to_load_records": round(cpu_ratio_records, 3),
-            "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-            "load_average_start": load_start, "load_average_end": load_avg,
-            "accepted": len(result.accepted), "rejected": len(result.rejected_ids), "injected": len(broken_ids),
-            "rejections_exact": not problems, "rule_counts": {k: v for k, v in result.counts.items() if v},
+            "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "load_average_start": load_start,
+            "load_average_end": load_avg,
+            "accepted": len(result.accepted),
+            "rejected": len(result.rejected_ids),
+            "injected": len(broken_ids),
+            "rejections_exact": not problems,
+            "rule_counts": {k: v for k, v in result.counts.items() if v},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

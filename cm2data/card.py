@@ -27,8 +27,16 @@ CITATION = """@article{cm2_2026,
   year    = {2026}
 }"""
 
-DEFAULT_TAGS = ["cm2", "checklist", "reward-modeling", "tool-use", "function-calling", "agents", "multi-turn",
-                "cm2data"]
+DEFAULT_TAGS = [
+    "cm2",
+    "checklist",
+    "reward-modeling",
+    "tool-use",
+    "function-calling",
+    "agents",
+    "multi-turn",
+    "cm2data",
+]
 TASK_CATEGORIES = ["text-generation"]
 
 #: Column descriptions, per config, for the card's schema section.
@@ -37,13 +45,25 @@ SCHEMA_DOCS: dict[str, list[tuple[str, str, str]]] = {
         ("id", "string", "stable record id"),
         ("source", "string", "format or data source the record came from"),
         ("tools", "string (JSON)", "candidate tools as OpenAI function schemas (`json.loads` it)"),
-        ("messages", "list of structs", "`role`, `content`, `thinking`, `tool_calls` (`id`, `name`, `arguments` as "
-                                        "a JSON string), `tool_call_id`, `name`"),
-        ("checklists", "list of variants", "a variant is a list of `{turn, items}` blocks, one per user turn; items "
-                                           "as in `checklist_items` (`evidence` as structs, `extra_info` JSON)"),
+        (
+            "messages",
+            "list of structs",
+            "`role`, `content`, `thinking`, `tool_calls` (`id`, `name`, `arguments` as "
+            "a JSON string), `tool_call_id`, `name`",
+        ),
+        (
+            "checklists",
+            "list of variants",
+            "a variant is a list of `{turn, items}` blocks, one per user turn; items "
+            "as in `checklist_items` (`evidence` as structs, `extra_info` JSON)",
+        ),
         ("metadata", "string (JSON)", "anything else the source carried, e.g. `domain`"),
-        ("provenance", "struct", "`source`, `source_id`, `generator_model`, `labeller_model`, `prompt_version`, "
-                                 "`created_at`, `history` (JSON list of processing stages)"),
+        (
+            "provenance",
+            "struct",
+            "`source`, `source_id`, `generator_model`, `labeller_model`, `prompt_version`, "
+            "`created_at`, `history` (JSON list of processing stages)",
+        ),
         ("review", "struct", "`status`, `reviewers`, `decisions` (JSON), `agreement` (JSON)"),
     ],
     "checklist_items": [
@@ -53,8 +73,12 @@ SCHEMA_DOCS: dict[str, list[tuple[str, str, str]]] = {
         ("item_id", "string", "item id within the turn (`C0`, `C1`, …)"),
         ("question", "string", "the binary question the judge answers"),
         ("pass_condition", "string", "what must be observable for the item to pass"),
-        ("focus_on", "string", "`assistant.tool_calls`, `assistant.content.thinking`, "
-                               "`assistant.content.user_visible_reply` or `tool.content`"),
+        (
+            "focus_on",
+            "string",
+            "`assistant.tool_calls`, `assistant.content.thinking`, "
+            "`assistant.content.user_visible_reply` or `tool.content`",
+        ),
         ("weight", "float64", "weight of the item; a turn's weights sum to 1"),
         ("required_for_next_turn", "bool", "the item must pass for the dialogue to continue"),
         ("depends_on", "list of strings", "ids of `tool.content` items of the same turn this item depends on"),
@@ -70,13 +94,21 @@ SCHEMA_DOCS: dict[str, list[tuple[str, str, str]]] = {
         ("prompt", "list of structs", "the messages up to the first user message (`role`, `content`)"),
         ("ability", "string", "`tool_use`"),
         ("reward_model", "struct", "`style` and `ground_truth` (JSON: the checklists and the number of turns)"),
-        ("extra_info", "struct", "`index`, `split`, `uuid`, `need_tools_kwargs`, and as JSON strings `messages`, "
-                                 "`tools`, `tools_kwargs`, `tool_selection`"),
+        (
+            "extra_info",
+            "struct",
+            "`index`, `split`, `uuid`, `need_tools_kwargs`, and as JSON strings `messages`, "
+            "`tools`, `tools_kwargs`, `tool_selection`",
+        ),
     ],
     "sft_llamafactory": [
         ("dialogue_id", "string", "id of the dialogue in `dialogues`"),
-        ("messages", "list of structs", "`role` (`system`, `user`, `assistant`, `observation`) and `content`; tool "
-                                        "calls inline as `<tool_call>` blocks after the `<think>` block"),
+        (
+            "messages",
+            "list of structs",
+            "`role` (`system`, `user`, `assistant`, `observation`) and `content`; tool "
+            "calls inline as `<tool_call>` blocks after the `<think>` block",
+        ),
         ("tools", "string (JSON)", "the candidate tools, as LLaMA-Factory's `tools` column expects"),
     ],
 }
@@ -99,9 +131,20 @@ class Summary:
         self.items_total = 0
         self.must_pass = 0
         self.with_deps = 0
-        self.counters: dict[str, Counter[str]] = {k: Counter() for k in (
-            "focus_on", "sources", "review_status", "domains", "source", "generator_model", "labeller_model",
-            "prompt_version", "stages")}
+        self.counters: dict[str, Counter[str]] = {
+            k: Counter()
+            for k in (
+                "focus_on",
+                "sources",
+                "review_status",
+                "domains",
+                "source",
+                "generator_model",
+                "labeller_model",
+                "prompt_version",
+                "stages",
+            )
+        }
         self.agreement: dict[str, list[float]] = {}
 
     def add(self, records: Sequence[Dialogue]) -> None:
@@ -115,8 +158,9 @@ class Summary:
         self.annotated += c["annotated_dialogues"]
         self.items_total += c["items_total"]
         self.with_deps += c["items_with_dependencies"]
-        self.must_pass += sum(it.required_for_next_turn for d in records for v in d.checklists for b in v
-                              for it in b.items)
+        self.must_pass += sum(
+            it.required_for_next_turn for d in records for v in d.checklists for b in v for it in b.items
+        )
         self.counters["focus_on"].update(c["focus_on"])
         self.counters["sources"].update(part["sources"])
         self.counters["review_status"].update(part["review_status"])
@@ -138,8 +182,10 @@ class Summary:
         return {**summarize(values), "histogram": dict(sorted(hist.items()))}
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"dialogues": self.dialogues,
-                               "statistics": {name: self._dist(self.hist[name]) for name in STAT_NAMES}}
+        out: dict[str, Any] = {
+            "dialogues": self.dialogues,
+            "statistics": {name: self._dist(self.hist[name]) for name in STAT_NAMES},
+        }
         out["checklists"] = {
             "annotated_dialogues": self.annotated,
             "variants": self._dist(self.variants),
@@ -243,28 +289,36 @@ def write_plots(folder: Path, stats: Mapping[str, Any], agreement: Mapping[str, 
 
 
 def size_category(n: int) -> str:
-    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for bound, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < bound:
             return label
     return "10M<n<100M"
 
 
-def card_header(*, n_dialogues: int, license: str, pretty_name: str,
-                source_header: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def card_header(
+    *, n_dialogues: int, license: str, pretty_name: str, source_header: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The YAML header keys besides ``configs:``/``dataset_info:`` (which :func:`cm2data.store.write_card` adds).
 
     Keys the source folder's card already has (language, extra tags, …) are kept; ours win for the ones we own.
     """
     header: dict[str, Any] = {k: v for k, v in (source_header or {}).items() if k not in ("configs", "dataset_info")}
     tags = list(header.get("tags") or [])
-    header.update({
-        "license": license,
-        "pretty_name": pretty_name,
-        "task_categories": sorted(set(TASK_CATEGORIES) | set(header.get("task_categories") or [])),
-        "tags": [*DEFAULT_TAGS, *(t for t in tags if t not in DEFAULT_TAGS)],
-        "size_categories": [size_category(n_dialogues)],
-    })
+    header.update(
+        {
+            "license": license,
+            "pretty_name": pretty_name,
+            "task_categories": sorted(set(TASK_CATEGORIES) | set(header.get("task_categories") or [])),
+            "tags": [*DEFAULT_TAGS, *(t for t in tags if t not in DEFAULT_TAGS)],
+            "size_categories": [size_category(n_dialogues)],
+        }
+    )
     return header
 
 
@@ -277,8 +331,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 def _counts(counter: Mapping[Any, int], what: str) -> list[str]:
     if not counter:
         return [f"_no {what} recorded_"]
-    return _table([what, "dialogues"], [(f"`{k}`" if k not in (None, "") else "(none)", v)
-                                        for k, v in counter.items()])
+    return _table([what, "dialogues"], [(f"`{k}`" if k not in (None, "") else "(none)", v) for k, v in counter.items()])
 
 
 def rejects_summary(rejects: Sequence[Reject]) -> list[dict[str, Any]]:
@@ -327,7 +380,7 @@ def _intro_section(title: str, n_dialogues: int, n_items: int, n_rules: int) -> 
         f"# {title}",
         "",
         f"A checklist-reward dataset for multi-turn, multi-step tool-using agents, in the form used by CM2 "
-        f"(\"Reinforcement Learning with Checklist Rewards for Multi-Turn and Multi-Step Agentic Tool Use\", "
+        f'("Reinforcement Learning with Checklist Rewards for Multi-Turn and Multi-Step Agentic Tool Use", '
         f"arXiv 2602.12268): **{n_dialogues}** dialogues with their candidate tools, and **{n_items}** binary, "
         f"evidence-grounded checklist items that say, turn by turn, what a correct assistant does. A judge model "
         f"checks a policy's rollout against the items; their weights give the reward.",
@@ -338,8 +391,10 @@ def _intro_section(title: str, n_dialogues: int, n_items: int, n_rules: int) -> 
 
 
 def _configs_section(configs: Mapping[str, Mapping[str, int]], config_docs: Mapping[str, str]) -> list[str]:
-    rows = [(f"`{cfg}`", ", ".join(f"{s}: {k}" for s, k in splits.items()), config_docs.get(cfg, ""))
-            for cfg, splits in configs.items()]
+    rows = [
+        (f"`{cfg}`", ", ".join(f"{s}: {k}" for s, k in splits.items()), config_docs.get(cfg, ""))
+        for cfg, splits in configs.items()
+    ]
     return ["## Configs", "", *_table(["config", "rows per split", "what"], rows)]
 
 
@@ -362,20 +417,31 @@ def _usage_section(name: str) -> list[str]:
     ]
 
 
-_PROVENANCE = (("source", "source", "Sources"), ("generator_model", "generator model", "Generator models"),
-               ("labeller_model", "labeller model", "Labeller models"),
-               ("prompt_version", "prompt version", "Prompt versions"))
+_PROVENANCE = (
+    ("source", "source", "Sources"),
+    ("generator_model", "generator model", "Generator models"),
+    ("labeller_model", "labeller model", "Labeller models"),
+    ("prompt_version", "prompt version", "Prompt versions"),
+)
 
 
-def _production_section(summary: Summary, gate_rules: Sequence[str], thinking: str,
-                        pipeline_config: tuple[str, str] | None) -> list[str]:
+def _production_section(
+    summary: Summary, gate_rules: Sequence[str], thinking: str, pipeline_config: tuple[str, str] | None
+) -> list[str]:
     lines = ["## How it was produced", ""]
     for key, what, heading in _PROVENANCE:
         lines += [f"**{heading}**", "", *_counts(summary.provenance(key), what), ""]
-    lines += ["**Processing stages** (from each record's provenance history)", "",
-              *_counts(summary.provenance("stages"), "stage"), ""]
-    lines += [f"**Validation**: the cm2data gate (rule filters of method §2.2, checklist rules, pandera tables; "
-              f"thinking `{thinking}`): " + ", ".join(f"`{r}`" for r in gate_rules) + ".", ""]
+    lines += [
+        "**Processing stages** (from each record's provenance history)",
+        "",
+        *_counts(summary.provenance("stages"), "stage"),
+        "",
+    ]
+    lines += [
+        f"**Validation**: the cm2data gate (rule filters of method §2.2, checklist rules, pandera tables; "
+        f"thinking `{thinking}`): " + ", ".join(f"`{r}`" for r in gate_rules) + ".",
+        "",
+    ]
     if pipeline_config is not None:
         fname, text = pipeline_config
         lang = "json" if fname.endswith(".json") else "yaml"
@@ -383,13 +449,18 @@ def _production_section(summary: Summary, gate_rules: Sequence[str], thinking: s
     return [*lines, f"Published with cm2data {__version__}."]
 
 
-def _schema_section(configs: Mapping[str, Mapping[str, int]],
-                    extra_schema: Mapping[str, list[tuple[str, str, str]]] | None) -> list[str]:
+def _schema_section(
+    configs: Mapping[str, Mapping[str, int]], extra_schema: Mapping[str, list[tuple[str, str, str]]] | None
+) -> list[str]:
     lines = ["## Schema"]
     for cfg, cols in {**SCHEMA_DOCS, **(extra_schema or {})}.items():
         if cfg in configs:
-            lines += ["", f"### `{cfg}`", "", *_table(["column", "type", "description"],
-                                                      [(f"`{a}`", b, d) for a, b, d in cols])]
+            lines += [
+                "",
+                f"### `{cfg}`",
+                "",
+                *_table(["column", "type", "description"], [(f"`{a}`", b, d) for a, b, d in cols]),
+            ]
     return lines
 
 
@@ -398,32 +469,52 @@ def _statistics_section(stats: Mapping[str, Any], plots: Mapping[str, str]) -> l
     c = stats["checklists"]
     ipt = c["items_per_turn"]
     lines = ["## Statistics", ""]
-    lines += _table(["statistic (per dialogue)", "min", "mean", "median", "max"],
-                    [(name, st[name]["min"], st[name]["mean"], st[name]["median"], st[name]["max"])
-                     for name in STAT_NAMES])
-    lines += ["", *_table(["checklists", "value"], [
-        ("annotated dialogues", c["annotated_dialogues"]),
-        ("checklist items", c["items_total"]),
-        ("items per turn (min / mean / max)", f"{ipt['min']} / {ipt['mean']} / {ipt['max']}"),
-        ("required for next turn", f"{c['must_pass_fraction']:.1%}"),
-        ("items with dependencies", c["items_with_dependencies"]),
-    ])]
+    lines += _table(
+        ["statistic (per dialogue)", "min", "mean", "median", "max"],
+        [(name, st[name]["min"], st[name]["mean"], st[name]["median"], st[name]["max"]) for name in STAT_NAMES],
+    )
+    lines += [
+        "",
+        *_table(
+            ["checklists", "value"],
+            [
+                ("annotated dialogues", c["annotated_dialogues"]),
+                ("checklist items", c["items_total"]),
+                ("items per turn (min / mean / max)", f"{ipt['min']} / {ipt['mean']} / {ipt['max']}"),
+                ("required for next turn", f"{c['must_pass_fraction']:.1%}"),
+                ("items with dependencies", c["items_with_dependencies"]),
+            ],
+        ),
+    ]
     if stats.get("domains"):
         lines += ["", *_table(["domain", "dialogues"], list(stats["domains"].items()))]
-    for key, caption in (("turns_and_tool_calls", "Turns and tool calls per dialogue"),
-                         ("checklist_items", "Checklist items per turn and by focus")):
+    for key, caption in (
+        ("turns_and_tool_calls", "Turns and tool calls per dialogue"),
+        ("checklist_items", "Checklist items per turn and by focus"),
+    ):
         if key in plots:
             lines += ["", f"![{caption}]({plots[key]})"]
     return lines
 
 
-def _review_section(stats: Mapping[str, Any], agreement: Mapping[str, list[float]], plots: Mapping[str, str],
-                    judge_agreement: Mapping[str, Any] | None) -> list[str]:
+def _review_section(
+    stats: Mapping[str, Any],
+    agreement: Mapping[str, list[float]],
+    plots: Mapping[str, str],
+    judge_agreement: Mapping[str, Any] | None,
+) -> list[str]:
     lines = ["## Review", "", *_table(["status", "dialogues"], list(stats["review_status"].items()))]
     if agreement:
-        lines += ["", *_table(["agreement", "dialogues", "mean", "min", "max"], [
-            (k, len(v), round(statistics.fmean(v), 3), round(min(v), 3), round(max(v), 3))
-            for k, v in sorted(agreement.items())])]
+        lines += [
+            "",
+            *_table(
+                ["agreement", "dialogues", "mean", "min", "max"],
+                [
+                    (k, len(v), round(statistics.fmean(v), 3), round(min(v), 3), round(max(v), 3))
+                    for k, v in sorted(agreement.items())
+                ],
+            ),
+        ]
     else:
         lines += ["", "No reviewer agreement scores recorded yet."]
     if "review" in plots:
@@ -439,16 +530,30 @@ def _rejects_section(rejects: Sequence[Mapping[str, Any]]) -> list[str]:
     if not rejects:
         return ["## Rejects", "", "No rejections were recorded while this dataset was built."]
     total = sum(r["count"] for r in rejects)
-    return ["## Rejects", "",
-            f"{total} rejections were recorded while this dataset was built (one per record and rule; the "
-            "rejected rows are not part of this repository):", "",
-            *_table(["stage", "rule", "count"], [(r["stage"], f"`{r['rule']}`", r["count"]) for r in rejects])]
+    return [
+        "## Rejects",
+        "",
+        f"{total} rejections were recorded while this dataset was built (one per record and rule; the "
+        "rejected rows are not part of this repository):",
+        "",
+        *_table(["stage", "rule", "count"], [(r["stage"], f"`{r['rule']}`", r["count"]) for r in rejects]),
+    ]
 
 
 def _license_section(license: str) -> list[str]:
-    return ["## License", "", f"`{license}`" + (" (not stated by the publisher)" if license == "unknown" else ""), "",
-            "## Citation", "", "If you use this dataset, please cite the CM2 method:", "", "```bibtex", CITATION,
-            "```"]
+    return [
+        "## License",
+        "",
+        f"`{license}`" + (" (not stated by the publisher)" if license == "unknown" else ""),
+        "",
+        "## Citation",
+        "",
+        "If you use this dataset, please cite the CM2 method:",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+    ]
 
 
 def read_pipeline_config(folder: Path) -> tuple[str, str] | None:

@@ -57,15 +57,27 @@ from cm2data.rejects import Reject, count_by_rule, read_rejects, write_rejects
 from cm2data.review.commands import review_app
 from cm2data.schema import Dialogue
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                  help="Build, validate and inspect checklist-reward datasets for tool-using agents (CM2).")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="Build, validate and inspect checklist-reward datasets for tool-using agents (CM2).",
+)
 
 SrcArg = Annotated[Path, typer.Argument(help="A dataset folder, or a file/folder in a registered format.")]
 
 
 def _progress(transient: bool = True) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=transient, disable=not err.is_terminal)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=transient,
+        disable=not err.is_terminal,
+    )
 
 
 def _load(src: Path, fmt: str, what: str = "reading") -> tuple[list[Dialogue], list[Reject]]:
@@ -157,9 +169,12 @@ def validate(
     try:
         with _progress() as progress:
             task = progress.add_task("validating", total=len(records))
-            result = run_gate(records, config=RuleConfig(thinking=thinking.value, min_words=min_words),
-                              rules=rule or None,
-                              on_progress=lambda n: progress.advance(task, n))
+            result = run_gate(
+                records,
+                config=RuleConfig(thinking=thinking.value, min_words=min_words),
+                rules=rule or None,
+                on_progress=lambda n: progress.advance(task, n),
+            )
     except ValueError as exc:
         raise fail(str(exc)) from None
     all_rejects = read_rejects_ + result.rejects
@@ -171,13 +186,23 @@ def validate(
             write_rejects(all_rejects, rejects_file)
     n_bad = len(result.rejected_ids) + len(read_rejects_)
     if as_json:
-        console.print_json(json.dumps({"checked": result.checked, "accepted": len(result.accepted or []),
-                                       "rejected_records": n_bad, "counts": dict(counts)}))
+        console.print_json(
+            json.dumps(
+                {
+                    "checked": result.checked,
+                    "accepted": len(result.accepted or []),
+                    "rejected_records": n_bad,
+                    "counts": dict(counts),
+                }
+            )
+        )
     else:
         console.print(_rule_table(f"validation of {src}", counts, result.checked + len(read_rejects_)))
     if all_rejects:
-        print_rejects(all_rejects, headline=f"[bold red]FAILED[/]: {n_bad} of {result.checked + len(read_rejects_)} "
-                                            "records break a rule")
+        print_rejects(
+            all_rejects,
+            headline=f"[bold red]FAILED[/]: {n_bad} of {result.checked + len(read_rejects_)} records break a rule",
+        )
         raise typer.Exit(EXIT_FAILED)
     # on stderr, so that --json leaves stdout pure JSON
     err.print(f"[bold green]PASSED[/]: {result.checked} records, {len(result.rules)} rules")
@@ -202,8 +227,13 @@ def filter_(
     try:
         with _progress() as progress:
             task = progress.add_task("filtering", total=len(records))
-            result = run_gate(records, config=RuleConfig(thinking=thinking.value, min_words=min_words), stages=stages,
-                              rules=rule or None, on_progress=lambda n: progress.advance(task, n))
+            result = run_gate(
+                records,
+                config=RuleConfig(thinking=thinking.value, min_words=min_words),
+                stages=stages,
+                rules=rule or None,
+                on_progress=lambda n: progress.advance(task, n),
+            )
     except ValueError as exc:
         raise fail(str(exc)) from None
     try:
@@ -212,8 +242,10 @@ def filter_(
     except (ValueError, TypeError) as exc:  # for example a damaged rejects table carried over from SRC
         raise fail(f"cannot write {out}: {type(exc).__name__}: {exc}") from None
     console.print(_rule_table(f"rule filters on {src}", result.counts, result.checked))
-    console.print(f"kept [bold]{len(result.accepted or [])}[/] of {result.checked} records → {out}; "
-                  f"{len(result.rejected_ids)} rejected → {path}")
+    console.print(
+        f"kept [bold]{len(result.accepted or [])}[/] of {result.checked} records → {out}; "
+        f"{len(result.rejected_ids)} rejected → {path}"
+    )
 
 
 @app.command()
@@ -296,8 +328,10 @@ def publish(
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
     tag: Annotated[str | None, typer.Option("--tag", help="Tag the published commit (e.g. v1.0).")] = None,
     message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
-    dry_run: Annotated[Path | None, typer.Option("--dry-run", metavar="OUT",
-                                                 help="Write the tree that would be uploaded to OUT; no Hub.")] = None,
+    dry_run: Annotated[
+        Path | None,
+        typer.Option("--dry-run", metavar="OUT", help="Write the tree that would be uploaded to OUT; no Hub."),
+    ] = None,
     with_: Annotated[str, typer.Option("--with", help="Extra exports to publish as configs: sft, rl.")] = "",
     license_: Annotated[str | None, typer.Option("--license", help="License id for the card.")] = None,
     thinking: ThinkingOpt = Thinking.auto,
@@ -310,25 +344,39 @@ def publish(
     try:
         if dry_run is not None:
             pub.check_repo_id(repo_id)
-            tree = pub.build_tree(src, dry_run, repo_id=repo_id, with_=names, license=license_,
-                                  thinking=thinking.value)
-            console.print(f"dry run: {tree.records} dialogues, {tree.items} checklist items → {len(tree.files)} "
-                          f"files ({tree.total_bytes() / 2**20:.1f} MiB) in {dry_run}; configs: "
-                          + ", ".join(tree.configs))
+            tree = pub.build_tree(src, dry_run, repo_id=repo_id, with_=names, license=license_, thinking=thinking.value)
+            console.print(
+                f"dry run: {tree.records} dialogues, {tree.items} checklist items → {len(tree.files)} "
+                f"files ({tree.total_bytes() / 2**20:.1f} MiB) in {dry_run}; configs: " + ", ".join(tree.configs)
+            )
             return
-        result = pub.publish(src, repo_id, private=private, tag=tag, message=message, with_=names,
-                             license=license_, thinking=thinking.value, keep=keep or (),
-                             on_step=lambda m: err.print(f"[dim]{m}[/]"))
+        result = pub.publish(
+            src,
+            repo_id,
+            private=private,
+            tag=tag,
+            message=message,
+            with_=names,
+            license=license_,
+            thinking=thinking.value,
+            keep=keep or (),
+            on_step=lambda m: err.print(f"[dim]{m}[/]"),
+        )
     except pub.GateFailed as exc:
-        console.print(_rule_table(f"validation of {src}: failing rules", Counter(exc.failing),
-                                  exc.result.checked + len(exc.read_rejects)))
+        console.print(
+            _rule_table(
+                f"validation of {src}: failing rules", Counter(exc.failing), exc.result.checked + len(exc.read_rejects)
+            )
+        )
         print_rejects(exc.rejects)
         raise fail(str(exc), EXIT_FAILED) from None
     except pub.PublishError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     if result.changed:
-        console.print(f"published {result.records} dialogues to [bold]{result.repo_id}[/] in commit "
-                      f"{result.commit}: {len(result.added)} files added or changed, {len(result.deleted)} deleted")
+        console.print(
+            f"published {result.records} dialogues to [bold]{result.repo_id}[/] in commit "
+            f"{result.commit}: {len(result.added)} files added or changed, {len(result.deleted)} deleted"
+        )
     else:
         console.print(f"{result.repo_id} is up to date at {result.head}: nothing to commit")
     if result.tag:
@@ -349,8 +397,11 @@ def pull(
         result = pub.pull(repo_id, out, revision=revision, on_step=lambda m: err.print(f"[dim]{m}[/]"))
     except pub.PublishError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
-    console.print(f"pulled {result.records} records of {repo_id}@{result.revision} into {out} ("
-                  + ", ".join(f"{s}: {n}" for s, n in result.splits.items()) + ")")
+    console.print(
+        f"pulled {result.records} records of {repo_id}@{result.revision} into {out} ("
+        + ", ".join(f"{s}: {n}" for s, n in result.splits.items())
+        + ")"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -367,23 +418,35 @@ def export_llamafactory(
     src: SrcArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for dataset_info.json and the data file.")],
     fmt: Format = "auto",
-    style: Annotated[Style, typer.Option(
-        help="inline: <tool_call> text in assistant turns (the reference); native: LLaMA-Factory's function_call "
-             "turns.")] = Style.inline,
-    template: Annotated[Template, typer.Option(
-        help="LLaMA-Factory template to train with; qwen3 keeps thinking, the others drop it.")] = Template.qwen3,
-    split_turns: Annotated[bool, typer.Option("--split-turns", help="One row per user turn (with its history).")]
-    = False,
-    history_thinking: Annotated[HistoryThinking, typer.Option(
-        help="Thinking of the turns before a row's last turn (qwen3).")] = HistoryThinking.keep,
-    on_broken: Annotated[OnBroken, typer.Option(
-        help="A dialogue LLaMA-Factory cannot alternate: keep its complete turns before the break, or drop it.")
+    style: Annotated[
+        Style,
+        typer.Option(
+            help="inline: <tool_call> text in assistant turns (the reference); native: LLaMA-Factory's function_call "
+            "turns."
+        ),
+    ] = Style.inline,
+    template: Annotated[
+        Template, typer.Option(help="LLaMA-Factory template to train with; qwen3 keeps thinking, the others drop it.")
+    ] = Template.qwen3,
+    split_turns: Annotated[
+        bool, typer.Option("--split-turns", help="One row per user turn (with its history).")
+    ] = False,
+    history_thinking: Annotated[
+        HistoryThinking, typer.Option(help="Thinking of the turns before a row's last turn (qwen3).")
+    ] = HistoryThinking.keep,
+    on_broken: Annotated[
+        OnBroken,
+        typer.Option(
+            help="A dialogue LLaMA-Factory cannot alternate: keep its complete turns before the break, or drop it."
+        ),
     ] = OnBroken.truncate,
-    call_format: Annotated[CallFormat, typer.Option(
-        help='inline calls as {"name":… (the reference) or {"name": … (the Qwen chat templates).')
+    call_format: Annotated[
+        CallFormat,
+        typer.Option(help='inline calls as {"name":… (the reference) or {"name": … (the Qwen chat templates).'),
     ] = CallFormat.reference,
-    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json (and the data file's stem).")]
-    = "cm2data",
+    name: Annotated[
+        str, typer.Option(help="Dataset name in dataset_info.json (and the data file's stem).")
+    ] = "cm2data",
     indent: Annotated[int | None, typer.Option(help="Indent the JSON (4 reproduces the reference file).")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any dialogue was dropped or truncated.")] = False,
 ) -> None:
@@ -391,22 +454,39 @@ def export_llamafactory(
     from cm2data.export.llamafactory import ExportOptions
     from cm2data.export.llamafactory import export_llamafactory as run_export
 
-    options = ExportOptions(style=style.value, template=template.value, split_turns=split_turns,
-                            history_thinking=history_thinking.value, on_broken=on_broken.value,
-                            call_format=call_format.value)
+    options = ExportOptions(
+        style=style.value,
+        template=template.value,
+        split_turns=split_turns,
+        history_thinking=history_thinking.value,
+        on_broken=on_broken.value,
+        call_format=call_format.value,
+    )
     records, read_rejects_ = _load_some(src, fmt)
     with _writing(out), _progress() as progress:
         task = progress.add_task(f"exporting to {out}", total=len(records))
-        result = run_export(records, out, options, name=name, indent=indent, extra_rejects=read_rejects_,
-                            on_progress=lambda n: progress.advance(task, n))
-    console.print(f"exported [bold]{result.exported_records}[/] of {result.records} dialogues as {result.rows} "
-                  f"{style.value} rows (template {template.value}) → {result.data_file}; registered as "
-                  f"[bold]{name}[/] in {out / 'dataset_info.json'}")
+        result = run_export(
+            records,
+            out,
+            options,
+            name=name,
+            indent=indent,
+            extra_rejects=read_rejects_,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    console.print(
+        f"exported [bold]{result.exported_records}[/] of {result.records} dialogues as {result.rows} "
+        f"{style.value} rows (template {template.value}) → {result.data_file}; registered as "
+        f"[bold]{name}[/] in {out / 'dataset_info.json'}"
+    )
     changed = result.rejects + read_rejects_
     if changed:
-        print_rejects(changed, by_rule=True,
-                      headline=f"[yellow]{result.truncated} truncated, {result.dropped} dropped, "
-                               f"{len(read_rejects_)} unreadable[/] → {out / 'rejects.jsonl'}")
+        print_rejects(
+            changed,
+            by_rule=True,
+            headline=f"[yellow]{result.truncated} truncated, {result.dropped} dropped, "
+            f"{len(read_rejects_)} unreadable[/] → {out / 'rejects.jsonl'}",
+        )
     if not result.rows or (strict and changed):
         raise typer.Exit(EXIT_FAILED)
 
@@ -417,8 +497,9 @@ def export_verl(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for train.parquet and val.parquet.")],
     fmt: Format = "auto",
     val_size: Annotated[int | None, typer.Option(help="Rows in val.parquet (the reference: 500).")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of rows in val.parquet when --val-size is not given.")]
-    = 0.0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of rows in val.parquet when --val-size is not given.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 42,
 ) -> None:
     """Export SRC for VeRL RL (docs/rl.md): train/val parquet in VeRL's schema, rejects.jsonl, export.json."""
@@ -426,13 +507,19 @@ def export_verl(
 
     records, read_rejects_ = _load_some(src, fmt)
     with _writing(out):
-        result = run_export(records, out, val_size=val_size, val_fraction=val_fraction, seed=seed,
-                            extra_rejects=read_rejects_)
-    console.print(f"exported {result.train_rows} train and {result.val_rows} val rows of {result.records} "
-                  f"dialogues → {out}")
+        result = run_export(
+            records, out, val_size=val_size, val_fraction=val_fraction, seed=seed, extra_rejects=read_rejects_
+        )
+    console.print(
+        f"exported {result.train_rows} train and {result.val_rows} val rows of {result.records} dialogues → {out}"
+    )
     if result.rejects:
-        print_rejects(result.rejects, headline=f"[yellow]{len(result.rejects)} not exported[/] → "
-                                               f"{out / 'rejects.jsonl'}", by_rule=True, examples=0)
+        print_rejects(
+            result.rejects,
+            headline=f"[yellow]{len(result.rejects)} not exported[/] → {out / 'rejects.jsonl'}",
+            by_rule=True,
+            examples=0,
+        )
     if not result.train_rows + result.val_rows:
         raise typer.Exit(EXIT_FAILED)
 
@@ -457,8 +544,11 @@ def serve(
             if as_json:
                 record(stopped)
             else:
-                console.print(f"stopped the embedded server at {stopped.base_url} (pid {stopped.pid})" if stopped
-                              else "the embedded server is not running")
+                console.print(
+                    f"stopped the embedded server at {stopped.base_url} (pid {stopped.pid})"
+                    if stopped
+                    else "the embedded server is not running"
+                )
             return
         running = embedded.status()
         if status:
@@ -468,8 +558,9 @@ def serve(
                 console.print("the embedded server is not running")
             else:
                 state = "running" if running.healthy() else "starting (not ready yet)"
-                console.print(f"{state} at {running.base_url}, model {running.model}, pid {running.pid}, "
-                              f"log {running.log}")
+                console.print(
+                    f"{state} at {running.base_url}, model {running.model}, pid {running.pid}, log {running.log}"
+                )
             raise typer.Exit(0 if running is not None else EXIT_FAILED)
         if running is None:
             err.print("starting the embedded server (about 25 s; the first run builds its environment first)…")
@@ -480,8 +571,10 @@ def serve(
         record(server)
     else:
         how = "already running" if running is not None else f"ready in {server.ready_seconds} s"
-        console.print(f"{how}: {server.base_url} (model {server.model}, pid {server.pid}); log {server.log}; "
-                      "stop with `cm2data serve --stop`")
+        console.print(
+            f"{how}: {server.base_url} (model {server.model}, pid {server.pid}); log {server.log}; "
+            "stop with `cm2data serve --stop`"
+        )
 
 
 # --------------------------------------------------------------------------------------------------- pipelines
@@ -498,13 +591,35 @@ def _pipeline_errors() -> Iterator[None]:
         raise fail(str(exc)) from None
 
 
-def _stage(name: str, settings: dict[str, Any], src: Path | None, out: Path, fmt: str, base_url: str | None,
-           model: str | None, seed: int, batch_size: int, fresh: bool) -> None:
+def _stage(
+    name: str,
+    settings: dict[str, Any],
+    src: Path | None,
+    out: Path,
+    fmt: str,
+    base_url: str | None,
+    model: str | None,
+    seed: int,
+    batch_size: int,
+    fresh: bool,
+) -> None:
     from cm2data.pipelines.commands import stage_command
 
     with _pipeline_errors():
-        code = stage_command(name, settings, src=src, out=out, fmt=fmt, base_url=base_url, model=model, seed=seed,
-                             batch_size=batch_size, fresh=fresh, console=console, err=err)
+        code = stage_command(
+            name,
+            settings,
+            src=src,
+            out=out,
+            fmt=fmt,
+            base_url=base_url,
+            model=model,
+            seed=seed,
+            batch_size=batch_size,
+            fresh=fresh,
+            console=console,
+            err=err,
+        )
     raise typer.Exit(code)
 
 
@@ -527,8 +642,10 @@ def run_pipeline_(
 @app.command()
 def synthesize(
     out: StageOut,
-    catalog: Annotated[Path | None, typer.Option("--in", "-i", help="Tool catalog JSON (default: the shipped "
-                                                                    "one, 93 tools in 16 domains).")] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option("--in", "-i", help="Tool catalog JSON (default: the shipped one, 93 tools in 16 domains)."),
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="Dialogues to synthesize.")] = 20,
     max_turns: Annotated[int, typer.Option(help="Most user turns per dialogue (at least 1).")] = 2,
     seed: Seed = 42,
@@ -556,8 +673,18 @@ def llm_filter(
     fresh: Fresh = False,
 ) -> None:
     """The rule filters, then the LLM quality filter ({"Reasoning", "NoError"}; one failing pass drops)."""
-    _stage("filter", {"passes": passes, "thinking": thinking.value}, src, out, fmt, base_url, model, seed,
-           batch_size, fresh)
+    _stage(
+        "filter",
+        {"passes": passes, "thinking": thinking.value},
+        src,
+        out,
+        fmt,
+        base_url,
+        model,
+        seed,
+        batch_size,
+        fresh,
+    )
 
 
 @app.command()
@@ -579,8 +706,12 @@ def compress(
 def select(
     src: InPath,
     out: StageOut,
-    drop_ratios: Annotated[str | None, typer.Option(help="YAML/JSON mapping metric → {value: ratio}, or a file "
-                                                         "holding one (default: the reference ratios).")] = None,
+    drop_ratios: Annotated[
+        str | None,
+        typer.Option(
+            help="YAML/JSON mapping metric → {value: ratio}, or a file holding one (default: the reference ratios)."
+        ),
+    ] = None,
     seed: Seed = 42,
     fmt: Format = "auto",
     batch_size: BatchSize = 50,
@@ -608,8 +739,9 @@ def annotate(
     fresh: Fresh = False,
 ) -> None:
     """Per-turn checklist labelling, validated by the full gate; invalid answers retried, then rejected."""
-    _stage("annotate", {"variants": variants, "retries": retries}, src, out, fmt, base_url, model, seed, batch_size,
-           fresh)
+    _stage(
+        "annotate", {"variants": variants, "retries": retries}, src, out, fmt, base_url, model, seed, batch_size, fresh
+    )
 
 
 def main() -> None:

@@ -58,8 +58,9 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def print_rejects(rejects: Sequence[Reject], *, headline: str | None = None, by_rule: bool = False,
-                  examples: int = 10) -> None:
+def print_rejects(
+    rejects: Sequence[Reject], *, headline: str | None = None, by_rule: bool = False, examples: int = 10
+) -> None:
     """The one reject summary on stderr: an optional headline (rich markup), the count per rule (most first) when
     ``by_rule``, then up to ``examples`` rejects with their rule, place and message."""
     if headline is not None:
@@ -111,25 +112,41 @@ CallFormat = choices("CallFormat", lf.CALL_FORMATS)
 
 FORMAT_HELP = f"Input format: auto, dataset, {', '.join(FORMATS)}."
 Format = Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)]
-InPath = Annotated[Path, typer.Option("--in", "-i", help="Input: a dataset folder, or a file/folder in a registered "
-                                                        "format.")]
-StageOut = Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder (also rejects.jsonl, report.html, "
-                                                            "report.json).")]
-BaseUrl = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: "
-                                                               "CM2DATA_LLM_BASE_URL, else the embedded server, "
-                                                               "started if needed).")]
-Model = Annotated[str | None, typer.Option("--model", help="Served model name (default: the first the server "
-                                                           "lists).")]
+InPath = Annotated[
+    Path, typer.Option("--in", "-i", help="Input: a dataset folder, or a file/folder in a registered format.")
+]
+StageOut = Annotated[
+    Path, typer.Option("--out", "-o", help="Output dataset folder (also rejects.jsonl, report.html, report.json).")
+]
+BaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="OpenAI-compatible endpoint (default: CM2DATA_LLM_BASE_URL, else the embedded server, started if needed).",
+    ),
+]
+Model = Annotated[str | None, typer.Option("--model", help="Served model name (default: the first the server lists).")]
 ApiKey = Annotated[str | None, typer.Option("--api-key", help="Bearer token (default: CM2DATA_LLM_API_KEY).")]
-Fresh = Annotated[bool, typer.Option("--fresh", help="Ignore checkpoints and earlier results in OUT; run everything "
-                                                     "again.")]
+Fresh = Annotated[
+    bool, typer.Option("--fresh", help="Ignore checkpoints and earlier results in OUT; run everything again.")
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="distilabel input_batch_size (keep >= 50).")]
 Seed = Annotated[int, typer.Option("--seed", help="Sampling seed.")]
 ThinkingOpt = Annotated[Thinking, typer.Option("--thinking", help="Whether assistant messages must carry <think>.")]
-MinWords = Annotated[int, typer.Option("--min-words", min=0, help="degenerate_message: fewest words in a user "
-                                                                   "message or assistant reply (1 admits 'yes').")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (human text on "
-                                                       "stderr).")]
-JsonPath = Annotated[Path | None, typer.Option("--json", metavar="PATH", help="Also write the result as JSON to PATH "
-                                                                             "(- prints it on stdout, human text "
-                                                                             "on stderr).")]
+MinWords = Annotated[
+    int,
+    typer.Option(
+        "--min-words",
+        min=0,
+        help="degenerate_message: fewest words in a user message or assistant reply (1 admits 'yes').",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (human text on stderr).")]
+JsonPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--json",
+        metavar="PATH",
+        help="Also write the result as JSON to PATH (- prints it on stdout, human text on stderr).",
+    ),
+]

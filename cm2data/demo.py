@@ -31,8 +31,16 @@ def shipped(*parts: str) -> Path:
     return Path(str(resources.files("cm2data").joinpath("data", *parts)))
 
 
-def run_demo(out: Path, console: Console | None = None, *, pipeline: bool = True, base_url: str | None = None,
-             model: str | None = None, n: int | None = None, fresh: bool = False) -> int:
+def run_demo(
+    out: Path,
+    console: Console | None = None,
+    *,
+    pipeline: bool = True,
+    base_url: str | None = None,
+    model: str | None = None,
+    n: int | None = None,
+    fresh: bool = False,
+) -> int:
     console = console or Console()
     code = run_shipped(out, console)
     if not pipeline:
@@ -56,8 +64,11 @@ def run_shipped(out: Path, console: Console) -> int:
     console.print(f"[bold]ingest[/]: {len(records)} records ({len(rejects)} rejected) → {ingested}")
 
     gate = run_gate(store.read_dataset(ingested))
-    report["stages"]["validate"] = {"checked": gate.checked, "rejected": len(gate.rejected_ids),
-                                    "counts": dict(gate.counts)}
+    report["stages"]["validate"] = {
+        "checked": gate.checked,
+        "rejected": len(gate.rejected_ids),
+        "counts": dict(gate.counts),
+    }
     status = "[green]passed[/]" if gate.passed else f"[red]{len(gate.rejected_ids)} records failed[/]"
     console.print(f"[bold]validate[/]: {gate.checked} records, {len(gate.rules)} rules: {status}")
 
@@ -65,8 +76,11 @@ def run_shipped(out: Path, console: Console) -> int:
     store.reset_folder(filtered)
     filt = run_gate(store.read_dataset(ingested), stages=("rules",))
     write_filtered(filtered, ingested, filt, [])
-    report["stages"]["filter"] = {"kept": len(filt.accepted), "rejected": len(filt.rejected_ids),
-                                  "counts": dict(filt.counts)}
+    report["stages"]["filter"] = {
+        "kept": len(filt.accepted),
+        "rejected": len(filt.rejected_ids),
+        "counts": dict(filt.counts),
+    }
     console.print(f"[bold]filter[/]: kept {len(filt.accepted)} of {filt.checked} → {filtered}")
 
     stats = dataset_stats(store.read_dataset(filtered))
@@ -74,14 +88,23 @@ def run_shipped(out: Path, console: Console) -> int:
     report["stats"] = {k: v for k, v in stats.items() if k != "statistics"}
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     c = stats["checklists"]
-    console.print(f"[bold]stats[/]: {stats['dialogues']} dialogues, {c['items_total']} checklist items, "
-                  f"{len(stats.get('domains', {}))} domains → {out / 'stats.json'}")
+    console.print(
+        f"[bold]stats[/]: {stats['dialogues']} dialogues, {c['items_total']} checklist items, "
+        f"{len(stats.get('domains', {}))} domains → {out / 'stats.json'}"
+    )
     console.print(f"report → {out / 'report.json'}")
     return 0 if gate.passed else 1
 
 
-def run_pipelines(out: Path, console: Console, *, base_url: str | None = None, model: str | None = None,
-                  n: int | None = None, fresh: bool = False) -> int:
+def run_pipelines(
+    out: Path,
+    console: Console,
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    n: int | None = None,
+    fresh: bool = False,
+) -> int:
     """Part 2: the demo pipeline (synthesize → filter → annotate), then the gate on its output. Returns 0 when the
     pipeline ran and its output passes the gate (rejections along the way are expected and reported), 1 when the
     output fails the gate, 2 when the LLM server cannot be reached or started."""
@@ -96,11 +119,19 @@ def run_pipelines(out: Path, console: Console, *, base_url: str | None = None, m
         config.stages[0].config.n = n  # type: ignore[attr-defined]
     started = time.monotonic()
     if base_url is None:
-        console.print("[bold]pipeline[/]: using the embedded model server (starting it if needed, ~30 s; the first "
-                      "run builds its environment, ~2 min)")
+        console.print(
+            "[bold]pipeline[/]: using the embedded model server (starting it if needed, ~30 s; the first "
+            "run builds its environment, ~2 min)"
+        )
     try:
-        result = run_pipeline(config, out, base_url=base_url, model=model, fresh=fresh,
-                              say=lambda m: console.print(f"[bold]pipeline[/]: {m}"))
+        result = run_pipeline(
+            config,
+            out,
+            base_url=base_url,
+            model=model,
+            fresh=fresh,
+            say=lambda m: console.print(f"[bold]pipeline[/]: {m}"),
+        )
     except LLMError as exc:
         console.print(f"[bold red]pipeline: {exc}[/]")
         return 2
@@ -109,21 +140,29 @@ def run_pipelines(out: Path, console: Console, *, base_url: str | None = None, m
     console.print(f"[bold]validate[/]: {gate.checked} pipeline records, {len(gate.rules)} rules: {status}")
     rejects = result.report["rejects"]
     by_stage = rejects["by_stage"]
-    console.print(f"[bold]pipeline[/]: {result.records} checklist-annotated dialogues → {out}; "
-                  f"{sum(by_stage.values())} rejected ("
-                  + ", ".join(f"{k} {v}" for k, v in by_stage.items()) + f") → {out / 'rejects.jsonl'}; "
-                  f"report → {out / REPORT_HTML} ({time.monotonic() - started:.0f} s)")
+    console.print(
+        f"[bold]pipeline[/]: {result.records} checklist-annotated dialogues → {out}; "
+        f"{sum(by_stage.values())} rejected ("
+        + ", ".join(f"{k} {v}" for k, v in by_stage.items())
+        + f") → {out / 'rejects.jsonl'}; "
+        f"report → {out / REPORT_HTML} ({time.monotonic() - started:.0f} s)"
+    )
     top = rejects["by_stage_and_rule"][:6]
     if top:
-        console.print("[bold]pipeline[/]: rejected by " + ", ".join(f"{r['stage']}/{r['rule']} {r['count']}"
-                                                                    for r in top))
+        console.print(
+            "[bold]pipeline[/]: rejected by " + ", ".join(f"{r['stage']}/{r['rule']} {r['count']}" for r in top)
+        )
     if result.records == 0:
         where = "the embedded 135M model" if base_url is None else f"the model at {base_url}"
-        console.print(f"[bold yellow]pipeline: 0 dialogues passed every rule[/]: {where} wrote no dialogue whose "
-                      "checklist survives the gate (see the rules above and rejects.jsonl). This is the honest "
-                      "result of a tiny CPU model, not a broken run: point the demo at a real server with "
-                      "`bash scripts/demo.sh --base-url http://HOST:PORT/v1 [--model NAME]`.")
+        console.print(
+            f"[bold yellow]pipeline: 0 dialogues passed every rule[/]: {where} wrote no dialogue whose "
+            "checklist survives the gate (see the rules above and rejects.jsonl). This is the honest "
+            "result of a tiny CPU model, not a broken run: point the demo at a real server with "
+            "`bash scripts/demo.sh --base-url http://HOST:PORT/v1 [--model NAME]`."
+        )
     if base_url is None and result.report.get("llm"):
-        console.print(f"the embedded server keeps running at {result.report['llm']['base_url']} for the next command; "
-                      "stop it with `cm2data serve --stop`")
+        console.print(
+            f"the embedded server keeps running at {result.report['llm']['base_url']} for the next command; "
+            "stop it with `cm2data serve --stop`"
+        )
     return 0 if gate.passed else 1

@@ -62,16 +62,21 @@ def print_stats(result: dict[str, Any], title: str, console: Console) -> None:
     table = Table(title=title)
     for col in ("statistic", "min", "mean", "median", "max", "distribution"):
         table.add_column(col)
-    rows = {**result["statistics"], "items_per_turn": result["checklists"]["items_per_turn"],
-            "checklist_variants": result["checklists"]["variants"]}
+    rows = {
+        **result["statistics"],
+        "items_per_turn": result["checklists"]["items_per_turn"],
+        "checklist_variants": result["checklists"]["variants"],
+    }
     for name, s in rows.items():
         hist = s["histogram"]
         shown = " ".join(f"{k}:{v}" for k, v in list(hist.items())[:8]) + (" …" if len(hist) > 8 else "")
         table.add_row(name, str(s["min"]), str(s["mean"]), str(s["median"]), str(s["max"]), shown)
     console.print(table)
     c = result["checklists"]
-    console.print(f"checklist items: {c['items_total']} in {c['annotated_dialogues']} annotated dialogues; "
-                  f"must-pass {c['must_pass_fraction']:.0%}; with dependencies {c['items_with_dependencies']}")
+    console.print(
+        f"checklist items: {c['items_total']} in {c['annotated_dialogues']} annotated dialogues; "
+        f"must-pass {c['must_pass_fraction']:.0%}; with dependencies {c['items_with_dependencies']}"
+    )
     console.print("focus_on: " + ", ".join(f"{k} {v}" for k, v in c["focus_on"].items()))
     if "domains" in result:
         console.print("domains: " + ", ".join(f"{k} {v}" for k, v in result["domains"].items()))

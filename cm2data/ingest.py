@@ -11,8 +11,9 @@ from cm2data.schema import Dialogue
 from cm2data.validate import GateResult
 
 
-def write_ingested(out: Path, records: list[Dialogue], rejects: list[Reject], *, split: str = store.DEFAULT_SPLIT,
-                   source: str = "") -> Path:
+def write_ingested(
+    out: Path, records: list[Dialogue], rejects: list[Reject], *, split: str = store.DEFAULT_SPLIT, source: str = ""
+) -> Path:
     """Stamp provenance, write ``records`` as ``split`` of the folder ``out`` and the read rejects next to them.
 
     Re-running with the same input gives the same folder (the split is replaced, not appended to).
@@ -31,8 +32,9 @@ def write_ingested(out: Path, records: list[Dialogue], rejects: list[Reject], *,
     return path
 
 
-def write_filtered(out: Path, src: Path, result: GateResult, read_rejects_: list[Reject],
-                   split: str = store.DEFAULT_SPLIT) -> Path:
+def write_filtered(
+    out: Path, src: Path, result: GateResult, read_rejects_: list[Reject], split: str = store.DEFAULT_SPLIT
+) -> Path:
     """Write the accepted records to ``out``; every rejected record goes to ``out/rejects.jsonl`` in full (beside its
     first reason), with the input folder's earlier rejects carried over, so nothing is lost between stages."""
     earlier = read_rejects(src / store.REJECTS_FILE) if src.is_dir() else []

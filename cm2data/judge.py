@@ -59,12 +59,18 @@ Rules:
 Answer with JSON only."""
 
 ANSWER_ONE = 'Answer with JSON: {"answer": true} if the criterion is satisfied, else {"answer": false}.'
-ANSWER_ONE_ANALYSIS = ('Answer with JSON: {"analysis": "<one or two short sentences>", "answer": true|false}, '
-                       '"answer" true if the criterion is satisfied.')
-ANSWER_GROUPED = ('Answer with one JSON object mapping every criterion id listed above to true (satisfied) or false, '
-                  'for example {"C0": true, "C1": false}.')
-ANSWER_LETTERS = ('Answer with one JSON string of exactly {n} letters, one per criterion in the order listed above '
-                  '({ids}): Y if that criterion is satisfied, N if not. For example "{example}".')
+ANSWER_ONE_ANALYSIS = (
+    'Answer with JSON: {"analysis": "<one or two short sentences>", "answer": true|false}, '
+    '"answer" true if the criterion is satisfied.'
+)
+ANSWER_GROUPED = (
+    "Answer with one JSON object mapping every criterion id listed above to true (satisfied) or false, "
+    'for example {"C0": true, "C1": false}.'
+)
+ANSWER_LETTERS = (
+    "Answer with one JSON string of exactly {n} letters, one per criterion in the order listed above "
+    '({ids}): Y if that criterion is satisfied, N if not. For example "{example}".'
+)
 
 Order = Literal["reference", "prefix"]
 #: How a grouped call answers: an object ``{id: bool}`` (explicit ids; ~5 output tokens per item) or a string of Y/N
@@ -158,8 +164,15 @@ class ItemVerdict:
     raw: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item": self.item_id, "step": self.step, "satisfied": self.satisfied, "failed": self.failed,
-                "short_circuit": self.short_circuit, "cached": self.cached, "reason": self.reason}
+        return {
+            "item": self.item_id,
+            "step": self.step,
+            "satisfied": self.satisfied,
+            "failed": self.failed,
+            "short_circuit": self.short_circuit,
+            "cached": self.cached,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -183,10 +196,19 @@ class TurnJudgement:
         return [cid for cid, ok in self.satisfied.items() if ok]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"turn": self.turn, "step_verdicts": self.step_verdicts, "satisfied": self.satisfied,
-                "score": self.score, "gate_passed": self.gate_passed, "failed_gates": self.failed_gates,
-                "calls": self.calls, "failures": self.failures, "cache_hits": self.cache_hits,
-                "complete": self.complete, "verdicts": [v.to_dict() for v in self.verdicts]}
+        return {
+            "turn": self.turn,
+            "step_verdicts": self.step_verdicts,
+            "satisfied": self.satisfied,
+            "score": self.score,
+            "gate_passed": self.gate_passed,
+            "failed_gates": self.failed_gates,
+            "calls": self.calls,
+            "failures": self.failures,
+            "cache_hits": self.cache_hits,
+            "complete": self.complete,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+        }
 
 
 # --------------------------------------------------------------------------------------------------- rendering
@@ -220,36 +242,47 @@ def render_criterion(item: ChecklistItem, *, with_id: bool = False) -> str:
     snippets = [e.snippet for e in item.evidence if e.snippet]
     fails = "\n".join(f"- {f}" for f in item.failure_examples) or "- (none)"
     head = f"### Criterion {item.id}\n" if with_id else "## Criterion\n"
-    return (f"{head}Question: {item.question}\nFocus on: {item.focus_on}\nPass condition: {item.pass_condition}\n"
-            f"Failure examples:\n{fails}\nReference snippet: {' | '.join(snippets) if snippets else '(none)'}")
+    return (
+        f"{head}Question: {item.question}\nFocus on: {item.focus_on}\nPass condition: {item.pass_condition}\n"
+        f"Failure examples:\n{fails}\nReference snippet: {' | '.join(snippets) if snippets else '(none)'}"
+    )
 
 
-def build_prompt(previous: Sequence[Message], current: Sequence[Message], items: Sequence[ChecklistItem],
-                 options: JudgeOptions) -> list[dict[str, str]]:
+def build_prompt(
+    previous: Sequence[Message], current: Sequence[Message], items: Sequence[ChecklistItem], options: JudgeOptions
+) -> list[dict[str, str]]:
     """The chat messages of one judge call (one item, or all ``items`` in grouped mode)."""
     convo = render_conversation(previous, current)
     system = f"{options.salt}\n{SYSTEM_PROMPT}" if options.salt else SYSTEM_PROMPT
     if options.grouped:
         criteria = "## Criteria\n\n" + "\n\n".join(render_criterion(i, with_id=True) for i in items)
         if options.grouped_answer == "letters":
-            answer = ANSWER_LETTERS.format(n=len(items), ids=", ".join(i.id for i in items),
-                                           example="".join("YN"[k % 2] for k in range(len(items))))
+            answer = ANSWER_LETTERS.format(
+                n=len(items),
+                ids=", ".join(i.id for i in items),
+                example="".join("YN"[k % 2] for k in range(len(items))),
+            )
         else:
             answer = ANSWER_GROUPED
     else:
         criteria = render_criterion(items[0])
         answer = ANSWER_ONE_ANALYSIS if options.analysis else ANSWER_ONE
     if options.order == "reference":  # the criterion before the conversation, as the reference does
-        return [{"role": "system", "content": system},
-                {"role": "user", "content": f"{criteria}\n\n{convo}\n\n{answer}"}]
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": f"{criteria}\n\n{convo}\n\n{answer}"},
+        ]
     # shared context first: system + conversation form a prefix common to every item and (growing) step
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": convo},
-            {"role": "user", "content": f"{criteria}\n\n{answer}"}]
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": convo},
+        {"role": "user", "content": f"{criteria}\n\n{answer}"},
+    ]
 
 
-def answer_schema(item_ids: Sequence[str] | None, *, analysis: bool = False,
-                  grouped_answer: GroupedAnswer = "object") -> dict[str, Any]:
+def answer_schema(
+    item_ids: Sequence[str] | None, *, analysis: bool = False, grouped_answer: GroupedAnswer = "object"
+) -> dict[str, Any]:
     """The forced-JSON schema: ``{"answer": bool}`` (optionally after ``analysis``), ``{id: bool, …}``, or for
     ``grouped_answer="letters"`` a string of exactly ``len(item_ids)`` Y/N letters."""
     if item_ids is not None and grouped_answer == "letters":
@@ -261,10 +294,20 @@ def answer_schema(item_ids: Sequence[str] | None, *, analysis: bool = False,
         if analysis:
             props["analysis"] = {"type": "string", "maxLength": 400}
         props["answer"] = {"type": "boolean"}
-        return {"title": "verdict", "type": "object", "properties": props, "required": list(props),
-                "additionalProperties": False}
-    return {"title": "verdicts", "type": "object", "properties": {i: {"type": "boolean"} for i in item_ids},
-            "required": list(item_ids), "additionalProperties": False}
+        return {
+            "title": "verdict",
+            "type": "object",
+            "properties": props,
+            "required": list(props),
+            "additionalProperties": False,
+        }
+    return {
+        "title": "verdicts",
+        "type": "object",
+        "properties": {i: {"type": "boolean"} for i in item_ids},
+        "required": list(item_ids),
+        "additionalProperties": False,
+    }
 
 
 def _check_one(data: Any) -> bool:
@@ -300,13 +343,19 @@ def _checker_grouped(ids: Sequence[str]):
     return check
 
 
-def cache_key(item: ChecklistItem, previous: Sequence[Message], current: Sequence[Message], *, mode: str,
-              model: str | None) -> str:
+def cache_key(
+    item: ChecklistItem, previous: Sequence[Message], current: Sequence[Message], *, mode: str, model: str | None
+) -> str:
     """(prompt version, mode, model, item, canonical conversation prefix) → a SHA-256 hex digest."""
     payload = {
-        "v": PROMPT_VERSION, "mode": mode, "model": model,
-        "item": item.model_dump(mode="json", include={"id", "focus_on", "question", "pass_condition",
-                                                      "failure_examples", "evidence"}, by_alias=True),
+        "v": PROMPT_VERSION,
+        "mode": mode,
+        "model": model,
+        "item": item.model_dump(
+            mode="json",
+            include={"id", "focus_on", "question", "pass_condition", "failure_examples", "evidence"},
+            by_alias=True,
+        ),
         "prev": [m.model_dump(mode="json") for m in previous],
         "cur": [m.model_dump(mode="json") for m in current],
     }
@@ -327,8 +376,12 @@ def is_tool_error(content: str) -> bool:
     if isinstance(data, dict):
         if data.get("error") or data.get("error_tool_call"):
             return True
-        return isinstance(data.get("code"), str) and data["code"].isupper() and "message" in data \
+        return (
+            isinstance(data.get("code"), str)
+            and data["code"].isupper()
+            and "message" in data
             and set(data) <= {"code", "message", "details"}
+        )
     return False
 
 
@@ -342,17 +395,24 @@ class _Caller:
         self.calls = 0
         self.failures = 0
 
-    async def ask(self, prompt: list[dict[str, str]], schema: dict[str, Any],
-                  validate: Any) -> tuple[Any, str | None, str | None]:
+    async def ask(
+        self, prompt: list[dict[str, str]], schema: dict[str, Any], validate: Any
+    ) -> tuple[Any, str | None, str | None]:
         """(parsed answer or None, failure reason or None, the answer text or None). Never raises (except
         cancellation)."""
         opts = self.options
         async with self.semaphore:
             self.calls += 1
             try:
-                coro = self.client.chat(prompt, stage=opts.stage, schema=schema, validate=validate,
-                                        max_tokens=opts.max_tokens, temperature=opts.temperature,
-                                        invalid_retries=opts.invalid_retries)
+                coro = self.client.chat(
+                    prompt,
+                    stage=opts.stage,
+                    schema=schema,
+                    validate=validate,
+                    max_tokens=opts.max_tokens,
+                    temperature=opts.temperature,
+                    invalid_retries=opts.invalid_retries,
+                )
                 result = await (asyncio.wait_for(coro, opts.call_timeout) if opts.call_timeout else coro)
                 return result.parsed, None, getattr(result, "text", None)
             except asyncio.CancelledError:
@@ -375,8 +435,13 @@ def to_message(m: Message | dict[str, Any]) -> Message:
     calls = []
     for c in data.get("tool_calls") or []:
         fn = c.get("function", c) if isinstance(c, dict) else {}
-        calls.append(ToolCall(id=c.get("id") if isinstance(c, dict) else None, name=str(fn.get("name") or ""),
-                              arguments=fn.get("arguments")))
+        calls.append(
+            ToolCall(
+                id=c.get("id") if isinstance(c, dict) else None,
+                name=str(fn.get("name") or ""),
+                arguments=fn.get("arguments"),
+            )
+        )
     content = data.get("content")
     if isinstance(content, list):
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -384,8 +449,14 @@ def to_message(m: Message | dict[str, Any]) -> Message:
     thinking = data.get("thinking") or data.get("reasoning_content")
     if data.get("role") == "assistant" and thinking is None:
         thinking, content = split_thinking(content)
-    return Message(role=data.get("role", "user"), content=content, thinking=thinking, tool_calls=calls,
-                   tool_call_id=data.get("tool_call_id"), name=data.get("name"))
+    return Message(
+        role=data.get("role", "user"),
+        content=content,
+        thinking=thinking,
+        tool_calls=calls,
+        tool_call_id=data.get("tool_call_id"),
+        name=data.get("name"),
+    )
 
 
 def to_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message]:
@@ -437,11 +508,17 @@ def _step_context(msgs: list[Message], turn: Turn, k: int) -> tuple[list[Message
         nxt = steps[k + 1]
         end = nxt.message_indices[-1] + 1
         tool_error = any(is_tool_error(msgs[i].content) for i in nxt.message_indices)
-    return msgs[turn.start:end], tool_error
+    return msgs[turn.start : end], tool_error
 
 
-def _open_items(items: Sequence[ChecklistItem], s: int, tool_error: bool, options: JudgeOptions,
-                progress: _TurnProgress, row: dict[str, bool]) -> list[ChecklistItem]:
+def _open_items(
+    items: Sequence[ChecklistItem],
+    s: int,
+    tool_error: bool,
+    options: JudgeOptions,
+    progress: _TurnProgress,
+    row: dict[str, bool],
+) -> list[ChecklistItem]:
     """The items step ``s`` must judge; items short-circuited by a tool error are decided here (false)."""
     open_items: list[ChecklistItem] = []
     for item in items:
@@ -455,9 +532,16 @@ def _open_items(items: Sequence[ChecklistItem], s: int, tool_error: bool, option
     return open_items
 
 
-def _from_cache(open_items: Sequence[ChecklistItem], s: int, previous: Sequence[Message],
-                current: Sequence[Message], options: JudgeOptions, model: str | None, progress: _TurnProgress,
-                row: dict[str, bool]) -> tuple[list[ChecklistItem], dict[str, str]]:
+def _from_cache(
+    open_items: Sequence[ChecklistItem],
+    s: int,
+    previous: Sequence[Message],
+    current: Sequence[Message],
+    options: JudgeOptions,
+    model: str | None,
+    progress: _TurnProgress,
+    row: dict[str, bool],
+) -> tuple[list[ChecklistItem], dict[str, str]]:
     """Verdicts the cache already has go into ``row``; returns the items still to ask and their cache keys."""
     pending: list[ChecklistItem] = []
     keys: dict[str, str] = {}
@@ -474,32 +558,45 @@ def _from_cache(open_items: Sequence[ChecklistItem], s: int, previous: Sequence[
     return pending, keys
 
 
-async def _ask_step(caller: _Caller, previous: Sequence[Message], current: Sequence[Message],
-                    pending: Sequence[ChecklistItem],
-                    options: JudgeOptions) -> dict[str, tuple[bool | None, str | None, str | None]]:
+async def _ask_step(
+    caller: _Caller,
+    previous: Sequence[Message],
+    current: Sequence[Message],
+    pending: Sequence[ChecklistItem],
+    options: JudgeOptions,
+) -> dict[str, tuple[bool | None, str | None, str | None]]:
     """The calls of one step: one grouped call, or one call per item at once. Item id → (verdict or None when the
     call failed, failure reason, answer text)."""
     results: dict[str, tuple[bool | None, str | None, str | None]] = {}
     if pending and options.grouped:
         ids = [i.id for i in pending]
         letters = options.grouped_answer == "letters"
-        parsed, why, raw = await caller.ask(build_prompt(previous, current, pending, options),
-                                            answer_schema(ids, grouped_answer=options.grouped_answer),
-                                            (_checker_letters if letters else _checker_grouped)(ids))
+        parsed, why, raw = await caller.ask(
+            build_prompt(previous, current, pending, options),
+            answer_schema(ids, grouped_answer=options.grouped_answer),
+            (_checker_letters if letters else _checker_grouped)(ids),
+        )
         for cid in ids:
             results[cid] = (None, why, raw) if parsed is None else (bool(parsed[cid]), None, raw)
     elif pending:
         schema = answer_schema(None, analysis=options.analysis)
-        answers = await asyncio.gather(*(caller.ask(build_prompt(previous, current, [i], options), schema,
-                                                    _check_one) for i in pending))
+        answers = await asyncio.gather(
+            *(caller.ask(build_prompt(previous, current, [i], options), schema, _check_one) for i in pending)
+        )
         for item, (parsed, why, raw) in zip(pending, answers, strict=True):
             results[item.id] = (None, why, raw) if parsed is None else (bool(parsed), None, raw)
     return results
 
 
-def _record_answers(pending: Sequence[ChecklistItem], results: dict[str, tuple[bool | None, str | None, str | None]],
-                    s: int, keys: dict[str, str], options: JudgeOptions, progress: _TurnProgress,
-                    row: dict[str, bool]) -> None:
+def _record_answers(
+    pending: Sequence[ChecklistItem],
+    results: dict[str, tuple[bool | None, str | None, str | None]],
+    s: int,
+    keys: dict[str, str],
+    options: JudgeOptions,
+    progress: _TurnProgress,
+    row: dict[str, bool],
+) -> None:
     """The answers of step ``s`` into ``row`` and the verdicts (a failed call: false, counted as failed); answered
     verdicts go into the cache."""
     for item in pending:
@@ -514,15 +611,20 @@ def _record_answers(pending: Sequence[ChecklistItem], results: dict[str, tuple[b
                 options.cache.set(keys[item.id], value)
 
 
-async def judge_turn(client: Any, messages: Sequence[Message | dict[str, Any]], turn_index: int,
-                     items: Sequence[ChecklistItem], options: JudgeOptions | None = None) -> TurnJudgement:
+async def judge_turn(
+    client: Any,
+    messages: Sequence[Message | dict[str, Any]],
+    turn_index: int,
+    items: Sequence[ChecklistItem],
+    options: JudgeOptions | None = None,
+) -> TurnJudgement:
     """Judge turn ``turn_index`` of the rollout ``messages`` (the whole conversation so far, canonical or OpenAI
     dicts) against that turn's checklist ``items``. ``client`` is a :class:`cm2data.llm.LLMClient` (anything with
     its async ``chat``). Steps are judged in order so that items satisfied earlier are not asked again."""
     options = options or JudgeOptions()
     msgs = to_messages(messages)
     _, turn = _turn_of(msgs, turn_index)
-    previous = msgs[:turn.start]
+    previous = msgs[: turn.start]
     caller = _Caller(client, options)
     model = getattr(client, "model", None)
     by_id = {i.id: i for i in items}
@@ -539,10 +641,18 @@ async def judge_turn(client: Any, messages: Sequence[Message | dict[str, Any]], 
 
     satisfied = reward.item_satisfaction(items, progress.step_verdicts)
     return TurnJudgement(
-        turn=turn_index, step_verdicts=progress.step_verdicts, verdicts=progress.verdicts, satisfied=satisfied,
-        score=reward.turn_score(items, satisfied), gate_passed=reward.gate_passed(items, satisfied),
-        failed_gates=reward.failed_gates(items, satisfied), calls=caller.calls, failures=caller.failures,
-        cache_hits=progress.cache_hits, complete=turn.complete)
+        turn=turn_index,
+        step_verdicts=progress.step_verdicts,
+        verdicts=progress.verdicts,
+        satisfied=satisfied,
+        score=reward.turn_score(items, satisfied),
+        gate_passed=reward.gate_passed(items, satisfied),
+        failed_gates=reward.failed_gates(items, satisfied),
+        calls=caller.calls,
+        failures=caller.failures,
+        cache_hits=progress.cache_hits,
+        complete=turn.complete,
+    )
 
 
 @dataclass
@@ -563,9 +673,14 @@ class RolloutJudgement:
         return [t.items_passed for t in self.turns]
 
 
-async def judge_rollout(client: Any, messages: Sequence[Message | dict[str, Any]],
-                        checklist: Sequence[Sequence[ChecklistItem]], options: JudgeOptions | None = None, *,
-                        known: Sequence[TurnJudgement] = ()) -> RolloutJudgement:
+async def judge_rollout(
+    client: Any,
+    messages: Sequence[Message | dict[str, Any]],
+    checklist: Sequence[Sequence[ChecklistItem]],
+    options: JudgeOptions | None = None,
+    *,
+    known: Sequence[TurnJudgement] = (),
+) -> RolloutJudgement:
     """Judge every turn of a rollout in order (turn t against ``checklist[t]``), stopping after a failed gate, and
     score it. ``known`` holds judgements already made (for example by the agent loop) for the first turns: they are
     reused, not judged again. Turns beyond the checklist are ignored; a trailing incomplete turn is judged as it is

@@ -15,9 +15,12 @@ from rich.console import Console
 
 from cm2data.cli_options import EXIT_FAILED, BaseUrl, Model, err, fail
 
-judge_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="Measure the checklist judge: its verdicts on a dataset, and their agreement with "
-                             "people and with a careful judge.")
+judge_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Measure the checklist judge: its verdicts on a dataset, and their agreement with "
+    "people and with a careful judge.",
+)
 
 
 # the judge's modes (cm2data.fidelity.run.MODES) and grouped answer forms (cm2data.judge.GroupedAnswer), not imported
@@ -46,15 +49,21 @@ def _variants(text: str | None) -> list[int] | None:
 def judge_run(
     src: Annotated[Path, typer.Argument(help="Dataset folder (or file in a registered format) with checklists.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The verdict folder to write (replaced if it is one).")],
-    mode: Annotated[Mode, typer.Option(help="reference: criterion first, one call per item and step (careful); "
-                                            "prefix: conversation first, one call per item and step; grouped: one "
-                                            "call per step for all items.")] = Mode.prefix,
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            help="reference: criterion first, one call per item and step (careful); "
+            "prefix: conversation first, one call per item and step; grouped: one "
+            "call per step for all items."
+        ),
+    ] = Mode.prefix,
     base_url: BaseUrl = None,
     model: Model = None,
     sample: Annotated[int | None, typer.Option(help="Judge a seeded sample of this many dialogues.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
-    variants: Annotated[str | None, typer.Option(help="Checklist variants to judge, e.g. 0 or 0,1 (default: all).")
-                        ] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="Checklist variants to judge, e.g. 0 or 0,1 (default: all).")
+    ] = None,
     grouped_answer: Annotated[GroupedAnswer, typer.Option(help="Grouped mode's answer form.")] = GroupedAnswer.object,
     concurrency: Annotated[int, typer.Option(help="Judge requests in flight.")] = 32,
     timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 300.0,
@@ -66,9 +75,20 @@ def judge_run(
     from cm2data.verdicts import VerdictError
 
     try:
-        result = run_judge(src, out, mode=mode.value, base_url=base_url, model=model, sample=sample, seed=seed,
-                           variants=_variants(variants), grouped_answer=grouped_answer.value,
-                           concurrency=concurrency, timeout=timeout, console=err)
+        result = run_judge(
+            src,
+            out,
+            mode=mode.value,
+            base_url=base_url,
+            model=model,
+            sample=sample,
+            seed=seed,
+            variants=_variants(variants),
+            grouped_answer=grouped_answer.value,
+            concurrency=concurrency,
+            timeout=timeout,
+            console=err,
+        )
     except (FidelityError, VerdictError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     print_run(result, Console(soft_wrap=True, highlight=False))
@@ -77,16 +97,30 @@ def judge_run(
 @judge_app.command("agree")
 def judge_agree(
     verdicts: Annotated[list[Path], typer.Argument(help="One or more verdict folders (cm2data judge run).")],
-    human: Annotated[Path | None, typer.Option("--human", help="Human verdict folder (cm2data review "
-                                                               "pull-verdicts).")] = None,
-    against: Annotated[Path | None, typer.Option("--against", help="Another verdict folder taken as the standard, "
-                                                                   "typically --mode reference.")] = None,
-    dataset: Annotated[Path | None, typer.Option("--dataset", help="The current dataset: leave out (and count) "
-                                                                   "verdicts whose item changed or is gone.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where agreement.json and agreement.html go "
-                                                                 "(default: the first verdict folder). A dataset "
-                                                                 "folder here puts the section on its card at "
-                                                                 "publish.")] = None,
+    human: Annotated[
+        Path | None, typer.Option("--human", help="Human verdict folder (cm2data review pull-verdicts).")
+    ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option("--against", help="Another verdict folder taken as the standard, typically --mode reference."),
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset", help="The current dataset: leave out (and count) verdicts whose item changed or is gone."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where agreement.json and agreement.html go "
+            "(default: the first verdict folder). A dataset "
+            "folder here puts the section on its card at "
+            "publish.",
+        ),
+    ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     level: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
@@ -98,8 +132,9 @@ def judge_agree(
     from cm2data.verdicts import VerdictError
 
     try:
-        report = agree(verdicts, human=human, against=against, dataset=dataset, resamples=resamples, seed=seed,
-                       level=level)
+        report = agree(
+            verdicts, human=human, against=against, dataset=dataset, resamples=resamples, seed=seed, level=level
+        )
     except (VerdictError, ValueError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     json_path, html_path = write_agreement(out or verdicts[0], report)

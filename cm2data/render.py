@@ -22,8 +22,9 @@ def _pretty_json(text: str) -> str:
 
 def render_dialogue(d: Dialogue, variant: int = 0, show_thinking: bool = True) -> RenderableType:
     parts: list[RenderableType] = []
-    head = Text.assemble(("dialogue ", "bold"), (d.id, "bold cyan"), f"  source={d.source}  ",
-                         f"tools={', '.join(d.tool_names) or '-'}")
+    head = Text.assemble(
+        ("dialogue ", "bold"), (d.id, "bold cyan"), f"  source={d.source}  ", f"tools={', '.join(d.tool_names) or '-'}"
+    )
     parts.append(head)
     if d.messages and d.messages[0].role == "system":
         parts.append(Panel(Text(d.messages[0].content), title="system", border_style="dim"))
@@ -50,9 +51,14 @@ def render_dialogue(d: Dialogue, variant: int = 0, show_thinking: bool = True) -
             for col in ("id", "w", "must", "focus", "question / pass condition", "deps"):
                 table.add_column(col)
             for it in block.items:
-                table.add_row(it.id, f"{it.weight:.2f}", "yes" if it.required_for_next_turn else "",
-                              it.focus_on, f"{escape(it.question)}\n[dim]{escape(it.pass_condition)}[/dim]",
-                              ", ".join(it.depends_on))
+                table.add_row(
+                    it.id,
+                    f"{it.weight:.2f}",
+                    "yes" if it.required_for_next_turn else "",
+                    it.focus_on,
+                    f"{escape(it.question)}\n[dim]{escape(it.pass_condition)}[/dim]",
+                    ", ".join(it.depends_on),
+                )
             rows.append(table)
         status = "" if turn.complete else " (incomplete)"
         parts.append(Panel(Group(*rows), title=f"turn {turn.index}{status}", title_align="left"))

@@ -40,6 +40,7 @@ StepVerdicts = Sequence[Mapping[str, bool]]
 
 # --------------------------------------------------------------------------------------------- one rollout, one turn
 
+
 def item_satisfaction(items: Sequence[ChecklistItem], step_verdicts: StepVerdicts) -> dict[str, bool]:
     """``{item id: satisfied at any assistant step of the turn}`` (method §5, ungated)."""
     return {item.id: any(bool(v.get(item.id, False)) for v in step_verdicts) for item in items}
@@ -78,6 +79,7 @@ def turn_reward_placement(turn_scores: Sequence[float], num_turns: int) -> list[
 
 # --------------------------------------------------------------------------------------------------- GRPO, groups
 
+
 def trajectory_advantages(rewards: Sequence[float]) -> list[float]:
     """Trajectory-level GRPO with the std term set to 1 (Dr.GRPO style): ``A_i = R_i − mean(R)``."""
     if not rewards:
@@ -86,8 +88,9 @@ def trajectory_advantages(rewards: Sequence[float]) -> list[float]:
     return [r - mean for r in rewards]
 
 
-def turn_advantages(group_turn_scores: Sequence[Sequence[float]], *,
-                    min_exclusive: int = MIN_TURN_SAMPLES_EXCLUSIVE) -> list[list[float]]:
+def turn_advantages(
+    group_turn_scores: Sequence[Sequence[float]], *, min_exclusive: int = MIN_TURN_SAMPLES_EXCLUSIVE
+) -> list[list[float]]:
     """Turn-level advantages. ``group_turn_scores[i]`` holds the scores of the turns sample i reached (its length is
     how far it got). ``A_{i,t} = R_{i,t} − mean_{j reached t} R_{j,t}``, or 0 for every sample when ``min_exclusive``
     (4) or fewer samples reached turn t. The result has the same shape as the input."""
@@ -107,6 +110,7 @@ def turn_advantages(group_turn_scores: Sequence[Sequence[float]], *,
 
 
 # ------------------------------------------------------------------------------------------------------ step level
+
 
 @dataclass(frozen=True)
 class GatedItem:
@@ -148,8 +152,9 @@ def gated_satisfaction(items: Sequence[ChecklistItem], step_verdicts: StepVerdic
     return {item.id: done[item.id] for item in items}
 
 
-def step_rewards(items: Sequence[ChecklistItem], step_verdicts: StepVerdicts, *,
-                 eta: float | None = None) -> list[dict[str, float]]:
+def step_rewards(
+    items: Sequence[ChecklistItem], step_verdicts: StepVerdicts, *, eta: float | None = None
+) -> list[dict[str, float]]:
     """Backfilled step rewards ``r̃_{s,c}`` for each assistant step s: for every item eligible at s and not satisfied
     before s (the set E_s), 1 if it gets satisfied at s or later in the turn, else 0; with ``eta`` the value is
     ``eta**k`` where k is the number of steps between s and the step that satisfies it. Items outside E_s are absent
@@ -170,8 +175,9 @@ def step_rewards(items: Sequence[ChecklistItem], step_verdicts: StepVerdicts, *,
     return out
 
 
-def item_baselines(items: Sequence[ChecklistItem], group_step_verdicts: Sequence[StepVerdicts | None]) -> dict[
-        str, float]:
+def item_baselines(
+    items: Sequence[ChecklistItem], group_step_verdicts: Sequence[StepVerdicts | None]
+) -> dict[str, float]:
     """``b_{t,c}``: the fraction of the group whose rollout ever satisfies c in turn t (gated). A sample that never
     reached the turn is given as None and counts as not satisfying."""
     n = len(group_step_verdicts)
@@ -187,8 +193,13 @@ def item_baselines(items: Sequence[ChecklistItem], group_step_verdicts: Sequence
     return {cid: c / n for cid, c in counts.items()}
 
 
-def step_advantages(items: Sequence[ChecklistItem], group_step_verdicts: Sequence[StepVerdicts | None], *,
-                    eta: float | None = None, normalize: bool = False) -> list[list[float] | None]:
+def step_advantages(
+    items: Sequence[ChecklistItem],
+    group_step_verdicts: Sequence[StepVerdicts | None],
+    *,
+    eta: float | None = None,
+    normalize: bool = False,
+) -> list[list[float] | None]:
     """Step-level advantages of one turn across the group: ``A_{t,s} = Σ_{c∈E_s} w_c (r̃_{s,c} − b_{t,c})``,
     divided by ``Σ_{c∈E_s} w_c`` when ``normalize``; 0 for a step whose E_s is empty. One list per sample (one value
     per assistant step), None for a sample that did not reach the turn."""
@@ -210,9 +221,13 @@ def step_advantages(items: Sequence[ChecklistItem], group_step_verdicts: Sequenc
     return out
 
 
-def group_step_advantages(checklist: Sequence[Sequence[ChecklistItem]],
-                          group_turn_verdicts: Sequence[Sequence[StepVerdicts]], *, eta: float | None = None,
-                          normalize: bool = False) -> list[list[list[float]]]:
+def group_step_advantages(
+    checklist: Sequence[Sequence[ChecklistItem]],
+    group_turn_verdicts: Sequence[Sequence[StepVerdicts]],
+    *,
+    eta: float | None = None,
+    normalize: bool = False,
+) -> list[list[list[float]]]:
     """Step-level advantages of whole rollouts across a group: :func:`step_advantages` turn by turn.
     ``group_turn_verdicts[i][t]`` holds the step verdicts of turn t of sample i (its length is how many turns the
     sample reached); ``checklist[t]`` the items of turn t. A sample that did not reach turn t counts as not
@@ -222,8 +237,9 @@ def group_step_advantages(checklist: Sequence[Sequence[ChecklistItem]],
     out: list[list[list[float]]] = [[] for _ in group_turn_verdicts]
     for t in range(depth):
         items = checklist[t] if t < len(checklist) else []
-        per_turn = step_advantages(items, [turns[t] if len(turns) > t else None for turns in group_turn_verdicts],
-                                   eta=eta, normalize=normalize)
+        per_turn = step_advantages(
+            items, [turns[t] if len(turns) > t else None for turns in group_turn_verdicts], eta=eta, normalize=normalize
+        )
         for i, row in enumerate(per_turn):
             if row is not None:
                 out[i].append(row)
@@ -231,6 +247,7 @@ def group_step_advantages(checklist: Sequence[Sequence[ChecklistItem]],
 
 
 # ------------------------------------------------------------------------------------------------ whole rollouts
+
 
 @dataclass(frozen=True)
 class RolloutScore:
@@ -242,8 +259,9 @@ class RolloutScore:
     stopped_at: int | None  # index of the turn whose gate failed (the rollout ended there), else None
 
 
-def score_rollout(checklist: Sequence[Sequence[ChecklistItem]],
-                  turn_step_verdicts: Sequence[StepVerdicts]) -> RolloutScore:
+def score_rollout(
+    checklist: Sequence[Sequence[ChecklistItem]], turn_step_verdicts: Sequence[StepVerdicts]
+) -> RolloutScore:
     """Score a rollout: ``checklist[t]`` are the items of reference turn t (L = ``len(checklist)``),
     ``turn_step_verdicts[t]`` the per-step verdicts of the turns the rollout reached. Turns after the first failed
     must-pass gate are forfeited even if verdicts for them are given."""

@@ -50,13 +50,16 @@ MOCK_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-_LEAF: dict[str, Any] = {"anyOf": [{"type": "string", "maxLength": 60}, {"type": "number"}, {"type": "boolean"},
-                                   {"type": "null"}]}
-_LEVEL2: dict[str, Any] = {"anyOf": [
-    _LEAF,
-    {"type": "object", "maxProperties": 8, "propertyNames": {"maxLength": 32}, "additionalProperties": _LEAF},
-    {"type": "array", "maxItems": 8, "items": _LEAF},
-]}
+_LEAF: dict[str, Any] = {
+    "anyOf": [{"type": "string", "maxLength": 60}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]
+}
+_LEVEL2: dict[str, Any] = {
+    "anyOf": [
+        _LEAF,
+        {"type": "object", "maxProperties": 8, "propertyNames": {"maxLength": 32}, "additionalProperties": _LEAF},
+        {"type": "array", "maxItems": 8, "items": _LEAF},
+    ]
+}
 #: A bounded variant for small mock models (at most two levels, 8 keys or items per level, short keys and strings):
 #: a 135M model under the free schema often loops on repeated keys until ``max_tokens``; the bound ends it. Real
 #: results can be larger than this, so it is opt-in (``ToolSimulator(schema=BOUNDED_MOCK_SCHEMA)``).
@@ -64,10 +67,17 @@ BOUNDED_MOCK_SCHEMA: dict[str, Any] = {
     **MOCK_SCHEMA,
     "properties": {
         "analysis": {"type": "string", "maxLength": 160},
-        "execution_result": {"anyOf": [
-            {"type": "object", "maxProperties": 8, "propertyNames": {"maxLength": 32}, "additionalProperties": _LEVEL2},
-            {"type": "array", "maxItems": 8, "items": _LEVEL2},
-        ]},
+        "execution_result": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "maxProperties": 8,
+                    "propertyNames": {"maxLength": 32},
+                    "additionalProperties": _LEVEL2,
+                },
+                {"type": "array", "maxItems": 8, "items": _LEVEL2},
+            ]
+        },
     },
 }
 
@@ -89,24 +99,24 @@ def check_call(tools: Sequence[Tool], name: str, arguments: str | Mapping[str, A
     by_name = {t.name: t for t in tools}
     tool = by_name.get(name)
     if tool is None:
-        return error_tool_call("TOOL_NOT_AVAILABLE", f"tool {name!r} is not available",
-                               {"available": sorted(by_name)})
+        return error_tool_call("TOOL_NOT_AVAILABLE", f"tool {name!r} is not available", {"available": sorted(by_name)})
     if isinstance(arguments, str):
         try:
             args = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as exc:
-            return error_tool_call("INVALID_PARAMETERS", f"arguments of {name!r} are not JSON: {exc.msg}",
-                                   {"arguments": arguments[:500]})
+            return error_tool_call(
+                "INVALID_PARAMETERS", f"arguments of {name!r} are not JSON: {exc.msg}", {"arguments": arguments[:500]}
+            )
     else:
         args = arguments
     if not isinstance(args, dict):
-        return error_tool_call("INVALID_PARAMETERS", f"arguments of {name!r} must be a JSON object",
-                               {"arguments": args})
+        return error_tool_call(
+            "INVALID_PARAMETERS", f"arguments of {name!r} must be a JSON object", {"arguments": args}
+        )
     problems: list[str] = []
     check_object(args, tool.parameters, name, problems)
     if problems:
-        return error_tool_call("SCHEMA_VALIDATION_FAILED", f"arguments of {name!r} do not fit its schema",
-                               problems)
+        return error_tool_call("SCHEMA_VALIDATION_FAILED", f"arguments of {name!r} do not fit its schema", problems)
     return None
 
 
@@ -165,9 +175,11 @@ class MockCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS mock (dialogue_id TEXT NOT NULL, tool TEXT NOT NULL, "
-                       "arguments TEXT NOT NULL, result TEXT NOT NULL, analysis TEXT, created REAL, "
-                       "PRIMARY KEY (dialogue_id, tool, arguments))")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS mock (dialogue_id TEXT NOT NULL, tool TEXT NOT NULL, "
+                "arguments TEXT NOT NULL, result TEXT NOT NULL, analysis TEXT, created REAL, "
+                "PRIMARY KEY (dialogue_id, tool, arguments))"
+            )
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -179,17 +191,21 @@ class MockCache:
 
     def get(self, dialogue_id: str, tool: str, arguments: str) -> str | None:
         with self._connect() as db:
-            row = db.execute("SELECT result FROM mock WHERE dialogue_id=? AND tool=? AND arguments=?",
-                             (dialogue_id, tool, arguments)).fetchone()
+            row = db.execute(
+                "SELECT result FROM mock WHERE dialogue_id=? AND tool=? AND arguments=?", (dialogue_id, tool, arguments)
+            ).fetchone()
         return row[0] if row else None
 
     def put(self, dialogue_id: str, tool: str, arguments: str, result: str, analysis: str = "") -> str:
         """Store ``result`` unless the key is taken; return the stored result (the first writer's)."""
         with self._connect() as db:
-            db.execute("INSERT OR IGNORE INTO mock VALUES (?, ?, ?, ?, ?, ?)",
-                       (dialogue_id, tool, arguments, result, analysis, time.time()))
-            row = db.execute("SELECT result FROM mock WHERE dialogue_id=? AND tool=? AND arguments=?",
-                             (dialogue_id, tool, arguments)).fetchone()
+            db.execute(
+                "INSERT OR IGNORE INTO mock VALUES (?, ?, ?, ?, ?, ?)",
+                (dialogue_id, tool, arguments, result, analysis, time.time()),
+            )
+            row = db.execute(
+                "SELECT result FROM mock WHERE dialogue_id=? AND tool=? AND arguments=?", (dialogue_id, tool, arguments)
+            ).fetchone()
         return row[0]
 
     def __len__(self) -> int:
@@ -230,9 +246,19 @@ class ToolSimulator:
     :class:`MockCache` or a path for one (None: no persistence, but still one answer per key in this process).
     """
 
-    def __init__(self, llm: Any = None, cache: MockCache | str | Path | None = None, *, stage: str = "tool_mock",
-                 max_tokens: int = 400, temperature: float = 0.0, seed: int | None = None,
-                 max_examples: int = 8, max_example_chars: int = 600, schema: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        llm: Any = None,
+        cache: MockCache | str | Path | None = None,
+        *,
+        stage: str = "tool_mock",
+        max_tokens: int = 400,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        max_examples: int = 8,
+        max_example_chars: int = 600,
+        schema: dict[str, Any] | None = None,
+    ):
         from cm2data.prompts import load_prompt
 
         self.schema = schema or MOCK_SCHEMA  # the mock answer's JSON schema (MOCK_SCHEMA or BOUNDED_MOCK_SCHEMA)
@@ -256,14 +282,23 @@ class ToolSimulator:
             self.stats.codes[code] = self.stats.codes.get(code, 0) + 1
         return result
 
-    async def call(self, dialogue_id: str, tools: Sequence[Tool], name: str, arguments: str | Mapping[str, Any],
-                   recorded: Sequence[RecordedCall] = ()) -> ToolResult:
+    async def call(
+        self,
+        dialogue_id: str,
+        tools: Sequence[Tool],
+        name: str,
+        arguments: str | Mapping[str, Any],
+        recorded: Sequence[RecordedCall] = (),
+    ) -> ToolResult:
         """Answer one call of dialogue ``dialogue_id`` (see the module docstring for the order)."""
         error = check_call(tools, name, arguments)
         if error is not None:
             return self._count(ToolResult(json.dumps(error, ensure_ascii=False), "error", error))
-        args = json.loads(arguments) if isinstance(arguments, str) and arguments.strip() else (
-            arguments if not isinstance(arguments, str) else {})
+        args = (
+            json.loads(arguments)
+            if isinstance(arguments, str) and arguments.strip()
+            else (arguments if not isinstance(arguments, str) else {})
+        )
         canonical = canonical_json(args)
         for rec in recorded:
             if rec.name == name and rec.arguments == canonical:
@@ -300,22 +335,33 @@ class ToolSimulator:
         if not recorded:
             return "(none)"
         lines = []
-        for rec in list(recorded)[-self.max_examples:]:
-            result = rec.result if len(rec.result) <= self.max_example_chars else \
-                rec.result[:self.max_example_chars] + "…"
+        for rec in list(recorded)[-self.max_examples :]:
+            result = (
+                rec.result if len(rec.result) <= self.max_example_chars else rec.result[: self.max_example_chars] + "…"
+            )
             lines.append(f"{rec.name}({rec.arguments}) -> {result}")
         return "\n".join(lines)
 
-    def messages(self, tools: Sequence[Tool], name: str, args: Mapping[str, Any],
-                 recorded: Sequence[RecordedCall]) -> list[dict[str, str]]:
+    def messages(
+        self, tools: Sequence[Tool], name: str, args: Mapping[str, Any], recorded: Sequence[RecordedCall]
+    ) -> list[dict[str, str]]:
         """The mock's prompt for one call (shared context first, the call last: prefix-cache friendly)."""
         tool = next(t for t in tools if t.name == name)
-        return self.prompt.messages(schema=json.dumps(tool.to_openai()["function"], ensure_ascii=False),
-                                    examples=self._examples(recorded), name=name,
-                                    arguments=canonical_json(dict(args)))
+        return self.prompt.messages(
+            schema=json.dumps(tool.to_openai()["function"], ensure_ascii=False),
+            examples=self._examples(recorded),
+            name=name,
+            arguments=canonical_json(dict(args)),
+        )
 
-    async def _mock(self, key: tuple[str, str, str], tools: Sequence[Tool], name: str, args: Mapping[str, Any],
-                    recorded: Sequence[RecordedCall]) -> str:
+    async def _mock(
+        self,
+        key: tuple[str, str, str],
+        tools: Sequence[Tool],
+        name: str,
+        args: Mapping[str, Any],
+        recorded: Sequence[RecordedCall],
+    ) -> str:
         if self.llm is None:
             raise _MockFailed(error_tool_call("SIMULATION_FAILED", f"no LLM to mock {name!r} and no cached result"))
         from cm2data.llm import LLMError
@@ -324,12 +370,19 @@ class ToolSimulator:
         if self.seed is not None:
             params["seed"] = self.seed
         try:
-            result = await self.llm.chat(self.messages(tools, name, args, recorded), stage=self.stage,
-                                         schema=self.schema, validate=_valid_mock, max_tokens=self.max_tokens,
-                                         temperature=self.temperature, **params)
+            result = await self.llm.chat(
+                self.messages(tools, name, args, recorded),
+                stage=self.stage,
+                schema=self.schema,
+                validate=_valid_mock,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                **params,
+            )
         except LLMError as exc:
-            raise _MockFailed(error_tool_call("SIMULATION_FAILED", f"the tool simulator failed for {name!r}",
-                                              [str(exc)[:500]])) from None
+            raise _MockFailed(
+                error_tool_call("SIMULATION_FAILED", f"the tool simulator failed for {name!r}", [str(exc)[:500]])
+            ) from None
         data = result.parsed
         content = json.dumps(data["execution_result"], ensure_ascii=False)
         if self.cache is not None:

@@ -17,8 +17,9 @@ from cm2data.rejects import Reject
 from cm2data.schema import Dialogue
 
 
-def load(src: Path, fmt: str = "auto", *, on_record: Callable[[], None] | None = None,
-         split: str | None = None) -> tuple[list[Dialogue], list[Reject]]:
+def load(
+    src: Path, fmt: str = "auto", *, on_record: Callable[[], None] | None = None, split: str | None = None
+) -> tuple[list[Dialogue], list[Reject]]:
     """Read every record under ``src``. Dataset folders are recognised by their ``data/dialogues/`` files."""
     records: list[Dialogue] = []
     rejects: list[Reject] = []
@@ -29,8 +30,16 @@ def load(src: Path, fmt: str = "auto", *, on_record: Callable[[], None] | None =
         if isinstance(item, Reject):
             rejects.append(item)
         elif item.id in seen:
-            rejects.append(Reject(item.id, "read", "duplicate_id", f"record id {item.id!r} already read; "
-                                  "the later copy is kept here", None, item.model_dump(mode="json", by_alias=True)))
+            rejects.append(
+                Reject(
+                    item.id,
+                    "read",
+                    "duplicate_id",
+                    f"record id {item.id!r} already read; the later copy is kept here",
+                    None,
+                    item.model_dump(mode="json", by_alias=True),
+                )
+            )
         else:
             seen.add(item.id)
             records.append(item)

@@ -198,8 +198,14 @@ def _loads(value: str | None, default: Any) -> Any:
 
 def from_row(row: dict[str, Any]) -> Dialogue:
     """Inverse of :func:`to_row` (raises ``pydantic.ValidationError`` or ``ValueError`` on bad rows)."""
-    tools = [{"name": t["function"]["name"], "description": t["function"].get("description", ""),
-              "parameters": t["function"].get("parameters") or {}} for t in _loads(row.get("tools"), [])]
+    tools = [
+        {
+            "name": t["function"]["name"],
+            "description": t["function"].get("description", ""),
+            "parameters": t["function"].get("parameters") or {},
+        }
+        for t in _loads(row.get("tools"), [])
+    ]
     # checklist blocks go to pydantic as they are: ChecklistItem parses its ``extra_info`` JSON string itself
     checklists = row.get("checklists") or []
     prov = dict(row.get("provenance") or {})
@@ -256,8 +262,9 @@ def split_files(folder: Path, config: str = DIALOGUES) -> dict[str, list[Path]]:
     return out
 
 
-def write_table(folder: Path, table: pa.Table, *, config: str = DIALOGUES, split: str = DEFAULT_SPLIT,
-                rows_per_file: int = 50_000) -> list[Path]:
+def write_table(
+    folder: Path, table: pa.Table, *, config: str = DIALOGUES, split: str = DEFAULT_SPLIT, rows_per_file: int = 50_000
+) -> list[Path]:
     """Write ``table`` as the parquet shards of one config/split, replacing earlier shards of that split.
 
     Shards are written under temporary names and renamed at the end, so a crash leaves the old split intact.
@@ -285,8 +292,9 @@ def write_table(folder: Path, table: pa.Table, *, config: str = DIALOGUES, split
     return final
 
 
-def write_dataset(folder: Path, records: Iterable[Dialogue], *, split: str = DEFAULT_SPLIT,
-                  rows_per_file: int = 50_000) -> list[Path]:
+def write_dataset(
+    folder: Path, records: Iterable[Dialogue], *, split: str = DEFAULT_SPLIT, rows_per_file: int = 50_000
+) -> list[Path]:
     """Write canonical records as the ``dialogues`` config of a dataset folder."""
     return write_table(folder, records_table(records), config=DIALOGUES, split=split, rows_per_file=rows_per_file)
 
@@ -356,8 +364,13 @@ def card_body(folder: Path) -> str:
     return text
 
 
-def write_card(folder: Path, body: str | None = None, extra_header: dict[str, Any] | None = None, *,
-               default_config: str | None = None) -> Path:
+def write_card(
+    folder: Path,
+    body: str | None = None,
+    extra_header: dict[str, Any] | None = None,
+    *,
+    default_config: str | None = None,
+) -> Path:
     """(Re)write ``README.md``: ``configs:`` and ``dataset_info:`` from the parquet files on disk, keeping any other
     header keys and the body unless new ones are given.
 
@@ -385,10 +398,14 @@ def write_card(folder: Path, body: str | None = None, extra_header: dict[str, An
         splits = []
         for s, paths in files.items():
             meta = [pq.read_metadata(p) for p in paths]
-            splits.append({"name": s, "num_examples": sum(m.num_rows for m in meta),
-                           "num_bytes": sum(p.stat().st_size for p in paths)})
-        infos.append({"config_name": cdir.name, "features": _features_yaml(schema.remove_metadata()),
-                      "splits": splits})
+            splits.append(
+                {
+                    "name": s,
+                    "num_examples": sum(m.num_rows for m in meta),
+                    "num_bytes": sum(p.stat().st_size for p in paths),
+                }
+            )
+        infos.append({"config_name": cdir.name, "features": _features_yaml(schema.remove_metadata()), "splits": splits})
     header["configs"] = configs
     header["dataset_info"] = infos
     if body is None:
@@ -402,12 +419,18 @@ def write_card(folder: Path, body: str | None = None, extra_header: dict[str, An
 
 
 def _default_body(folder: Path, infos: list[dict[str, Any]]) -> str:
-    lines = [f"# {folder.name}", "", "A checklist-reward dataset for multi-turn tool-using agents, written by cm2data.",
-             "", "| config | split | rows |", "| --- | --- | --- |"]
+    lines = [
+        f"# {folder.name}",
+        "",
+        "A checklist-reward dataset for multi-turn tool-using agents, written by cm2data.",
+        "",
+        "| config | split | rows |",
+        "| --- | --- | --- |",
+    ]
     for info in infos:
         for s in info["splits"]:
             lines.append(f"| {info['config_name']} | {s['name']} | {s['num_examples']} |")
-    lines += ["", "Load it with `datasets.load_dataset(\"<this folder or repo>\", \"dialogues\")`.", ""]
+    lines += ["", 'Load it with `datasets.load_dataset("<this folder or repo>", "dialogues")`.', ""]
     return "\n".join(lines)
 
 

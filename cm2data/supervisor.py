@@ -42,6 +42,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 # ---------------------------------------------------------------------------------------------------- locations
 
+
 def cache_dir() -> Path:
     """``$CM2DATA_CACHE``, default ``~/.cache/cm2data``: environments, models, the servers' state and caches."""
     return Path(os.environ.get("CM2DATA_CACHE") or Path.home() / ".cache" / "cm2data")
@@ -55,13 +56,15 @@ def checkout() -> Path:
 def run_installer(script: Path, *args: str) -> tuple[int, str | None]:
     """Run ``bash script *args`` (its progress on our stderr) and return its exit status and the last line it
     printed on stdout (the path of the environment it built), or None when it printed nothing."""
-    done = subprocess.run(["bash", str(script), *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                          check=False)
+    done = subprocess.run(
+        ["bash", str(script), *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False
+    )
     lines = done.stdout.strip().splitlines()
     return done.returncode, (lines[-1] if lines else None)
 
 
 # ---------------------------------------------------------------------------------------------------- processes
+
 
 def death_signal() -> Callable[[], Any]:
     """A function for the child between fork and exec: PR_SET_PDEATHSIG, so that the kernel sends it SIGTERM when
@@ -71,8 +74,15 @@ def death_signal() -> Callable[[], Any]:
     return lambda: prctl(1, signal.SIGTERM)
 
 
-def launch(cmd: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-           die_with_parent: bool = False, header: str = "") -> subprocess.Popen[bytes]:
+def launch(
+    cmd: Sequence[str],
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    die_with_parent: bool = False,
+    header: str = "",
+) -> subprocess.Popen[bytes]:
     """Start ``cmd`` detached, stdout and stderr into ``log`` (a previous ``log`` is moved to ``<log>.1``; the new
     one starts with ``# cm2data: <cmd>`` and ``header``). ``die_with_parent``: SIGTERM when this thread dies
     (Linux only; elsewhere ignored)."""
@@ -83,9 +93,16 @@ def launch(cmd: Sequence[str], *, log: Path, env: Mapping[str, str] | None = Non
         fh.write(f"# cm2data: {' '.join(cmd)}\n{header}".encode())
         fh.flush()
         # its own session: it outlives this process and gets no terminal signals; terminate() signals the group
-        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
-                                preexec_fn=death_signal() if die_with_parent and sys.platform == "linux" else None)
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=death_signal() if die_with_parent and sys.platform == "linux" else None,
+        )
     _CHILDREN[proc.pid] = proc
     return proc
 
@@ -139,8 +156,9 @@ def terminate(pid: int, marker: bytes, timeout: float) -> bool:
     return clean
 
 
-def wait_for(ready: Callable[[], bool], exited: Callable[[], bool], timeout: float,
-             poll: float = 0.1) -> Literal["ready", "exited", "timeout"]:
+def wait_for(
+    ready: Callable[[], bool], exited: Callable[[], bool], timeout: float, poll: float = 0.1
+) -> Literal["ready", "exited", "timeout"]:
     """Poll until ``ready()`` (``"ready"``), ``exited()`` (checked first: ``"exited"``) or ``timeout`` seconds
     (``"timeout"``)."""
     deadline = time.monotonic() + timeout
@@ -154,6 +172,7 @@ def wait_for(ready: Callable[[], bool], exited: Callable[[], bool], timeout: flo
 
 
 # ------------------------------------------------------------------------------------------------ lock and state
+
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
@@ -188,6 +207,7 @@ def write_state(path: Path, data: Mapping[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------------------ helpers
 
+
 def log_tail(path: str | Path, lines: int = 25) -> str:
     """The last ``lines`` lines of a log file ("" when unreadable)."""
     try:
@@ -200,7 +220,7 @@ def log_tail(path: str | Path, lines: int = 25) -> str:
 def free_port(host: str = "127.0.0.1", prefer: int | None = None) -> int:
     """A port on ``host`` that nothing listens on right now: ``prefer`` when it is free, else any. Raises
     ``OSError`` when there is none."""
-    for wanted in ((prefer, 0) if prefer else (0,)):
+    for wanted in (prefer, 0) if prefer else (0,):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no obstacle
             try:

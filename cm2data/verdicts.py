@@ -52,46 +52,50 @@ Key = tuple[str, int, int, str]
 
 KEY_COLUMNS = ("dialogue_id", "variant", "turn", "item_id")
 
-VERDICT_SCHEMA = pa.schema([
-    ("dialogue_id", pa.string()),
-    ("variant", pa.int64()),
-    ("turn", pa.int64()),
-    ("item_id", pa.string()),
-    ("focus_on", pa.string()),
-    ("required_for_next_turn", pa.bool_()),
-    ("item_fingerprint", pa.string()),
-    ("context_fingerprint", pa.string()),
-    ("judge_model", pa.string()),
-    ("mode", pa.string()),          # reference | prefix | grouped (the CLI's names)
-    ("judge_mode", pa.string()),    # cm2data.judge.JudgeOptions.mode, e.g. prefix-grouped
-    ("prompt_version", pa.string()),
-    ("verdict", pa.bool_()),        # the turn verdict; null only when the item could not be judged at all
-    ("failed", pa.bool_()),         # a call about this item failed and it was never satisfied (verdict False)
-    ("short_circuit", pa.bool_()),  # false without a call at some step (tool error)
-    ("satisfied_at_step", pa.int64()),  # first assistant step that satisfied it (null when never)
-    ("steps", pa.int64()),          # assistant steps of the turn
-    ("raw_answer", pa.string()),    # the answer that decided: the first satisfying step's, else the last one
-    ("reason", pa.string()),        # why a call failed / why the item could not be judged
-    ("step_verdicts", pa.string()),  # JSON: [{step, satisfied, failed, short_circuit, cached, raw, reason}]
-])
+VERDICT_SCHEMA = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("variant", pa.int64()),
+        ("turn", pa.int64()),
+        ("item_id", pa.string()),
+        ("focus_on", pa.string()),
+        ("required_for_next_turn", pa.bool_()),
+        ("item_fingerprint", pa.string()),
+        ("context_fingerprint", pa.string()),
+        ("judge_model", pa.string()),
+        ("mode", pa.string()),  # reference | prefix | grouped (the CLI's names)
+        ("judge_mode", pa.string()),  # cm2data.judge.JudgeOptions.mode, e.g. prefix-grouped
+        ("prompt_version", pa.string()),
+        ("verdict", pa.bool_()),  # the turn verdict; null only when the item could not be judged at all
+        ("failed", pa.bool_()),  # a call about this item failed and it was never satisfied (verdict False)
+        ("short_circuit", pa.bool_()),  # false without a call at some step (tool error)
+        ("satisfied_at_step", pa.int64()),  # first assistant step that satisfied it (null when never)
+        ("steps", pa.int64()),  # assistant steps of the turn
+        ("raw_answer", pa.string()),  # the answer that decided: the first satisfying step's, else the last one
+        ("reason", pa.string()),  # why a call failed / why the item could not be judged
+        ("step_verdicts", pa.string()),  # JSON: [{step, satisfied, failed, short_circuit, cached, raw, reason}]
+    ]
+)
 
-HUMAN_SCHEMA = pa.schema([
-    ("dialogue_id", pa.string()),
-    ("variant", pa.int64()),
-    ("turn", pa.int64()),
-    ("item_id", pa.string()),
-    ("focus_on", pa.string()),
-    ("item_fingerprint", pa.string()),     # of what the reviewer was shown (the pushed record)
-    ("context_fingerprint", pa.string()),
-    ("reviewer", pa.string()),
-    ("status", pa.string()),               # submitted | discarded | draft
-    ("verdict", pa.bool_()),               # pass → true, fail → false; null for a skip or a draft without answer
-    ("reason", pa.string()),
-    ("answered_at", pa.string()),
-    ("revised", pa.bool_()),               # the reviewer answered again after a first answer (last one kept)
-    ("judge_verdict", pa.bool_()),         # the pushed verdict folder's verdict, when its fingerprints match
-    ("dataset", pa.string()),              # the Argilla dataset
-])
+HUMAN_SCHEMA = pa.schema(
+    [
+        ("dialogue_id", pa.string()),
+        ("variant", pa.int64()),
+        ("turn", pa.int64()),
+        ("item_id", pa.string()),
+        ("focus_on", pa.string()),
+        ("item_fingerprint", pa.string()),  # of what the reviewer was shown (the pushed record)
+        ("context_fingerprint", pa.string()),
+        ("reviewer", pa.string()),
+        ("status", pa.string()),  # submitted | discarded | draft
+        ("verdict", pa.bool_()),  # pass → true, fail → false; null for a skip or a draft without answer
+        ("reason", pa.string()),
+        ("answered_at", pa.string()),
+        ("revised", pa.bool_()),  # the reviewer answered again after a first answer (last one kept)
+        ("judge_verdict", pa.bool_()),  # the pushed verdict folder's verdict, when its fingerprints match
+        ("dataset", pa.string()),  # the Argilla dataset
+    ]
+)
 
 
 class VerdictError(ValueError):
@@ -107,8 +111,13 @@ def _hash(value: Any) -> str:
 
 def item_fingerprint(item: ChecklistItem) -> str:
     """What the judge's prompt shows of ``item`` (question, pass condition, focus, failure examples, evidence)."""
-    return _hash(item.model_dump(mode="json", include={"focus_on", "question", "pass_condition", "failure_examples",
-                                                       "evidence"}, by_alias=True))
+    return _hash(
+        item.model_dump(
+            mode="json",
+            include={"focus_on", "question", "pass_condition", "failure_examples", "evidence"},
+            by_alias=True,
+        )
+    )
 
 
 def context_fingerprint(d: Dialogue, turn: int) -> str:
@@ -164,8 +173,12 @@ class Matched:
     gone: list[Key]
 
     def counts(self) -> dict[str, int]:
-        return {"matched": len(self.current), "item_changed": len(self.item_changed),
-                "dialogue_changed": len(self.context_changed), "gone": len(self.gone)}
+        return {
+            "matched": len(self.current),
+            "item_changed": len(self.item_changed),
+            "dialogue_changed": len(self.context_changed),
+            "gone": len(self.gone),
+        }
 
 
 def match_rows(rows: Iterable[Mapping[str, Any]], items: Mapping[Key, ItemRef]) -> Matched:
@@ -202,8 +215,9 @@ def _card(title: str, lines: Sequence[str]) -> str:
     return "\n".join([f"# {title}", "", *lines, ""])
 
 
-def write_verdicts(folder: Path, rows: Sequence[Mapping[str, Any]], dialogues: Sequence[Dialogue],
-                   run: Mapping[str, Any]) -> Path:
+def write_verdicts(
+    folder: Path, rows: Sequence[Mapping[str, Any]], dialogues: Sequence[Dialogue], run: Mapping[str, Any]
+) -> Path:
     """Write a verdict folder: the ``verdicts`` config (default), the judged ``dialogues`` and ``judge_run.json``.
     An existing verdict folder at ``folder`` is replaced; any other non-empty folder is refused."""
     folder = Path(folder)
@@ -215,15 +229,20 @@ def write_verdicts(folder: Path, rows: Sequence[Mapping[str, Any]], dialogues: S
     store.write_table(folder, _table(rows, VERDICT_SCHEMA), config=VERDICTS)
     store.write_dataset(folder, dialogues)
     (folder / RUN_FILE).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    body = _card(f"Judge verdicts: {folder.name}", [
-        f"Checklist-judge verdicts written by `cm2data judge run`: judge `{run.get('judge_model')}`, mode "
-        f"`{run.get('mode')}`, prompt `{run.get('prompt_version')}`, {len(rows)} items of {len(dialogues)} dialogues "
-        f"from `{run.get('source')}`.",
-        "",
-        "Configs: `verdicts` (default; one row per dialogue, variant, turn and checklist item) and `dialogues` (the "
-        "judged dialogues). The run's settings, counts and token usage are in `judge_run.json`. See cm2data's "
-        "docs/judge-fidelity.md.",
-    ])
+    body = _card(
+        f"Judge verdicts: {folder.name}",
+        [
+            f"Checklist-judge verdicts written by `cm2data judge run`: judge `{run.get('judge_model')}`, mode "
+            f"`{run.get('mode')}`, prompt `{run.get('prompt_version')}`, "
+            f"{len(rows)} items of {len(dialogues)} dialogues "
+            f"from `{run.get('source')}`.",
+            "",
+            "Configs: `verdicts` (default; one row per dialogue, variant, turn and checklist item) "
+            "and `dialogues` (the "
+            "judged dialogues). The run's settings, counts and token usage are in `judge_run.json`. See cm2data's "
+            "docs/judge-fidelity.md.",
+        ],
+    )
     store.write_card(folder, body=body, default_config=VERDICTS)
     return folder
 
@@ -240,8 +259,9 @@ def read_rows(folder: Path, config: str = VERDICTS) -> list[dict[str, Any]]:
     try:
         table = store.read_table(folder, config)
     except FileNotFoundError:
-        raise VerdictError(f"{folder} has no {config!r} table (data/{config}/*.parquet): is it the right folder?"
-                           ) from None
+        raise VerdictError(
+            f"{folder} has no {config!r} table (data/{config}/*.parquet): is it the right folder?"
+        ) from None
     missing = [n for n in (*KEY_COLUMNS, "item_fingerprint", "verdict") if n not in table.column_names]
     if missing:
         raise VerdictError(f"{folder}: data/{config} lacks the columns {', '.join(missing)}")
@@ -271,10 +291,14 @@ def write_human(folder: Path, rows: Sequence[Mapping[str, Any]], report: Mapping
     store.reset_folder(folder)
     store.write_table(folder, _table(rows, HUMAN_SCHEMA), config=HUMAN_VERDICTS)
     (folder / PULL_REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    body = _card(f"Human verdicts: {folder.name}", [
-        f"Reviewers' pass/fail verdicts on checklist items, pulled from Argilla dataset `{report.get('dataset')}` by "
-        "`cm2data review pull-verdicts`: one row per item and reviewer (submitted and discarded responses). Counts "
-        "in `pull_report.json`. Compare with a judge: `cm2data judge agree VERDICTS --human THIS_FOLDER`.",
-    ])
+    body = _card(
+        f"Human verdicts: {folder.name}",
+        [
+            f"Reviewers' pass/fail verdicts on checklist items, pulled from Argilla dataset "
+            f"`{report.get('dataset')}` by "
+            "`cm2data review pull-verdicts`: one row per item and reviewer (submitted and discarded responses). Counts "
+            "in `pull_report.json`. Compare with a judge: `cm2data judge agree VERDICTS --human THIS_FOLDER`.",
+        ],
+    )
     store.write_card(folder, body=body, default_config=HUMAN_VERDICTS)
     return folder

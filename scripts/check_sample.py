@@ -15,6 +15,7 @@ summary and exits 0.
 
     python scripts/check_sample.py [--catalog PATH] [--dialogues PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,23 @@ EVIDENCE_FROM = {
     "assistant.tool_calls": "assistant",
     "tool.content": "tool",
 }
-FOCUS_ON = {"assistant.tool_calls", "assistant.content.thinking", "assistant.content.user_visible_reply",
-            "tool.content"}
-ITEM_KEYS = {"id", "evidence", "focus_on", "question", "pass_condition", "failure_examples",
-             "required_for_next_turn", "dependence", "weight"}
+FOCUS_ON = {
+    "assistant.tool_calls",
+    "assistant.content.thinking",
+    "assistant.content.user_visible_reply",
+    "tool.content",
+}
+ITEM_KEYS = {
+    "id",
+    "evidence",
+    "focus_on",
+    "question",
+    "pass_condition",
+    "failure_examples",
+    "required_for_next_turn",
+    "dependence",
+    "weight",
+}
 EVIDENCE_KEYS = {"turn", "step", "from", "snippet"}
 DIALOGUE_KEYS = {"uuid", "domain", "messages", "tools", "checklists"}
 INDEX_MENTION = re.compile(r"\b(?:turn|step)s?\s*(?:#|no\.?|number)?\s*\d", re.I)
@@ -188,8 +202,11 @@ def check_catalog(rep: Report, catalog) -> dict:
         if not (isinstance(fn["description"], str) and len(fn["description"].strip()) >= 15):
             rep.err(where, "description missing or too short")
         params = fn["parameters"]
-        if (not isinstance(params, dict) or params.get("type") != "object"
-                or not isinstance(params.get("properties"), dict)):
+        if (
+            not isinstance(params, dict)
+            or params.get("type") != "object"
+            or not isinstance(params.get("properties"), dict)
+        ):
             rep.err(where, "parameters must be an object schema with properties")
             continue
         req = params.get("required")
@@ -223,7 +240,7 @@ def split_think(content: str):
     m = THINK.match(content)
     if not m:
         return None
-    return m.group(1), content[m.end():].strip()
+    return m.group(1), content[m.end() :].strip()
 
 
 def call_texts(msg: dict) -> list[str]:
@@ -467,8 +484,11 @@ def check_checklists(rep: Report, where: str, d: dict, turns, stats: Counter) ->
             if isinstance(q, str) and CONDITIONAL_START.match(q):
                 rep.err(iw, "conditional (if/when) item")
             fe = it.get("failure_examples")
-            if not (isinstance(fe, list) and MIN_FAILURE_EXAMPLES <= len(fe) <= MAX_FAILURE_EXAMPLES
-                    and all(isinstance(x, str) and x.strip() for x in fe)):
+            if not (
+                isinstance(fe, list)
+                and MIN_FAILURE_EXAMPLES <= len(fe) <= MAX_FAILURE_EXAMPLES
+                and all(isinstance(x, str) and x.strip() for x in fe)
+            ):
                 rep.err(iw, f"failure_examples must be {MIN_FAILURE_EXAMPLES}-{MAX_FAILURE_EXAMPLES} non-empty strings")
                 fe = []
             for text in [it.get("question", ""), it.get("pass_condition", ""), *fe]:
@@ -529,9 +549,14 @@ def check_checklists(rep: Report, where: str, d: dict, turns, stats: Counter) ->
                     rep.err(ew, f"snippet not found in {src} at turn {et} step {es}: {snip[:70]!r}")
         if weights and abs(sum(weights) - 1.0) > WEIGHT_TOL:
             rep.err(bw, f"weights sum to {sum(weights):.9f}, not 1")
-        if t == 0 and turn_has_calls and not any(
+        if (
+            t == 0
+            and turn_has_calls
+            and not any(
                 it.get("focus_on") == "assistant.tool_calls" and it.get("required_for_next_turn") is True
-                for it in items.values()):
+                for it in items.values()
+            )
+        ):
             rep.err(bw, "first turn has tool calls but no must-pass tool-call item")
 
 
@@ -598,8 +623,7 @@ def check_dialogues(rep: Report, dialogues, catalog_by_name: dict, stats: Counte
                 stats["turns_without_tools"] += 1
             if n_actions >= 2:
                 stats["multi_step_turns"] += 1
-        if any(isinstance(m, dict) and m.get("role") == "tool" and '"error"' in str(m.get("content"))
-               for m in msgs):
+        if any(isinstance(m, dict) and m.get("role") == "tool" and '"error"' in str(m.get("content")) for m in msgs):
             stats["dialogues_with_tool_error"] += 1
         if msgs and isinstance(msgs[0], dict) and msgs[0].get("role") == "system":
             stats["with_system"] += 1
@@ -610,8 +634,12 @@ def check_dialogues(rep: Report, dialogues, catalog_by_name: dict, stats: Counte
         rep.err("dialogues", f"{len(dialogues)} dialogues, need at least {MIN_DIALOGUES}")
     if len(domains) < MIN_DIALOGUE_DOMAINS:
         rep.err("dialogues", f"{len(domains)} domains covered, need at least {MIN_DIALOGUE_DOMAINS}")
-    for key, need in (("parallel_actions", 1), ("multi_step_turns", 1), ("turns_without_tools", 1),
-                      ("dialogues_with_tool_error", 1)):
+    for key, need in (
+        ("parallel_actions", 1),
+        ("multi_step_turns", 1),
+        ("turns_without_tools", 1),
+        ("dialogues_with_tool_error", 1),
+    ):
         if stats[key] < need:
             rep.err("dialogues", f"need at least {need} {key.replace('_', ' ')}, found {stats[key]}")
 
@@ -642,13 +670,15 @@ def main(argv=None) -> int:
     if rep.errors:
         print(f"\n{len(rep.errors)} violation(s)", file=sys.stderr)
         return 1
-    domains = len({e['domain'] for e in by_name.values()})
+    domains = len({e["domain"] for e in by_name.values()})
     print(f"catalog: {len(by_name)} tools in {domains} domains")
-    print(f"dialogues: {stats['dialogues']} in {stats['dialogue_domains']} domains, {stats['turns']} user turns, "
-          f"{stats['tool_calls']} tool calls in {stats['actions']} actions ({stats['parallel_actions']} parallel), "
-          f"{stats['multi_step_turns']} multi-step turns, {stats['turns_without_tools']} turns without tools, "
-          f"{stats['dialogues_with_tool_error']} dialogues with a tool error, {stats['with_system']} with a system "
-          f"message, {stats['items']} checklist items")
+    print(
+        f"dialogues: {stats['dialogues']} in {stats['dialogue_domains']} domains, {stats['turns']} user turns, "
+        f"{stats['tool_calls']} tool calls in {stats['actions']} actions ({stats['parallel_actions']} parallel), "
+        f"{stats['multi_step_turns']} multi-step turns, {stats['turns_without_tools']} turns without tools, "
+        f"{stats['dialogues_with_tool_error']} dialogues with a tool error, {stats['with_system']} with a system "
+        f"message, {stats['items']} checklist items"
+    )
     print("OK")
     return 0
 

@@ -99,8 +99,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class BfclFake:
-    def __init__(self, data_dir: Path, ids: list[str], mode: str = "replay", *, model: str = "fake-bfcl",
-                 delay: float = 0.0, marker: Path | None = None, port: int = 0):
+    def __init__(
+        self,
+        data_dir: Path,
+        ids: list[str],
+        mode: str = "replay",
+        *,
+        model: str = "fake-bfcl",
+        delay: float = 0.0,
+        marker: Path | None = None,
+        port: int = 0,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.mode, self.model, self.delay, self.port = mode, model, delay, port
@@ -110,8 +119,10 @@ class BfclFake:
         for entry_id, e in self.entries.items():
             key = first_user_message(e["question"])
             if key in self.by_first and mode == "replay":
-                raise ValueError(f"{entry_id} and {self.by_first[key]} start with the same user message: the fake "
-                                 "server cannot tell them apart; choose another subset")
+                raise ValueError(
+                    f"{entry_id} and {self.by_first[key]} start with the same user message: the fake "
+                    "server cannot tell them apart; choose another subset"
+                )
             self.by_first.setdefault(key, entry_id)
         self.fail_ids: set[str] = set()  # entries whose requests get HTTP 500 (a server failing half-way)
         self.requests: list[Recorded] = []
@@ -135,7 +146,7 @@ class BfclFake:
         turn = len(users) - 1
         with self._lock:
             self.requests.append(Recorded(entry_id, turn, time.monotonic(), body))
-        since_user = messages[users[-1] + 1:] if users else []
+        since_user = messages[users[-1] + 1 :] if users else []
         made = sum(len(m.get("tool_calls") or []) for m in since_user if m.get("role") == "assistant")
         text = {"role": "assistant", "content": "I have nothing more to do for this request."}
         if self.mode == "silent":
@@ -153,8 +164,13 @@ class BfclFake:
                 "code_name": (f"__import__('os').makedirs({str(self.marker)!r}) or cd", '{"folder": "x"}'),
                 "bad_name": ("cd; ls", '{"folder": "x"}'),
             }[kind]
-            return {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_{turn}_0", "type": "function", "function": {"name": name, "arguments": arguments}}]}
+            return {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": f"call_{turn}_0", "type": "function", "function": {"name": name, "arguments": arguments}}
+                ],
+            }
         # replay
         if entry_id is None:
             with self._lock:
@@ -168,20 +184,27 @@ class BfclFake:
         calls = truth[turn]
         if made >= len(calls):
             return text
-        tools = {t["function"]["name"]: list((t["function"].get("parameters") or {}).get("properties") or {})
-                 for t in body.get("tools") or []}
+        tools = {
+            t["function"]["name"]: list((t["function"].get("parameters") or {}).get("properties") or {})
+            for t in body.get("tools") or []
+        }
         # one call per step; a turn of more than 10 calls in steps of several (BFCL stops a turn after 20 steps)
         per_step = -(-len(calls) // 10)
         tool_calls = []
-        for k, call in enumerate(calls[made:made + per_step]):
+        for k, call in enumerate(calls[made : made + per_step]):
             try:
                 name, args = parse_call(call, tools)
             except (ValueError, SyntaxError) as exc:
                 with self._lock:
                     self.failures.append(f"{entry_id} turn {turn}: {exc}")
                 return text
-            tool_calls.append({"id": f"call_{turn}_{made + k}", "type": "function",
-                               "function": {"name": name, "arguments": json.dumps(args)}})
+            tool_calls.append(
+                {
+                    "id": f"call_{turn}_{made + k}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(args)},
+                }
+            )
         return {"role": "assistant", "content": None, "tool_calls": tool_calls}
 
     # ----------------------------------------------------------------------------------------------- server
@@ -214,8 +237,13 @@ class BfclFake:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [
-                        {"id": owner.model, "object": "model", "created": 0, "owned_by": "fake-bfcl"}]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [{"id": owner.model, "object": "model", "created": 0, "owned_by": "fake-bfcl"}],
+                        },
+                    )
                 elif self.path == "/health":
                     self._send(200, {})
                 else:
@@ -232,12 +260,23 @@ class BfclFake:
                 message = owner.reply(body)
                 if owner.delay:
                     time.sleep(owner.delay)
-                return self._send(200, {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                    "model": owner.model,
-                    "choices": [{"index": 0, "message": message,
-                                 "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
+                return self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": owner.model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": message,
+                                "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+                    },
+                )
 
         self._httpd = _Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

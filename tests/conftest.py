@@ -33,7 +33,7 @@ def reference_dir() -> Path:
 @pytest.fixture()
 def reference_record() -> Dialogue:
     """The CM2 reference record, freshly read (tests may mutate it)."""
-    (_, row), = list(iter_rows(REFERENCE / "checklist_annotated.json"))
+    ((_, row),) = list(iter_rows(REFERENCE / "checklist_annotated.json"))
     return FORMATS["cm2"].read(row)
 
 
@@ -103,8 +103,11 @@ def chromium_path() -> str:
     """Debian's chromium, apt-installed (scripts/argilla_stack.sh debs chromium) when missing; a failure, not a
     skip, when there is still none."""
     if not os.access(CHROMIUM, os.X_OK) and CHROMIUM == "/usr/bin/chromium":
-        subprocess.run(["bash", str(TESTS.parent / "scripts" / "argilla_stack.sh"), "debs", "chromium"],
-                       stdin=subprocess.DEVNULL, check=False)  # its outcome is the access check below
+        subprocess.run(
+            ["bash", str(TESTS.parent / "scripts" / "argilla_stack.sh"), "debs", "chromium"],
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )  # its outcome is the access check below
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"no browser at {CHROMIUM}: apt-get install chromium (or set CM2DATA_CHROMIUM)", pytrace=False)
     return CHROMIUM

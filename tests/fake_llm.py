@@ -24,7 +24,7 @@ Route = Callable[[dict[str, Any]], Any]
 
 
 def schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
-    so = (body.get("structured_outputs") or (body.get("extra_body") or {}).get("structured_outputs") or {})
+    so = body.get("structured_outputs") or (body.get("extra_body") or {}).get("structured_outputs") or {}
     if so.get("json"):
         return so["json"]
     fmt = body.get("response_format") or {}
@@ -43,8 +43,13 @@ def kind_of(body: dict[str, Any]) -> str:
     props = schema.get("properties") or {}
     if schema.get("type") == "array":
         return "annotate"
-    for key, kind in (("persona", "scenario"), ("message", "user"), ("execution_result", "mock"),
-                      ("NoError", "judge"), ("thinking", "compress")):
+    for key, kind in (
+        ("persona", "scenario"),
+        ("message", "user"),
+        ("execution_result", "mock"),
+        ("NoError", "judge"),
+        ("thinking", "compress"),
+    ):
         if key in props:
             return kind
     return "other"
@@ -90,12 +95,25 @@ def user_quote(body: dict[str, Any], turn: int) -> str:
 def labeller_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
     """A valid checklist for any dialogue: one item per turn, quoting the user step."""
     n = (schema_of(body) or {}).get("minItems", 1)
-    return [{"turn": t, "checklist": [{
-        "id": "C0", "evidence": [{"turn": t, "step": 0, "from": "user.content", "snippet": user_quote(body, t)}],
-        "focus_on": "assistant.content.user_visible_reply", "question": "Does the reply answer the request?",
-        "pass_condition": "The reply answers the user's request using the tool results.",
-        "failure_examples": ["Ignores the request"], "required_for_next_turn": False}],
-        "dependence": {"C0": []}, "weight": {"C0": 1.0}} for t in range(n)]
+    return [
+        {
+            "turn": t,
+            "checklist": [
+                {
+                    "id": "C0",
+                    "evidence": [{"turn": t, "step": 0, "from": "user.content", "snippet": user_quote(body, t)}],
+                    "focus_on": "assistant.content.user_visible_reply",
+                    "question": "Does the reply answer the request?",
+                    "pass_condition": "The reply answers the user's request using the tool results.",
+                    "failure_examples": ["Ignores the request"],
+                    "required_for_next_turn": False,
+                }
+            ],
+            "dependence": {"C0": []},
+            "weight": {"C0": 1.0},
+        }
+        for t in range(n)
+    ]
 
 
 # ------------------------------------------------------------------------- JSON schema: check and sample
@@ -114,10 +132,14 @@ def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
 
 
 _TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
     "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool), "null": lambda v: v is None}
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "null": lambda v: v is None,
+}
 
 
 def conforms(schema: dict[str, Any] | bool, value: Any, root: dict[str, Any] | None = None) -> bool:
@@ -126,8 +148,24 @@ def conforms(schema: dict[str, Any] | bool, value: Any, root: dict[str, Any] | N
         return schema
     root = root if root is not None else schema
     schema = _resolve(schema, root)
-    known = {"$defs", "anyOf", "const", "enum", "type", "properties", "required", "additionalProperties",
-             "prefixItems", "items", "minItems", "maxItems", "minLength", "maxLength", "minimum", "maximum"}
+    known = {
+        "$defs",
+        "anyOf",
+        "const",
+        "enum",
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "prefixItems",
+        "items",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+    }
     assert set(schema) <= known, set(schema) - known
     if "anyOf" in schema and not any(conforms(s, value, root) for s in schema["anyOf"]):
         return False
@@ -159,8 +197,11 @@ def conforms(schema: dict[str, Any] | bool, value: Any, root: dict[str, Any] | N
             return False
     if isinstance(value, str) and not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
         return False
-    if isinstance(value, int | float) and not isinstance(value, bool) and not (
-            schema.get("minimum", value) <= value <= schema.get("maximum", value)):
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not (schema.get("minimum", value) <= value <= schema.get("maximum", value))
+    ):
         return False
     return True
 
@@ -182,7 +223,7 @@ def sample(schema: dict[str, Any] | bool, rng: Any, root: dict[str, Any] | None 
     t = schema.get("type")
     if t == "object":
         props = schema.get("properties", {})
-        return {k: sample(props[k], rng, root) for k in props if k in schema.get("required", []) or rng.random() < .5}
+        return {k: sample(props[k], rng, root) for k in props if k in schema.get("required", []) or rng.random() < 0.5}
     if t == "array":
         prefix = schema.get("prefixItems", [])
         lo, hi = schema.get("minItems", 0), schema.get("maxItems", len(prefix) + 2)
@@ -198,7 +239,7 @@ def sample(schema: dict[str, Any] | bool, rng: Any, root: dict[str, Any] | None 
     if t == "number":
         return rng.uniform(schema.get("minimum", 0), schema.get("maximum", 1))
     if t == "boolean":
-        return rng.random() < .5
+        return rng.random() < 0.5
     raise AssertionError(f"cannot sample {schema}")
 
 
@@ -209,17 +250,30 @@ def fake_model(body: dict[str, Any]) -> Any:
     if kind == "assistant":
         if body.get("tool_choice") == "required":
             tool = body["tools"][0]
-            return Reply(content="", tool_calls=[{
-                "id": "call_" + hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest()[:8],
-                "type": "function",
-                "function": {"name": tool["function"]["name"],
-                             "arguments": json.dumps(valid_arguments(tool))}}], finish_reason="tool_calls")
+            return Reply(
+                content="",
+                tool_calls=[
+                    {
+                        "id": "call_" + hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest()[:8],
+                        "type": "function",
+                        "function": {"name": tool["function"]["name"], "arguments": json.dumps(valid_arguments(tool))},
+                    }
+                ],
+                finish_reason="tool_calls",
+            )
         return Reply(content="Here is what I found for you.")
     if kind == "scenario":
         n = schema["properties"]["turns"]["minItems"]
-        return Reply(content=json.dumps({"persona": "A busy parent.", "goal": "Get things done.",
-                                         "turns": [{"request": f"Request number {i}."} for i in range(n)],
-                                         "facts": ["city: Oslo"]}))
+        return Reply(
+            content=json.dumps(
+                {
+                    "persona": "A busy parent.",
+                    "goal": "Get things done.",
+                    "turns": [{"request": f"Request number {i}."} for i in range(n)],
+                    "facts": ["city: Oslo"],
+                }
+            )
+        )
     if kind == "user":
         return Reply(content=json.dumps({"message": "Please help me with my request."}))
     if kind == "mock":
@@ -278,8 +332,17 @@ class RoutedOpenAI:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": owner.model, "object": "model", "created": 0, "owned_by": owner.owned_by}]}))
+                    self._send(
+                        200,
+                        json.dumps(
+                            {
+                                "object": "list",
+                                "data": [
+                                    {"id": owner.model, "object": "model", "created": 0, "owned_by": owner.owned_by}
+                                ],
+                            }
+                        ),
+                    )
                 else:
                     self._send(404, json.dumps({"error": {"message": "not found"}}))
 
@@ -306,12 +369,23 @@ class RoutedOpenAI:
                 message: dict[str, Any] = {"role": "assistant", "content": step.content}
                 if step.tool_calls:
                     message["tool_calls"] = step.tool_calls
-                self._send(200, json.dumps({
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                    "model": owner.model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": step.finish_reason}],
-                    "usage": {"prompt_tokens": step.prompt_tokens, "completion_tokens": step.completion_tokens,
-                              "total_tokens": step.prompt_tokens + step.completion_tokens}}))
+                self._send(
+                    200,
+                    json.dumps(
+                        {
+                            "id": "chatcmpl-fake",
+                            "object": "chat.completion",
+                            "created": int(time.time()),
+                            "model": owner.model,
+                            "choices": [{"index": 0, "message": message, "finish_reason": step.finish_reason}],
+                            "usage": {
+                                "prompt_tokens": step.prompt_tokens,
+                                "completion_tokens": step.completion_tokens,
+                                "total_tokens": step.prompt_tokens + step.completion_tokens,
+                            },
+                        }
+                    ),
+                )
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256

@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--cutoff", type=int, default=32768)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--official", type=Path, help="JSON list of {messages, tools}: also render each with the "
-                        "model's own chat template (tokenizer.apply_chat_template) as 'official'")
+    parser.add_argument(
+        "--official",
+        type=Path,
+        help="JSON list of {messages, tools}: also render each with the "
+        "model's own chat template (tokenizer.apply_chat_template) as 'official'",
+    )
     args = parser.parse_args(argv)
 
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
@@ -39,12 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     from llamafactory.model import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_args, data_args, training_args, _, _ = get_train_args({
-            "stage": "sft", "do_train": True, "model_name_or_path": args.model, "finetuning_type": "full",
-            "dataset": args.dataset, "dataset_dir": args.dataset_dir, "template": args.template,
-            "cutoff_len": args.cutoff, "overwrite_cache": True, "output_dir": tmp, "report_to": "none",
-            "use_cpu": True, "bf16": False, "per_device_train_batch_size": 1,
-        })
+        model_args, data_args, training_args, _, _ = get_train_args(
+            {
+                "stage": "sft",
+                "do_train": True,
+                "model_name_or_path": args.model,
+                "finetuning_type": "full",
+                "dataset": args.dataset,
+                "dataset_dir": args.dataset_dir,
+                "template": args.template,
+                "cutoff_len": args.cutoff,
+                "overwrite_cache": True,
+                "output_dir": tmp,
+                "report_to": "none",
+                "use_cpu": True,
+                "bf16": False,
+                "per_device_train_batch_size": 1,
+            }
+        )
         tokenizer_module = load_tokenizer(model_args)
         tokenizer = tokenizer_module["tokenizer"]
         template = get_template_and_fix_tokenizer(tokenizer, data_args)

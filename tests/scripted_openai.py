@@ -69,8 +69,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class ScriptedOpenAI:
-    def __init__(self, *, models: tuple[str, ...] = ("scripted-model",), owned_by: str = "scripted",
-                 reject_json_schema: bool = False, default: Step | None = None):
+    def __init__(
+        self,
+        *,
+        models: tuple[str, ...] = ("scripted-model",),
+        owned_by: str = "scripted",
+        reject_json_schema: bool = False,
+        default: Step | None = None,
+    ):
         self.models = models
         self.owned_by = owned_by
         self.reject_json_schema = reject_json_schema
@@ -126,9 +132,18 @@ class ScriptedOpenAI:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": owner.owned_by}
-                        for m in owner.models]}))
+                    self._send(
+                        200,
+                        json.dumps(
+                            {
+                                "object": "list",
+                                "data": [
+                                    {"id": m, "object": "model", "created": 0, "owned_by": owner.owned_by}
+                                    for m in owner.models
+                                ],
+                            }
+                        ),
+                    )
                 else:
                     self._send(404, json.dumps({"error": {"message": "not found"}}))
 
@@ -150,9 +165,18 @@ class ScriptedOpenAI:
                     return self._send(404, json.dumps({"error": {"message": "not found"}}))
                 fmt = (body.get("response_format") or {}).get("type")
                 if owner.reject_json_schema and fmt == "json_schema":  # as llama.cpp's server does
-                    return self._send(400, json.dumps({"error": {
-                        "message": "response_format type 'json_schema' is not supported; use json_object",
-                        "type": "invalid_request_error", "code": 400}}))
+                    return self._send(
+                        400,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": "response_format type 'json_schema' is not supported; use json_object",
+                                    "type": "invalid_request_error",
+                                    "code": 400,
+                                }
+                            }
+                        ),
+                    )
                 step = owner._next()
                 if isinstance(step, Slow):
                     time.sleep(step.seconds)
@@ -162,20 +186,33 @@ class ScriptedOpenAI:
                     self.connection.close()
                     return None
                 if isinstance(step, Status):
-                    return self._send(step.code, json.dumps({"error": {
-                        "message": step.message, "type": "scripted", "code": step.code}}))
+                    return self._send(
+                        step.code,
+                        json.dumps({"error": {"message": step.message, "type": "scripted", "code": step.code}}),
+                    )
                 if isinstance(step, Garbage):
                     return self._send(200, step.body, step.content_type)
                 assert isinstance(step, Reply)
                 message: dict[str, Any] = {"role": "assistant", "content": step.content}
                 if step.tool_calls:
                     message["tool_calls"] = step.tool_calls
-                return self._send(200, json.dumps({
-                    "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model") or owner.models[0],
-                    "choices": [{"index": 0, "message": message, "finish_reason": step.finish_reason}],
-                    "usage": {"prompt_tokens": step.prompt_tokens, "completion_tokens": step.completion_tokens,
-                              "total_tokens": step.prompt_tokens + step.completion_tokens}}))
+                return self._send(
+                    200,
+                    json.dumps(
+                        {
+                            "id": "chatcmpl-scripted",
+                            "object": "chat.completion",
+                            "created": int(time.time()),
+                            "model": body.get("model") or owner.models[0],
+                            "choices": [{"index": 0, "message": message, "finish_reason": step.finish_reason}],
+                            "usage": {
+                                "prompt_tokens": step.prompt_tokens,
+                                "completion_tokens": step.completion_tokens,
+                                "total_tokens": step.prompt_tokens + step.completion_tokens,
+                            },
+                        }
+                    ),
+                )
 
         httpd = _Server(("127.0.0.1", 0), Handler)
         httpd.daemon_threads = True

@@ -54,8 +54,10 @@ class Tau2Fake:
         """What identifies a task in the user simulator's prompt (which indents the scenario): the first lines of
         its reason for calling and of what the user knows."""
         instructions = task["user_scenario"]["instructions"]
-        first = [next((ln.strip() for ln in str(instructions.get(k) or "").splitlines() if ln.strip()), "")
-                 for k in ("reason_for_call", "known_info")]
+        first = [
+            next((ln.strip() for ln in str(instructions.get(k) or "").splitlines() if ln.strip()), "")
+            for k in ("reason_for_call", "known_info")
+        ]
         return first[0], first[1]
 
     def _task_of_user_prompt(self, system: str) -> str | None:
@@ -89,9 +91,17 @@ class Tau2Fake:
             name = action["name"]
             if name not in offered:  # inspect may prefix tool names
                 name = next((o for o in offered if o.endswith("_" + name)), name)
-            return {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_{made}", "type": "function",
-                 "function": {"name": name, "arguments": json.dumps(action.get("arguments") or {})}}]}
+            return {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{made}",
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(action.get("arguments") or {})},
+                    }
+                ],
+            }
         info = criteria.get("communicate_info") or []
         return {"role": "assistant", "content": "Done. " + " ".join(str(i) for i in info)}
 
@@ -120,20 +130,36 @@ class Tau2Fake:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": owner.model, "object": "model",
-                                                                 "created": 0, "owned_by": "fake-tau2"}]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [{"id": owner.model, "object": "model", "created": 0, "owned_by": "fake-tau2"}],
+                        },
+                    )
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 message = owner.reply(body)
-                self._send(200, {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                    "model": owner.model,
-                    "choices": [{"index": 0, "message": message,
-                                 "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
-                    "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}})
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": owner.model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": message,
+                                "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55},
+                    },
+                )
 
         self._httpd = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

@@ -33,19 +33,30 @@ SAMPLE = Path(__file__).parent.parent / "cm2data" / "data" / "sample" / "dialogu
 
 #: reader-level files: (records that read fine, {rule: rejects}, locations that the rejects must name)
 READ_LEVEL: dict[str, tuple[int, dict[str, int], list[str]]] = {
-    "malformed_lines.jsonl": (3, {"json_syntax": 2, "row_type": 1},
-                              ["malformed_lines.jsonl:2", "malformed_lines.jsonl:5", "malformed_lines.jsonl:6"]),
+    "malformed_lines.jsonl": (
+        3,
+        {"json_syntax": 2, "row_type": 1},
+        ["malformed_lines.jsonl:2", "malformed_lines.jsonl:5", "malformed_lines.jsonl:6"],
+    ),
     "truncated.json": (2, {"truncated_file": 1}, ["truncated.json[2]"]),
     "half_written.jsonl": (2, {"truncated_file": 1}, ["half_written.jsonl:3"]),
-    "wrong_types.jsonl": (2, {"message_shape": 2, "tool_call_shape": 1, "tools_shape": 1, "tools_json": 1,
-                              "record_schema": 1},
-                          [f"wrong_types.jsonl:{n}" for n in range(2, 8)]),
+    "wrong_types.jsonl": (
+        2,
+        {"message_shape": 2, "tool_call_shape": 1, "tools_shape": 1, "tools_json": 1, "record_schema": 1},
+        [f"wrong_types.jsonl:{n}" for n in range(2, 8)],
+    ),
     "missing_messages.jsonl": (1, {"missing_messages": 3}, [f"missing_messages.jsonl:{n}" for n in (2, 3, 4)]),
     "unknown_role.jsonl": (1, {"unknown_role": 3}, [f"unknown_role.jsonl:{n}" for n in (2, 3, 4)]),
-    "sharegpt_unknown_from.jsonl": (1, {"unknown_role": 2, "tool_call_json": 1, "missing_messages": 1},
-                                    [f"sharegpt_unknown_from.jsonl:{n}" for n in (2, 3, 4, 5)]),
-    "nemotron_bad_metadata.jsonl": (1, {"metadata_json": 2, "tools_shape": 1},
-                                    [f"nemotron_bad_metadata.jsonl:{n}" for n in (2, 3, 4)]),
+    "sharegpt_unknown_from.jsonl": (
+        1,
+        {"unknown_role": 2, "tool_call_json": 1, "missing_messages": 1},
+        [f"sharegpt_unknown_from.jsonl:{n}" for n in (2, 3, 4, 5)],
+    ),
+    "nemotron_bad_metadata.jsonl": (
+        1,
+        {"metadata_json": 2, "tools_shape": 1},
+        [f"nemotron_bad_metadata.jsonl:{n}" for n in (2, 3, 4)],
+    ),
     "duplicate_ids.jsonl": (2, {"duplicate_id": 1}, []),
     "not_json.json": (0, {"json_syntax": 1}, ["not_json.json:1"]),
     "truncated.parquet": (0, {"parquet_unreadable": 1}, ["truncated.parquet"]),
@@ -77,10 +88,22 @@ GATE_LEVEL: dict[str, tuple[int, dict[str, int]]] = {
 }
 
 #: rules that only the checklist stages (``filter --with-checklists``) apply
-CHECKLIST_RULES = {"checklist_block_count", "checklist_dependencies", "checklist_evidence_pointers",
-                   "evidence_grounded", "checklist_copied_from_prompt",
-                   "weights_sum_to_one", "weight_range", "unique_item_ids", "item_id_present", "focus_on_enum",
-                   "evidence_from_enum", "non_empty_question", "non_empty_pass_condition", "has_user_turn"}
+CHECKLIST_RULES = {
+    "checklist_block_count",
+    "checklist_dependencies",
+    "checklist_evidence_pointers",
+    "evidence_grounded",
+    "checklist_copied_from_prompt",
+    "weights_sum_to_one",
+    "weight_range",
+    "unique_item_ids",
+    "item_id_present",
+    "focus_on_enum",
+    "evidence_from_enum",
+    "non_empty_question",
+    "non_empty_pass_condition",
+    "has_user_turn",
+}
 
 runner = CliRunner()
 
@@ -226,8 +249,9 @@ def test_validate_counts_read_rejects_as_rules(name: str, tmp_path: Path) -> Non
 def test_validate_table_output_without_json(tmp_path: Path) -> None:
     r = invoke("validate", BROKEN / "tool_schema.json")
     assert r.exit_code == 1
-    rows = {cells[1]: cells[2:4] for ln in r.stdout.splitlines()
-            if len(cells := [c.strip() for c in ln.split("│")]) == 5}
+    rows = {
+        cells[1]: cells[2:4] for ln in r.stdout.splitlines() if len(cells := [c.strip() for c in ln.split("│")]) == 5
+    }
     assert rows["tool_schema"] == ["6", "7"]  # rule, failed, of
     assert rows["role_order"] == ["0", "7"]
     assert "FAILED" in r.stderr and "6 of 7 records" in r.stderr
@@ -418,8 +442,13 @@ def test_console_script_on_the_broken_folder(tmp_path: Path) -> None:
     """A real process over every broken file: rejects written, exit 1 under --strict, no traceback on stderr."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     out = tmp_path / "ds"
-    proc = subprocess.run([*_console_script(), "ingest", str(BROKEN), "--out", str(out), "--strict"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [*_console_script(), "ingest", str(BROKEN), "--out", str(out), "--strict"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     rejects = read_rejects(out / store.REJECTS_FILE)
@@ -437,6 +466,7 @@ def test_nothing_in_a_reject_is_lost_on_the_way_to_disk(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     invoke("ingest", BROKEN / "sharegpt_unknown_from.jsonl", "--out", out)
     rejects = read_rejects(out / store.REJECTS_FILE)
-    assert all(isinstance(x, Reject) and x.location and x.location.startswith("sharegpt_unknown_from.jsonl:")
-               for x in rejects)
+    assert all(
+        isinstance(x, Reject) and x.location and x.location.startswith("sharegpt_unknown_from.jsonl:") for x in rejects
+    )
     assert {x.record_id for x in rejects} == {"sg-robot", "sg-no-from", "sg-call-not-json", "sg-conversations-string"}

@@ -60,8 +60,9 @@ def _clone(dest: Path, marker: str) -> Path:
 
 
 def _bootstrap(clone: Path, env: dict[str, str]) -> Path:
-    proc = subprocess.run(["bash", str(clone / "scripts" / "bootstrap.sh")], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(clone / "scripts" / "bootstrap.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     assert "building the toolkit environment" not in proc.stderr, "the shared environment was rebuilt, not reused"
     lines = proc.stdout.splitlines()
@@ -72,16 +73,19 @@ def _bootstrap(clone: Path, env: dict[str, str]) -> Path:
 def _imported(venv: Path, env: dict[str, str]) -> tuple[str, str]:
     """(directory of the imported cm2data, its CLONE_MARKER), asked from / so that no checkout is the cwd."""
     code = "import cm2data, os; print(os.path.realpath(cm2data.__file__)); print(getattr(cm2data, 'CLONE_MARKER', ''))"
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], env=env, cwd="/", capture_output=True,
-                         text=True, check=True).stdout.split("\n")
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], env=env, cwd="/", capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     return out[0], out[1]
 
 
 def test_two_clones_import_their_own_code(tmp_path: Path) -> None:
     cache = _cache()
     if not (cache / "venvs" / f"core-{_core_key()}" / ".complete").is_file():
-        pytest.skip(f"no shared toolkit environment for this requirements/core.txt in {cache}: run "
-                    "scripts/bootstrap.sh first (this test reuses it rather than building one)")
+        pytest.skip(
+            f"no shared toolkit environment for this requirements/core.txt in {cache}: run "
+            "scripts/bootstrap.sh first (this test reuses it rather than building one)"
+        )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(CM2DATA_CACHE=str(cache), PYTHON=getattr(sys, "_base_executable", "") or sys.executable)
     clone_a = _clone(tmp_path / "clone-a", "A")
@@ -93,10 +97,12 @@ def test_two_clones_import_their_own_code(tmp_path: Path) -> None:
         # after both bootstraps: each environment imports its own clone
         file_a, marker_a = _imported(venv_a, env)
         file_b, marker_b = _imported(venv_b, env)
-        assert (file_a, marker_a) == (str(clone_a / "cm2data" / "__init__.py"), "A"), \
+        assert (file_a, marker_a) == (str(clone_a / "cm2data" / "__init__.py"), "A"), (
             f"clone A's environment {venv_a} imports {file_a} (marker {marker_a!r})"
-        assert (file_b, marker_b) == (str(clone_b / "cm2data" / "__init__.py"), "B"), \
+        )
+        assert (file_b, marker_b) == (str(clone_b / "cm2data" / "__init__.py"), "B"), (
             f"clone B's environment {venv_b} imports {file_b} (marker {marker_b!r})"
+        )
         assert venv_a != venv_b
 
         # the shared environment's console scripts run with the clone's interpreter (scripts/test.sh runs ruff and
@@ -104,8 +110,13 @@ def test_two_clones_import_their_own_code(tmp_path: Path) -> None:
         probe = tmp_path / "probe" / "test_probe.py"
         probe.parent.mkdir()
         probe.write_text("import cm2data\n\n\ndef test_marker():\n    assert cm2data.CLONE_MARKER == 'A'\n")
-        proc = subprocess.run([str(venv_a / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", str(probe)],
-                              env=env, cwd=probe.parent, capture_output=True, text=True)
+        proc = subprocess.run(
+            [str(venv_a / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", str(probe)],
+            env=env,
+            cwd=probe.parent,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         ruff = subprocess.run([str(venv_a / "bin" / "ruff"), "--version"], env=env, capture_output=True, text=True)
         assert ruff.returncode == 0, ruff.stderr

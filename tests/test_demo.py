@@ -30,8 +30,15 @@ def test_demo_sh_end_to_end(embedded_llm, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**os.environ, "CM2DATA_DEMO_OUT": str(out), "COLUMNS": "200"}
     # 8 dialogues instead of the demo's 20, to keep the suite's time down; the job is otherwise the README's
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh"), "--n", "8"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "demo.sh"), "--n", "8"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        stdin=subprocess.DEVNULL,
+    )
     printed = proc.stdout + proc.stderr
     assert proc.returncode == 0, printed[-4000:]
 

@@ -31,9 +31,16 @@ from cm2data.eval.report import render_bfcl
 
 ROOT = Path(__file__).resolve().parents[1]
 #: two entries per category whose conversations start differently (so the replaying server can tell them apart)
-SUBSET = ["multi_turn_base_0", "multi_turn_base_1", "multi_turn_miss_func_2", "multi_turn_miss_func_3",
-          "multi_turn_miss_param_4", "multi_turn_miss_param_5", "multi_turn_long_context_6",
-          "multi_turn_long_context_7"]
+SUBSET = [
+    "multi_turn_base_0",
+    "multi_turn_base_1",
+    "multi_turn_miss_func_2",
+    "multi_turn_miss_func_3",
+    "multi_turn_miss_param_4",
+    "multi_turn_miss_param_5",
+    "multi_turn_long_context_6",
+    "multi_turn_long_context_7",
+]
 #: the three smallest-prompt base entries (one tool class, two turns): what the 135M embedded model can hold
 EMBEDDED_IDS = ["multi_turn_base_100", "multi_turn_base_104", "multi_turn_base_105"]
 
@@ -63,6 +70,7 @@ def bfcl_data(bfcl_python: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------- inputs (no environment)
+
 
 def test_categories_and_ids_files(tmp_path: Path) -> None:
     assert parse_categories(None) == CATEGORIES
@@ -111,18 +119,34 @@ def test_model_not_served_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def _outcome(entry_id: str, outcome: str, error_type: str | None = None) -> dict[str, Any]:
-    return {"id": entry_id, "category": entry_id.rsplit("_", 1)[0], "outcome": outcome, "error_type": error_type,
-            "tool_calls": 2, "input_tokens": 10, "output_tokens": 3}
+    return {
+        "id": entry_id,
+        "category": entry_id.rsplit("_", 1)[0],
+        "outcome": outcome,
+        "error_type": error_type,
+        "tool_calls": 2,
+        "input_tokens": 10,
+        "output_tokens": 3,
+    }
 
 
 def test_summary_accuracy_is_bfcls_unweighted_mean_and_errors_are_listed() -> None:
-    rows = [_outcome("multi_turn_base_0", "pass"), _outcome("multi_turn_base_1", "fail", "no_tool_calls"),
-            _outcome("multi_turn_base_2", "pass"), _outcome("multi_turn_base_3", "error", "inference_error"),
-            _outcome("multi_turn_miss_func_0", "pass")]
+    rows = [
+        _outcome("multi_turn_base_0", "pass"),
+        _outcome("multi_turn_base_1", "fail", "no_tool_calls"),
+        _outcome("multi_turn_base_2", "pass"),
+        _outcome("multi_turn_base_3", "error", "inference_error"),
+        _outcome("multi_turn_miss_func_0", "pass"),
+    ]
     s = summarize(rows)
-    assert s["categories"]["multi_turn_base"] == {"entries": 4, "passed": 2, "failed": 1, "errors": 1,
-                                                  "accuracy": 0.5,
-                                                  "error_types": {"no_tool_calls": 1, "inference_error": 1}}
+    assert s["categories"]["multi_turn_base"] == {
+        "entries": 4,
+        "passed": 2,
+        "failed": 1,
+        "errors": 1,
+        "accuracy": 0.5,
+        "error_types": {"no_tool_calls": 1, "inference_error": 1},
+    }
     assert s["overall"]["accuracy"] == 0.75  # (0.5 + 1.0) / 2, not 3/5
     assert s["overall"]["micro_accuracy"] == 0.6
     assert s["error_rows"] == ["multi_turn_base_3"] and s["complete"] is False
@@ -138,15 +162,28 @@ def _fake_run(folder: Path, rows: list[dict[str, Any]], model: str) -> Path:
 
 
 def test_compare_counts_flips_on_common_entries(tmp_path: Path) -> None:
-    a = _fake_run(tmp_path / "a", [_outcome("multi_turn_base_0", "pass"),
-                                   _outcome("multi_turn_base_1", "fail", "no_tool_calls"),
-                                   _outcome("multi_turn_base_2", "error", "inference_error"),
-                                   _outcome("multi_turn_miss_func_0", "pass"),
-                                   _outcome("multi_turn_miss_func_9", "pass")], "sft")
-    b = _fake_run(tmp_path / "b", [_outcome("multi_turn_base_0", "fail", "multi_turn:instance_state_mismatch"),
-                                   _outcome("multi_turn_base_1", "pass"), _outcome("multi_turn_base_2", "pass"),
-                                   _outcome("multi_turn_miss_func_0", "pass"),
-                                   _outcome("multi_turn_long_context_0", "pass")], "rl")
+    a = _fake_run(
+        tmp_path / "a",
+        [
+            _outcome("multi_turn_base_0", "pass"),
+            _outcome("multi_turn_base_1", "fail", "no_tool_calls"),
+            _outcome("multi_turn_base_2", "error", "inference_error"),
+            _outcome("multi_turn_miss_func_0", "pass"),
+            _outcome("multi_turn_miss_func_9", "pass"),
+        ],
+        "sft",
+    )
+    b = _fake_run(
+        tmp_path / "b",
+        [
+            _outcome("multi_turn_base_0", "fail", "multi_turn:instance_state_mismatch"),
+            _outcome("multi_turn_base_1", "pass"),
+            _outcome("multi_turn_base_2", "pass"),
+            _outcome("multi_turn_miss_func_0", "pass"),
+            _outcome("multi_turn_long_context_0", "pass"),
+        ],
+        "rl",
+    )
     c = compare_runs(a, b)
     assert [f["id"] for f in c["flips"]["fixed"]] == ["multi_turn_base_1", "multi_turn_base_2"]
     assert [f["id"] for f in c["flips"]["broken"]] == ["multi_turn_base_0"]
@@ -161,6 +198,7 @@ def test_compare_counts_flips_on_common_entries(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ BFCL itself, against fake models
+
 
 def run_cli(fake: BfclFake, out: Path, *extra: str) -> Any:
     return invoke("eval", "bfcl", "--base-url", fake.base_url, "--out", str(out), *extra)
@@ -252,8 +290,21 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path: Path, bfcl_data: Path
     ids = write_ids(tmp_path / "ids.txt", SUBSET)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with BfclFake(bfcl_data, SUBSET, "replay", delay=0.15) as fake:
-        cmd = [sys.executable, "-c", "from cm2data.cli import main; main()", "eval", "bfcl", "--base-url",
-               fake.base_url, "--ids", str(ids), "--out", str(out), "--concurrency", "2"]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from cm2data.cli import main; main()",
+            "eval",
+            "bfcl",
+            "--base-url",
+            fake.base_url,
+            "--ids",
+            str(ids),
+            "--out",
+            str(out),
+            "--concurrency",
+            "2",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         deadline = time.monotonic() + 240
         results = out / "results.jsonl"
@@ -304,8 +355,20 @@ def test_a_folder_of_another_model_is_not_resumed(tmp_path: Path, bfcl_data: Pat
 @pytest.mark.slow
 def test_the_embedded_model_end_to_end(tmp_path: Path, bfcl_python: Path, embedded_llm) -> None:
     ids = write_ids(tmp_path / "ids.txt", EMBEDDED_IDS)
-    result = invoke("eval", "bfcl", "--base-url", embedded_llm.base_url, "--ids", str(ids), "--max-tokens", "48",
-                    "--concurrency", "3", "--out", str(tmp_path / "run"))
+    result = invoke(
+        "eval",
+        "bfcl",
+        "--base-url",
+        embedded_llm.base_url,
+        "--ids",
+        str(ids),
+        "--max-tokens",
+        "48",
+        "--concurrency",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert result.exit_code == 0, result.output
     outcomes = jsonl(tmp_path / "run" / "outcomes.jsonl")
     assert [o["id"] for o in outcomes] == EMBEDDED_IDS
@@ -318,6 +381,7 @@ def test_the_embedded_model_end_to_end(tmp_path: Path, bfcl_python: Path, embedd
 
 # ---------------------------------------------------------------------------------------------------------- tau2
 
+
 @pytest.mark.slow
 def test_tau2_scores_the_model_beside_a_do_nothing_baseline(tmp_path: Path) -> None:
     from tau2_fake import Tau2Fake, load_tasks
@@ -327,8 +391,22 @@ def test_tau2_scores_the_model_beside_a_do_nothing_baseline(tmp_path: Path) -> N
     tasks = load_tasks(site_packages(ensure_env("tau2")) / "inspect_evals" / "tau2" / "data", "airline")
     first = {tid: tasks[tid] for tid in ("0", "1", "2")}
     with Tau2Fake("user", first) as user, Tau2Fake("agent", first, mode="replay") as agent:
-        result = invoke("eval", "tau2", "--domain", "airline", "--base-url", agent.base_url, "--user-base-url",
-                        user.base_url, "--limit", "3", "--message-limit", "6", "--out", str(tmp_path / "run"))
+        result = invoke(
+            "eval",
+            "tau2",
+            "--domain",
+            "airline",
+            "--base-url",
+            agent.base_url,
+            "--user-base-url",
+            user.base_url,
+            "--limit",
+            "3",
+            "--message-limit",
+            "6",
+            "--out",
+            str(tmp_path / "run"),
+        )
     assert result.exit_code == 0, result.output
     outcomes = jsonl(tmp_path / "run" / "outcomes.jsonl")
     baseline = jsonl(tmp_path / "run" / "baseline" / "outcomes.jsonl")
@@ -339,7 +417,8 @@ def test_tau2_scores_the_model_beside_a_do_nothing_baseline(tmp_path: Path) -> N
         criteria = task["evaluation_criteria"]
         reads = ("get_", "search_", "list_", "calculate")
         return not criteria.get("communicate_info") and all(
-            a["name"].startswith(reads) for a in criteria.get("actions") or [])
+            a["name"].startswith(reads) for a in criteria.get("actions") or []
+        )
 
     assert [o["outcome"] == "pass" for o in baseline] == [harmless(first[t]) for t in ("0", "1", "2")]
     assert any(o["outcome"] == "pass" for o in baseline) and not all(o["outcome"] == "pass" for o in baseline)
@@ -363,21 +442,40 @@ def test_the_gpu_recipe_serves_then_evaluates(tmp_path: Path, bfcl_data: Path) -
 
     wanted = ["multi_turn_base_0", "multi_turn_base_1"]
     stub = tmp_path / "vllm"
-    stub.write_text("#!/usr/bin/env bash\n"
-                    "# vllm serve MODEL --served-model-name NAME --host H --port P …\n"
-                    'args=("$@"); for i in "${!args[@]}"; do\n'
-                    '  case "${args[$i]}" in --served-model-name) name="${args[$i+1]}";; --port) port="${args[$i+1]}";;'
-                    " esac; done\n"
-                    f'echo "$@" > {tmp_path}/vllm-args\n'
-                    f'exec {sys.executable} {ROOT}/tests/bfcl_fake.py {bfcl_data} replay "$port" "$name" '
-                    + " ".join(wanted) + "\n")
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        "# vllm serve MODEL --served-model-name NAME --host H --port P …\n"
+        'args=("$@"); for i in "${!args[@]}"; do\n'
+        '  case "${args[$i]}" in --served-model-name) name="${args[$i+1]}";; --port) port="${args[$i+1]}";;'
+        " esac; done\n"
+        f'echo "$@" > {tmp_path}/vllm-args\n'
+        f'exec {sys.executable} {ROOT}/tests/bfcl_fake.py {bfcl_data} replay "$port" "$name" ' + " ".join(wanted) + "\n"
+    )
     stub.chmod(0o755)
     port = free_port()
-    env = {**os.environ, "VLLM": str(stub), "CM2DATA": str(Path(sys.executable).with_name("cm2data")),
-           "READY_TIMEOUT": "60"}
-    done = subprocess.run(["bash", str(ROOT / "recipes" / "eval_bfcl.sh"), "/ckpt/cm2-rl/", "--port", str(port),
-                           "--out", str(tmp_path / "run"), "--ids", str(write_ids(tmp_path / "ids.txt", wanted))],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "VLLM": str(stub),
+        "CM2DATA": str(Path(sys.executable).with_name("cm2data")),
+        "READY_TIMEOUT": "60",
+    }
+    done = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "recipes" / "eval_bfcl.sh"),
+            "/ckpt/cm2-rl/",
+            "--port",
+            str(port),
+            "--out",
+            str(tmp_path / "run"),
+            "--ids",
+            str(write_ids(tmp_path / "ids.txt", wanted)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     args = (tmp_path / "vllm-args").read_text()
     assert args.startswith("serve /ckpt/cm2-rl/ --served-model-name cm2-rl ")

@@ -19,8 +19,16 @@ def _reference_json(reference_dir: Path) -> dict:
 def test_cm2_fixture_reads_every_field(reference_record: Dialogue) -> None:
     d = reference_record
     assert d.id == "fbf37337-8d84-4c39-82b2-b8c3a16d1b83"
-    assert [m.role for m in d.messages] == ["user", "assistant", "tool", "assistant", "user", "assistant", "user",
-                                            "assistant"]
+    assert [m.role for m in d.messages] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     first = d.messages[1]
     assert first.thinking is not None and first.thinking.startswith("Okay, the user wants")
     assert "<think>" not in first.content
@@ -90,23 +98,43 @@ def test_sharegpt_reader_apigen_style() -> None:
     row = {
         "conversations": [
             {"from": "human", "value": "Book me a table for 2 at Nopa tonight at 7."},
-            {"from": "function_call", "value": json.dumps({"name": "book_table",
-                                                            "arguments": {"restaurant": "Nopa", "party_size": 2}})},
+            {
+                "from": "function_call",
+                "value": json.dumps({"name": "book_table", "arguments": {"restaurant": "Nopa", "party_size": 2}}),
+            },
             {"from": "observation", "value": json.dumps({"status": "confirmed", "id": "R-19"})},
             {"from": "gpt", "value": "Done: confirmation R-19."},
             {"from": "human", "value": "And a taxi there and back?"},
-            {"from": "function_call", "value": json.dumps([{"name": "taxi", "arguments": {"to": "Nopa"}},
-                                                            {"name": "taxi", "arguments": {"to": "home"}}])},
+            {
+                "from": "function_call",
+                "value": json.dumps(
+                    [{"name": "taxi", "arguments": {"to": "Nopa"}}, {"name": "taxi", "arguments": {"to": "home"}}]
+                ),
+            },
             {"from": "observation", "value": json.dumps([{"ride": 1}, {"ride": 2}])},
             {"from": "gpt", "value": "Two rides booked."},
         ],
-        "tools": json.dumps([{"name": "book_table", "parameters": {"type": "object", "properties": {}}},
-                             {"name": "taxi", "parameters": {"type": "object", "properties": {}}}]),
+        "tools": json.dumps(
+            [
+                {"name": "book_table", "parameters": {"type": "object", "properties": {}}},
+                {"name": "taxi", "parameters": {"type": "object", "properties": {}}},
+            ]
+        ),
         "system": "You are a concierge.",
     }
     d = FORMATS["sharegpt"].read(row)
-    assert [m.role for m in d.messages] == ["system", "user", "assistant", "tool", "assistant", "user", "assistant",
-                                            "tool", "tool", "assistant"]
+    assert [m.role for m in d.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+    ]
     assert d.messages[2].tool_calls[0].args == {"restaurant": "Nopa", "party_size": 2}
     assert json.loads(d.messages[7].content) == {"ride": 1} and d.messages[8].name == "taxi"
     assert d.tool_names == ["book_table", "taxi"]
@@ -117,15 +145,34 @@ def test_nemotron_reader_takes_tools_from_metadata() -> None:
         "uuid": "n-1",
         "messages": [
             {"role": "user", "content": "Weather in Oslo?"},
-            {"role": "assistant", "content": "<think>\nneed the tool\n</think>",
-             "tool_calls": [{"id": "c1", "type": "function",
-                             "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
-            {"role": "tool", "content": "{\"temp\": 3}", "tool_call_id": "c1"},
+            {
+                "role": "assistant",
+                "content": "<think>\nneed the tool\n</think>",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+                ],
+            },
+            {"role": "tool", "content": '{"temp": 3}', "tool_call_id": "c1"},
             {"role": "assistant", "content": "<think>\nanswer\n</think>\n\nIt is 3 °C."},
         ],
-        "metadata": json.dumps({"tools": [{"type": "function", "function": {"name": "weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
-            "category": "tool_calling"}),
+        "metadata": json.dumps(
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "weather",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"city": {"type": "string"}},
+                                "required": ["city"],
+                            },
+                        },
+                    }
+                ],
+                "category": "tool_calling",
+            }
+        ),
         "license": "cc-by-4.0",
     }
     d = FORMATS["nemotron"].read(row)
@@ -148,10 +195,26 @@ def test_labeller_block_form_is_accepted() -> None:
     row = {
         "uuid": "x",
         "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-        "checklists": [[{"turn": 0, "checklist": [
-            {"id": "C0", "evidence": [], "focus_on": "assistant.content.user_visible_reply", "question": "Greets?",
-             "pass_condition": "says hello", "failure_examples": [], "required_for_next_turn": False}],
-            "dependence": {"C0": []}, "weight": {"C0": 1.0}}]],
+        "checklists": [
+            [
+                {
+                    "turn": 0,
+                    "checklist": [
+                        {
+                            "id": "C0",
+                            "evidence": [],
+                            "focus_on": "assistant.content.user_visible_reply",
+                            "question": "Greets?",
+                            "pass_condition": "says hello",
+                            "failure_examples": [],
+                            "required_for_next_turn": False,
+                        }
+                    ],
+                    "dependence": {"C0": []},
+                    "weight": {"C0": 1.0},
+                }
+            ]
+        ],
     }
     d = FORMATS["cm2"].read(row)
     assert d.checklists[0][0].items[0].weight == 1.0
@@ -161,10 +224,29 @@ def test_older_field_names_are_accepted() -> None:
     row = {
         "uuid": "y",
         "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-        "checklists": [[[{"id": "C0", "focus_on": "tool.content", "question": "q", "pass_condition": "p",
-                          "must_pass_to_continue": True, "strictness": 0.5, "dependency": []},
-                         {"id": "C1", "focus_on": "assistant.tool_calls", "question": "q", "pass_condition": "p",
-                          "depends_on": ["C0"], "weight": 0.5}]]],
+        "checklists": [
+            [
+                [
+                    {
+                        "id": "C0",
+                        "focus_on": "tool.content",
+                        "question": "q",
+                        "pass_condition": "p",
+                        "must_pass_to_continue": True,
+                        "strictness": 0.5,
+                        "dependency": [],
+                    },
+                    {
+                        "id": "C1",
+                        "focus_on": "assistant.tool_calls",
+                        "question": "q",
+                        "pass_condition": "p",
+                        "depends_on": ["C0"],
+                        "weight": 0.5,
+                    },
+                ]
+            ]
+        ],
     }
     items = FORMATS["cm2"].read(row).checklists[0][0].items
     assert items[0].required_for_next_turn is True and items[0].weight == 0.5

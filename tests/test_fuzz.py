@@ -47,15 +47,74 @@ READ_FORMATS = ["auto", *FORMATS]
 WRITE_FORMATS = [name for name, f in FORMATS.items() if f.write is not None]
 
 #: keys the readers look at, so that arbitrary dicts reach past the first check now and then
-KEYS = ["messages", "conversations", "tools", "metadata", "uuid", "id", "checklists", "extra_info", "prompt",
-        "reward_model", "ground_truth", "interaction_kwargs", "checklist_list", "data_source", "role", "content",
-        "tool_calls", "function", "name", "arguments", "from", "value", "system", "type", "parameters", "turn",
-        "checklist", "items", "evidence", "focus_on", "question", "pass_condition", "weight", "dependence",
-        "thinking", "reasoning_content", "tool_call_id", "provenance", "review", "source", "description"]
+KEYS = [
+    "messages",
+    "conversations",
+    "tools",
+    "metadata",
+    "uuid",
+    "id",
+    "checklists",
+    "extra_info",
+    "prompt",
+    "reward_model",
+    "ground_truth",
+    "interaction_kwargs",
+    "checklist_list",
+    "data_source",
+    "role",
+    "content",
+    "tool_calls",
+    "function",
+    "name",
+    "arguments",
+    "from",
+    "value",
+    "system",
+    "type",
+    "parameters",
+    "turn",
+    "checklist",
+    "items",
+    "evidence",
+    "focus_on",
+    "question",
+    "pass_condition",
+    "weight",
+    "dependence",
+    "thinking",
+    "reasoning_content",
+    "tool_call_id",
+    "provenance",
+    "review",
+    "source",
+    "description",
+]
 
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-                | st.sampled_from(["user", "assistant", "tool", "system", "human", "gpt", "function_call",
-                                   "observation", "{}", "[]", '{"a": 1}', "<think>x</think>y", "C0"]))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "user",
+            "assistant",
+            "tool",
+            "system",
+            "human",
+            "gpt",
+            "function_call",
+            "observation",
+            "{}",
+            "[]",
+            '{"a": 1}',
+            "<think>x</think>y",
+            "C0",
+        ]
+    )
+)
 json_keys = st.sampled_from(KEYS) | st.text(max_size=6)
 json_values = st.recursive(
     json_scalars,
@@ -103,15 +162,34 @@ plain_json = st.recursive(
 )
 arguments = st.dictionaries(st.text(max_size=8), plain_json, max_size=3).map(json.dumps)
 tools = st.lists(
-    st.builds(Tool, name=short, description=text,
-              parameters=st.fixed_dictionaries({"type": st.just("object"),
-                                                "properties": st.dictionaries(short, st.just({"type": "string"}),
-                                                                              max_size=3)})),
+    st.builds(
+        Tool,
+        name=short,
+        description=text,
+        parameters=st.fixed_dictionaries(
+            {"type": st.just("object"), "properties": st.dictionaries(short, st.just({"type": "string"}), max_size=3)}
+        ),
+    ),
     max_size=3,
 )
 #: metadata keys that no format's reader takes for one of its own fields
-RESERVED = {"uuid", "id", "messages", "tools", "checklists", "provenance", "review", "source", "metadata",
-            "conversations", "system", "data_source", "extra_info", "prompt", "reward_model"}
+RESERVED = {
+    "uuid",
+    "id",
+    "messages",
+    "tools",
+    "checklists",
+    "provenance",
+    "review",
+    "source",
+    "metadata",
+    "conversations",
+    "system",
+    "data_source",
+    "extra_info",
+    "prompt",
+    "reward_model",
+}
 metadata = st.dictionaries(short.filter(lambda k: k not in RESERVED), plain_json, max_size=3)
 
 
@@ -127,8 +205,7 @@ def assistant(draw: st.DrawFn, n_calls: int) -> Message:
     if thinking is not None:
         content = content.lstrip("\n")  # … and the newlines before the visible reply
     calls = [draw(tool_call()) for _ in range(n_calls)]
-    return Message(role="assistant", content=content, thinking=thinking, tool_calls=calls,
-                   name=draw(st.none() | short))
+    return Message(role="assistant", content=content, thinking=thinking, tool_calls=calls, name=draw(st.none() | short))
 
 
 @st.composite
@@ -143,8 +220,14 @@ def valid_messages(draw: st.DrawFn) -> list[Message]:
             action = draw(assistant(draw(st.integers(1, 3))))
             msgs.append(action)
             for call in action.tool_calls:
-                msgs.append(Message(role="tool", content=draw(text), tool_call_id=draw(st.none() | short),
-                                    name=draw(st.none() | st.just(call.name))))
+                msgs.append(
+                    Message(
+                        role="tool",
+                        content=draw(text),
+                        tool_call_id=draw(st.none() | short),
+                        name=draw(st.none() | st.just(call.name)),
+                    )
+                )
         msgs.append(draw(assistant(0)))
     return msgs
 
@@ -155,20 +238,32 @@ def checklist_variant(draw: st.DrawFn, n_turns: int) -> list[TurnChecklist]:
     for t in range(n_turns):
         items = []
         for k in range(draw(st.integers(0, 3))):
-            items.append({
-                "id": f"C{k}",
-                "evidence": draw(st.lists(st.fixed_dictionaries({
-                    "turn": st.integers(0, 2**63 - 1), "step": st.integers(0, 2**63 - 1), "from": short,
-                    "snippet": text}), max_size=2)),
-                "focus_on": draw(short),
-                "question": draw(text),
-                "pass_condition": draw(text),
-                "failure_examples": draw(st.lists(text, max_size=2)),
-                "required_for_next_turn": draw(st.booleans()),
-                "depends_on": draw(st.lists(short, max_size=2)),
-                "weight": draw(st.floats(allow_nan=False)),
-                "extra_info": draw(st.dictionaries(short, plain_json, max_size=2)),
-            })
+            items.append(
+                {
+                    "id": f"C{k}",
+                    "evidence": draw(
+                        st.lists(
+                            st.fixed_dictionaries(
+                                {
+                                    "turn": st.integers(0, 2**63 - 1),
+                                    "step": st.integers(0, 2**63 - 1),
+                                    "from": short,
+                                    "snippet": text,
+                                }
+                            ),
+                            max_size=2,
+                        )
+                    ),
+                    "focus_on": draw(short),
+                    "question": draw(text),
+                    "pass_condition": draw(text),
+                    "failure_examples": draw(st.lists(text, max_size=2)),
+                    "required_for_next_turn": draw(st.booleans()),
+                    "depends_on": draw(st.lists(short, max_size=2)),
+                    "weight": draw(st.floats(allow_nan=False)),
+                    "extra_info": draw(st.dictionaries(short, plain_json, max_size=2)),
+                }
+            )
         blocks.append(TurnChecklist.model_validate({"turn": t, "items": items}))
     return blocks
 
@@ -193,8 +288,11 @@ def verl_row(d: Dialogue) -> dict[str, Any]:
     return {
         "data_source": "fuzz",
         "prompt": msgs[:2],
-        "extra_info": {"messages": msgs, "tools": json.dumps([t.to_openai() for t in d.tools]),
-                       "interaction_kwargs": {"checklist_list": checklists_to_stored(d)}},
+        "extra_info": {
+            "messages": msgs,
+            "tools": json.dumps([t.to_openai() for t in d.tools]),
+            "interaction_kwargs": {"checklist_list": checklists_to_stored(d)},
+        },
         "reward_model": {"ground_truth": json.dumps({"checklists": checklists_to_stored(d)})},
     }
 
@@ -277,17 +375,39 @@ def _noise(data: st.DataObject, text: str) -> bytes:
         if not raw:
             break
         at = data.draw(st.integers(0, len(raw) - 1), label="at")
-        junk = data.draw(st.sampled_from([b"\xff", b"\xc3", b"\\ud800", b"\\udfff\\ud800", b"\x00", b"{", b"]",
-                                          b'"', b",", b"\n", b"\xef\xbb\xbf"]) | st.binary(max_size=3), label="junk")
-        raw[at:at + data.draw(st.integers(0, 3), label="width")] = junk
+        junk = data.draw(
+            st.sampled_from(
+                [
+                    b"\xff",
+                    b"\xc3",
+                    b"\\ud800",
+                    b"\\udfff\\ud800",
+                    b"\x00",
+                    b"{",
+                    b"]",
+                    b'"',
+                    b",",
+                    b"\n",
+                    b"\xef\xbb\xbf",
+                ]
+            )
+            | st.binary(max_size=3),
+            label="junk",
+        )
+        raw[at : at + data.draw(st.integers(0, 3), label="width")] = junk
     return bytes(raw)
 
 
 @FUZZ
-@given(d=st.lists(valid_dialogues(), min_size=1, max_size=3), fmt=st.sampled_from(WRITE_FORMATS),
-       suffix=st.sampled_from([".json", ".jsonl"]), data=st.data())
-def test_read_records_on_damaged_files(d: list[Dialogue], fmt: str, suffix: str, data: st.DataObject,
-                                       scratch: Path) -> None:
+@given(
+    d=st.lists(valid_dialogues(), min_size=1, max_size=3),
+    fmt=st.sampled_from(WRITE_FORMATS),
+    suffix=st.sampled_from([".json", ".jsonl"]),
+    data=st.data(),
+)
+def test_read_records_on_damaged_files(
+    d: list[Dialogue], fmt: str, suffix: str, data: st.DataObject, scratch: Path
+) -> None:
     rows = [FORMATS[fmt].write(x) for x in d]
     text = json.dumps(rows, indent=1) if suffix == ".json" else "".join(json.dumps(r) + "\n" for r in rows)
     path = scratch / f"damaged{suffix}"
@@ -300,11 +420,15 @@ def test_read_records_on_damaged_files(d: list[Dialogue], fmt: str, suffix: str,
 
 
 @FUZZ
-@given(rows=st.lists(st.dictionaries(st.sampled_from(KEYS), plain_json, min_size=1, max_size=4), min_size=1,
-                     max_size=4),
-       indent=st.sampled_from([None, 1, 2]), suffix=st.sampled_from([".json", ".jsonl"]), data=st.data())
-def test_a_cut_file_yields_the_rows_before_the_cut(rows: list[dict], indent: int | None, suffix: str,
-                                                    data: st.DataObject, scratch: Path) -> None:
+@given(
+    rows=st.lists(st.dictionaries(st.sampled_from(KEYS), plain_json, min_size=1, max_size=4), min_size=1, max_size=4),
+    indent=st.sampled_from([None, 1, 2]),
+    suffix=st.sampled_from([".json", ".jsonl"]),
+    data=st.data(),
+)
+def test_a_cut_file_yields_the_rows_before_the_cut(
+    rows: list[dict], indent: int | None, suffix: str, data: st.DataObject, scratch: Path
+) -> None:
     if suffix == ".json":
         text = json.dumps(rows, indent=indent, ensure_ascii=False)
     else:
@@ -333,23 +457,47 @@ def test_a_cut_file_yields_the_rows_before_the_cut(rows: list[dict], indent: int
 def test_lone_surrogates_and_bad_bytes_are_rejects_not_crashes(tmp_path: Path) -> None:
     row = '{"id": "x", "messages": [{"role": "user", "content": "%s"}, {"role": "assistant", "content": "ok"}]}'
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(b"\n".join([(row % "fine").encode(), (row % "\\ud800").encode(),
-                                 (row % "caf\xe9").encode("latin-1"), (row % "\\ud83d\\ude00").encode()]) + b"\n")
+    path.write_bytes(
+        b"\n".join(
+            [
+                (row % "fine").encode(),
+                (row % "\\ud800").encode(),
+                (row % "caf\xe9").encode("latin-1"),
+                (row % "\\ud83d\\ude00").encode(),
+            ]
+        )
+        + b"\n"
+    )
     items = [(loc, x) for loc, x in iter_rows(path)]
     assert [loc for loc, _ in items] == ["bad.jsonl:1", "bad.jsonl:2", "bad.jsonl:3", "bad.jsonl:4"]
     kinds = [x.rule if isinstance(x, RecordError) else "row" for _, x in items]
     assert kinds == ["row", "invalid_unicode", "invalid_utf8", "row"]  # an escaped surrogate *pair* is fine
-    assert items[3][1]["messages"][0]["content"] == "\U0001F600"
+    assert items[3][1]["messages"][0]["content"] == "\U0001f600"
 
 
 def test_deep_nesting_and_huge_numbers_are_rejects(tmp_path: Path) -> None:
     path = tmp_path / "odd.jsonl"
     deep = "[" * 100_000
-    big = json.dumps({"id": "big", "messages": [{"role": "user", "content": "q"}, {"role": "assistant",
-                                                                                   "content": "a"}],
-                      "checklists": [[[{"id": "C0", "focus_on": "tool.content", "question": "q",
-                                        "pass_condition": "p", "weight": 1.0,
-                                        "evidence": [{"turn": 2**64, "step": 0, "from": "user.content"}]}]]]})
+    big = json.dumps(
+        {
+            "id": "big",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "checklists": [
+                [
+                    [
+                        {
+                            "id": "C0",
+                            "focus_on": "tool.content",
+                            "question": "q",
+                            "pass_condition": "p",
+                            "weight": 1.0,
+                            "evidence": [{"turn": 2**64, "step": 0, "from": "user.content"}],
+                        }
+                    ]
+                ]
+            ],
+        }
+    )
     path.write_text(deep + "\n" + big + "\n", encoding="utf-8")
     rules = [x.rule for x in read_records(path) if isinstance(x, Reject)]
     assert rules == ["json_syntax", "value_range"]
@@ -431,8 +579,12 @@ def _sharegpt_view(messages: list[Message]) -> list[Message]:
 
 
 def _canonical_calls(messages: list[Message]) -> list[Message]:
-    return [m.model_copy(update={"tool_calls": [c.model_copy(update={"arguments": c.canonical_arguments()})
-                                                for c in m.tool_calls]}) for m in messages]
+    return [
+        m.model_copy(
+            update={"tool_calls": [c.model_copy(update={"arguments": c.canonical_arguments()}) for c in m.tool_calls]}
+        )
+        for m in messages
+    ]
 
 
 @FUZZ
@@ -457,8 +609,11 @@ def test_each_writable_format_round_trips(d: Dialogue, fmt: str) -> None:
 
 
 @SOME
-@given(d=st.lists(valid_dialogues(), min_size=1, max_size=3, unique_by=lambda x: x.id),
-       fmt=st.sampled_from(WRITE_FORMATS), suffix=st.sampled_from([".json", ".jsonl"]))
+@given(
+    d=st.lists(valid_dialogues(), min_size=1, max_size=3, unique_by=lambda x: x.id),
+    fmt=st.sampled_from(WRITE_FORMATS),
+    suffix=st.sampled_from([".json", ".jsonl"]),
+)
 def test_files_round_trip(d: list[Dialogue], fmt: str, suffix: str, scratch: Path) -> None:
     path = scratch / f"round{suffix}"
     assert write_records(d, path, fmt) == len(d)
@@ -477,22 +632,48 @@ def _no_nan(value: Any) -> bool:
 def any_records(draw: st.DrawFn) -> Dialogue:
     """Records as the store may see them: any role order, thinking anywhere, provenance and review filled in."""
     roles = draw(st.lists(st.sampled_from(["system", "user", "assistant", "tool"]), min_size=1, max_size=8))
-    messages = [Message(role=r, content=draw(st.text(max_size=20)), thinking=draw(st.none() | st.text(max_size=10)),
-                        tool_calls=draw(st.lists(st.builds(ToolCall, id=st.none() | short, name=short,
-                                                           arguments=st.text(max_size=15)), max_size=2)),
-                        tool_call_id=draw(st.none() | short), name=draw(st.none() | short)) for r in roles]
+    messages = [
+        Message(
+            role=r,
+            content=draw(st.text(max_size=20)),
+            thinking=draw(st.none() | st.text(max_size=10)),
+            tool_calls=draw(
+                st.lists(
+                    st.builds(ToolCall, id=st.none() | short, name=short, arguments=st.text(max_size=15)), max_size=2
+                )
+            ),
+            tool_call_id=draw(st.none() | short),
+            name=draw(st.none() | short),
+        )
+        for r in roles
+    ]
     n_turns = draw(st.integers(0, 3))
     checklists = [draw(checklist_variant(n_turns)) for _ in range(draw(st.integers(0, 2)))]
-    provenance = Provenance(source=draw(st.text(max_size=8)), source_id=draw(st.none() | short),
-                            generator_model=draw(st.none() | short), labeller_model=draw(st.none() | short),
-                            prompt_version=draw(st.none() | short), created_at=draw(st.none() | short),
-                            history=draw(st.lists(st.dictionaries(short, plain_json, max_size=2), max_size=2)))
-    review = Review(status=draw(st.sampled_from(["unreviewed", "in_review", "reviewed", "rejected"])),
-                    reviewers=draw(st.lists(short, max_size=2)),
-                    decisions=draw(st.lists(st.dictionaries(short, plain_json, max_size=2), max_size=2)),
-                    agreement=draw(st.dictionaries(short, finite, max_size=2)))
-    return Dialogue(id=draw(short), source=draw(st.text(max_size=8)), tools=draw(tools), messages=messages,
-                    checklists=checklists, metadata=draw(metadata), provenance=provenance, review=review)
+    provenance = Provenance(
+        source=draw(st.text(max_size=8)),
+        source_id=draw(st.none() | short),
+        generator_model=draw(st.none() | short),
+        labeller_model=draw(st.none() | short),
+        prompt_version=draw(st.none() | short),
+        created_at=draw(st.none() | short),
+        history=draw(st.lists(st.dictionaries(short, plain_json, max_size=2), max_size=2)),
+    )
+    review = Review(
+        status=draw(st.sampled_from(["unreviewed", "in_review", "reviewed", "rejected"])),
+        reviewers=draw(st.lists(short, max_size=2)),
+        decisions=draw(st.lists(st.dictionaries(short, plain_json, max_size=2), max_size=2)),
+        agreement=draw(st.dictionaries(short, finite, max_size=2)),
+    )
+    return Dialogue(
+        id=draw(short),
+        source=draw(st.text(max_size=8)),
+        tools=draw(tools),
+        messages=messages,
+        checklists=checklists,
+        metadata=draw(metadata),
+        provenance=provenance,
+        review=review,
+    )
 
 
 @FUZZ

@@ -24,16 +24,57 @@ from cm2data.validate.screen import screen
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "validate.py"
 
-TEXTS = ["", " ", "\t\n", "\x1c", "\u00a0", "ok", "<think>x</think>", "a <think>", "</think>",
-         "<tool_response>{}</tool_response>", "<|im_start|>", "<|im_end|>", "<", '{"a": 1}', "[1,2]", "1e400", "NaN",
-         '{"a": 1', "123456789012345678901234567890", '"\\ud800"', "null", " {} ", "{}x", '{"a":1,"a":2}']
-ARGS = ["{}", "", "  ", "[]", "null", '{"city": "Oslo"}', '{"city": 5}', '{"city": "x", "days": 3.0}',
-        '{"city": "x", "days": 3.5}', '{"city": "x", "days": true}',
-        '{"city": "x", "days": 123456789012345678901234567890}', '{"city": "x", "limit": 1e400}',
-        '{"location": {"lat": 1, "lon": 2}, "city": "a"}', '{"location": {"lat": 1}, "city": "a"}',
-        '{"city": "a", "tags": ["x", 1]}', '{"city": "a", "sort": "price"}', '{"city": "a", "sort": "nope"}',
-        '{"city": "a", "max_price": 12345678901234567890123}', '{"city": "a", "max_price": true}', "{bad",
-        '{"city": "a", "extra": 1}', '{"city": null}', '{"city": "\\ud800"}']
+TEXTS = [
+    "",
+    " ",
+    "\t\n",
+    "\x1c",
+    "\u00a0",
+    "ok",
+    "<think>x</think>",
+    "a <think>",
+    "</think>",
+    "<tool_response>{}</tool_response>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<",
+    '{"a": 1}',
+    "[1,2]",
+    "1e400",
+    "NaN",
+    '{"a": 1',
+    "123456789012345678901234567890",
+    '"\\ud800"',
+    "null",
+    " {} ",
+    "{}x",
+    '{"a":1,"a":2}',
+]
+ARGS = [
+    "{}",
+    "",
+    "  ",
+    "[]",
+    "null",
+    '{"city": "Oslo"}',
+    '{"city": 5}',
+    '{"city": "x", "days": 3.0}',
+    '{"city": "x", "days": 3.5}',
+    '{"city": "x", "days": true}',
+    '{"city": "x", "days": 123456789012345678901234567890}',
+    '{"city": "x", "limit": 1e400}',
+    '{"location": {"lat": 1, "lon": 2}, "city": "a"}',
+    '{"location": {"lat": 1}, "city": "a"}',
+    '{"city": "a", "tags": ["x", 1]}',
+    '{"city": "a", "sort": "price"}',
+    '{"city": "a", "sort": "nope"}',
+    '{"city": "a", "max_price": 12345678901234567890123}',
+    '{"city": "a", "max_price": true}',
+    "{bad",
+    '{"city": "a", "extra": 1}',
+    '{"city": null}',
+    '{"city": "\\ud800"}',
+]
 SCHEMAS = [
     {"type": "object", "properties": {"city": {"type": ["string", "null"]}}, "required": ["city"]},
     {"type": "object", "properties": {"city": {"type": "string", "nullable": True}}},
@@ -44,8 +85,13 @@ SCHEMAS = [
     {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "number", "enum": [3, 3.0]}}},
     {"type": "object", "properties": {"city": {"type": ["integer", "number"]}, "days": {"type": "integer"}}},
     {"type": "object", "properties": {"city": "not a schema", "days": {}}},
-    {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "enum": ["x"]}},
-                                      "city": {"type": "string"}}},
+    {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "enum": ["x"]}},
+            "city": {"type": "string"},
+        },
+    },
 ]
 
 
@@ -90,8 +136,14 @@ def _mutate(rng: random.Random, d: Dialogue) -> None:
             d.tools = [*d.tools, copy.deepcopy(rng.choice(d.tools))]
         elif op == 11 and msgs:
             m = rng.choice(msgs)
-            m.tool_calls = [*m.tool_calls, ToolCall(id=rng.choice([None, "z"]), name=rng.choice(
-                ["search_restaurants", "nope", "book_table"]), arguments=rng.choice(ARGS))]
+            m.tool_calls = [
+                *m.tool_calls,
+                ToolCall(
+                    id=rng.choice([None, "z"]),
+                    name=rng.choice(["search_restaurants", "nope", "book_table"]),
+                    arguments=rng.choice(ARGS),
+                ),
+            ]
         elif op == 12 and items:
             it = rng.choice(items)
             it.depends_on = rng.choice([[], ["C1"], ["C0"], [it.id], ["C9"], ["C1", "C3"]])
@@ -103,9 +155,15 @@ def _mutate(rng: random.Random, d: Dialogue) -> None:
             rng.choice(d.checklists[0]).turn = rng.choice([0, 1, 2, 3])
         elif op == 15 and items:
             it = rng.choice(items)
-            field, values = rng.choice([("weight", [0.0, 1.0, 1.5, -0.1, 0.2]), ("id", ["", " ", "C0", "C1", "C7"]),
-                                        ("question", TEXTS), ("pass_condition", TEXTS),
-                                        ("focus_on", ["tool.content", "assistant.mood", "user.content"])])
+            field, values = rng.choice(
+                [
+                    ("weight", [0.0, 1.0, 1.5, -0.1, 0.2]),
+                    ("id", ["", " ", "C0", "C1", "C7"]),
+                    ("question", TEXTS),
+                    ("pass_condition", TEXTS),
+                    ("focus_on", ["tool.content", "assistant.mood", "user.content"]),
+                ]
+            )
             setattr(it, field, rng.choice(values))
         elif op == 16 and d.checklists and d.checklists[0]:
             del d.checklists[0][rng.randrange(len(d.checklists[0]))]
@@ -157,8 +215,10 @@ def test_screens_clear_only_what_the_rules_pass(bench, seed: int) -> None:  # ty
                 assert {n: f(d, cfg) for n, f in RULE_FILTERS.items()} == {n: [] for n in RULE_FILTERS}
                 assert steps == steps_per_turn(d.messages)
         steps = steps_per_turn(d.messages)
-        for cleared in (T.TableRows(chunk_records=None).add(d, steps),
-                        all(variant_clear(v, steps) for v in d.checklists)):
+        for cleared in (
+            T.TableRows(chunk_records=None).add(d, steps),
+            all(variant_clear(v, steps) for v in d.checklists),
+        ):
             if cleared:  # the screens vouch for the screened rules only; the text rules always run
                 assert all(not CHECKLIST_RULES[n](d, steps) for n in SCREENED_CHECKLIST_RULES)
 
@@ -184,7 +244,8 @@ def test_run_gate_is_the_plain_algorithm(bench, seed: int, monkeypatch: pytest.M
     assert result.counts == counts
     stream = run_gate_stream(iter(copy.deepcopy(records)), config=cfg)
     assert [(r.record_id, r.rule, r.message) for r in stream.rejects] == [
-        (r.record_id, r.rule, r.message) for r in result.rejects]
+        (r.record_id, r.rule, r.message) for r in result.rejects
+    ]
     assert stream.counts == result.counts and stream.checked == result.checked
 
 

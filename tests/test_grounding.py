@@ -16,30 +16,52 @@ from cm2data.validate.checklist import copied_from_prompt, evidence_grounded, st
 from cm2data.validate.evidence import SIMILARITY_FLOOR, grounded, normalize, similarity
 from cm2data.validate.rules import degenerate_message, degenerate_text
 
-WEATHER = Tool(name="get_weather", parameters={"type": "object", "properties": {"city": {"type": "string"}},
-                                               "required": ["city"]})
+WEATHER = Tool(
+    name="get_weather", parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+)
 
 
-def dialogue(user: str = "What is the weather in Oslo tomorrow?", reply: str = "Tomorrow Oslo has 3 °C and sleet.",
-             checklist: list[ChecklistItem] | None = None) -> Dialogue:
+def dialogue(
+    user: str = "What is the weather in Oslo tomorrow?",
+    reply: str = "Tomorrow Oslo has 3 °C and sleet.",
+    checklist: list[ChecklistItem] | None = None,
+) -> Dialogue:
     msgs = [
         Message(role="user", content=user),
-        Message(role="assistant", thinking="Look it up for Oslo.",
-                tool_calls=[ToolCall(id="c1", name="get_weather", arguments='{"city": "Oslo"}')]),
-        Message(role="tool", content='{"city": "Oslo", "temp_c": 3, "sky": "sleet"}', tool_call_id="c1",
-                name="get_weather"),
+        Message(
+            role="assistant",
+            thinking="Look it up for Oslo.",
+            tool_calls=[ToolCall(id="c1", name="get_weather", arguments='{"city": "Oslo"}')],
+        ),
+        Message(
+            role="tool", content='{"city": "Oslo", "temp_c": 3, "sky": "sleet"}', tool_call_id="c1", name="get_weather"
+        ),
         Message(role="assistant", thinking="Report it.", content=reply),
     ]
-    return Dialogue(id="g1", tools=[WEATHER], messages=msgs,
-                    checklists=[[TurnChecklist(turn=0, items=checklist)]] if checklist else [])
+    return Dialogue(
+        id="g1",
+        tools=[WEATHER],
+        messages=msgs,
+        checklists=[[TurnChecklist(turn=0, items=checklist)]] if checklist else [],
+    )
 
 
-def item(*evidence: tuple[int, str, str], question: str = "Did the assistant look up Oslo?", iid: str = "C0",
-         weight: float = 1.0, **kw) -> ChecklistItem:
-    return ChecklistItem(id=iid, focus_on="assistant.tool_calls", question=question,
-                         pass_condition=kw.get("pass_condition", "A get_weather call has city Oslo."),
-                         failure_examples=kw.get("failure_examples", []), weight=weight,
-                         evidence=[{"turn": 0, "step": s, "from": f, "snippet": snip} for s, f, snip in evidence])
+def item(
+    *evidence: tuple[int, str, str],
+    question: str = "Did the assistant look up Oslo?",
+    iid: str = "C0",
+    weight: float = 1.0,
+    **kw,
+) -> ChecklistItem:
+    return ChecklistItem(
+        id=iid,
+        focus_on="assistant.tool_calls",
+        question=question,
+        pass_condition=kw.get("pass_condition", "A get_weather call has city Oslo."),
+        failure_examples=kw.get("failure_examples", []),
+        weight=weight,
+        evidence=[{"turn": 0, "step": s, "from": f, "snippet": snip} for s, f, snip in evidence],
+    )
 
 
 def grounding(*evidence: tuple[int, str, str], **kw) -> list[str]:
@@ -50,17 +72,32 @@ def grounding(*evidence: tuple[int, str, str], **kw) -> list[str]:
 # ------------------------------------------------------------------------------------------- degenerate_message
 
 
-@pytest.mark.parametrize(("text", "why"), [
-    ("n", "1 word"), ("Done.", "1 word"), ("👍 👍", "0 words"), ("??? !!! ...", "0 words"),
-    ("{\"a\": 1, \"b\": [2, 3]}", "mostly non-text"), ("~~~ ok ~~~ ok ~~~~~~", "mostly non-text"),
-])
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("n", "1 word"),
+        ("Done.", "1 word"),
+        ("👍 👍", "0 words"),
+        ("??? !!! ...", "0 words"),
+        ('{"a": 1, "b": [2, 3]}', "mostly non-text"),
+        ("~~~ ok ~~~ ok ~~~~~~", "mostly non-text"),
+    ],
+)
 def test_degenerate_text_names_why(text: str, why: str) -> None:
     found = degenerate_text(text)
     assert found is not None and why in found
 
 
-@pytest.mark.parametrize("text", ["Book it please.", "Total: 1,234.56 USD", "請幫我訂一張去東京的機票",
-                                  "Ja, gerne!", "Reservation HR-5521093 is confirmed for 2 guests."])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Book it please.",
+        "Total: 1,234.56 USD",
+        "請幫我訂一張去東京的機票",
+        "Ja, gerne!",
+        "Reservation HR-5521093 is confirmed for 2 guests.",
+    ],
+)
 def test_real_messages_are_not_degenerate(text: str) -> None:
     assert degenerate_text(text) is None
 
@@ -111,8 +148,10 @@ def test_grounded_exact_near_and_invented() -> None:
 
 def test_grounded_is_a_property_of_substrings() -> None:
     rng = random.Random(3)
-    text = ("The Superior Twin at Casa do Largo Chiado costs €172 a night, breakfast included; "
-            "free cancellation until 2026-05-05 23:59 Lisbon time.")
+    text = (
+        "The Superior Twin at Casa do Largo Chiado costs €172 a night, breakfast included; "
+        "free cancellation until 2026-05-05 23:59 Lisbon time."
+    )
     for _ in range(200):
         a = rng.randrange(len(text) - 5)
         b = rng.randrange(a + 1, len(text) + 1)
@@ -126,21 +165,31 @@ def test_grounded_is_a_property_of_substrings() -> None:
 
 
 def test_evidence_grounded_accepts_quotes_of_each_part() -> None:
-    assert grounding((0, "user.content", "weather in Oslo"), (1, "assistant.tool_calls", '"city": "Oslo"'),
-                     (1, "assistant.tool_calls", "get_weather"), (1, "assistant.content.thinking", "look it up"),
-                     (2, "tool.content", '"sky": "sleet"'),
-                     (3, "assistant.content.user_visible_reply", "3 °C and sleet")) == []
+    assert (
+        grounding(
+            (0, "user.content", "weather in Oslo"),
+            (1, "assistant.tool_calls", '"city": "Oslo"'),
+            (1, "assistant.tool_calls", "get_weather"),
+            (1, "assistant.content.thinking", "look it up"),
+            (2, "tool.content", '"sky": "sleet"'),
+            (3, "assistant.content.user_visible_reply", "3 °C and sleet"),
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize(("evidence", "fragment"), [
-    ((3, "assistant.content.user_visible_reply", "12°C and light rain"), "is not in the"),
-    ((2, "assistant.tool_calls", '"city": "Oslo"'), "is the tool's step"),
-    ((1, "tool.content", "Oslo"), "is the assistant's step"),
-    ((0, "assistant.content.user_visible_reply", "Oslo"), "is the user's step"),
-    ((1, "assistant.content.user_visible_reply", "Oslo"), "is empty"),  # a calling step has no reply text
-    ((2, "tool.content", " "), "the snippet is empty"),
-    ((1, "assistant.content.thinking", '"city": "Oslo"'), "is not in the"),  # in the call, not the thinking
-])
+@pytest.mark.parametrize(
+    ("evidence", "fragment"),
+    [
+        ((3, "assistant.content.user_visible_reply", "12°C and light rain"), "is not in the"),
+        ((2, "assistant.tool_calls", '"city": "Oslo"'), "is the tool's step"),
+        ((1, "tool.content", "Oslo"), "is the assistant's step"),
+        ((0, "assistant.content.user_visible_reply", "Oslo"), "is the user's step"),
+        ((1, "assistant.content.user_visible_reply", "Oslo"), "is empty"),  # a calling step has no reply text
+        ((2, "tool.content", " "), "the snippet is empty"),
+        ((1, "assistant.content.thinking", '"city": "Oslo"'), "is not in the"),  # in the call, not the thinking
+    ],
+)
 def test_evidence_grounded_names_what_is_wrong(evidence: tuple[int, str, str], fragment: str) -> None:
     found = grounding(evidence)
     assert len(found) == 1 and fragment in found[0], found
@@ -189,8 +238,11 @@ def test_copied_from_prompt_catches_the_examples_of_every_version() -> None:
         d = dialogue(checklist=[item(ok, question=question)])
         found = copied_from_prompt(d, steps_per_turn(d.messages))
         assert len(found) == 1 and "copied from the example in the labeller prompt" in found[0], question
-    d = dialogue(checklist=[item(ok, pass_condition=current["pass_condition"],
-                                 failure_examples=[retired["failure_examples"][0]])])
+    d = dialogue(
+        checklist=[
+            item(ok, pass_condition=current["pass_condition"], failure_examples=[retired["failure_examples"][0]])
+        ]
+    )
     assert len(copied_from_prompt(d, steps_per_turn(d.messages))) == 2
     # a snippet equal to the example's counts only when this dialogue does not hold it
     invented = dialogue(checklist=[item((3, "assistant.content.user_visible_reply", "12°C and light rain"))])
@@ -248,5 +300,7 @@ def test_quote_choices_are_grounded_and_a_constrained_answer_passes_evidence_gro
     hidden = annotate_request(bare, AnnotateConfig(show_example=False).model_dump())["messages"][0]["content"]
     example_question = load_prompt("annotate").example[0]["checklist"][0]["question"]
     assert example_question in shown and "renew_loan" not in hidden and hidden.endswith("and nothing else.")
-    assert all(alt["properties"]["snippet"] == {"type": "string", "maxLength": 160}
-               for alt in free["$defs"]["evidence"].get("anyOf", [free["$defs"]["evidence"]]))
+    assert all(
+        alt["properties"]["snippet"] == {"type": "string", "maxLength": 160}
+        for alt in free["$defs"]["evidence"].get("anyOf", [free["$defs"]["evidence"]])
+    )

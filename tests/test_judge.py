@@ -25,31 +25,51 @@ from cm2data.schema import ChecklistItem
 
 
 def item(cid: str, focus: str, weight: float, deps: tuple[str, ...] = (), must: bool = False) -> ChecklistItem:
-    return ChecklistItem(id=cid, focus_on=focus, question=f"Did the assistant do {cid}?", pass_condition=f"{cid} done",
-                         failure_examples=[f"no {cid}"], weight=weight, depends_on=list(deps),
-                         required_for_next_turn=must,
-                         evidence=[{"turn": 0, "step": 1, "from": "assistant.tool_calls", "snippet": f"snip {cid}"}])
+    return ChecklistItem(
+        id=cid,
+        focus_on=focus,
+        question=f"Did the assistant do {cid}?",
+        pass_condition=f"{cid} done",
+        failure_examples=[f"no {cid}"],
+        weight=weight,
+        depends_on=list(deps),
+        required_for_next_turn=must,
+        evidence=[{"turn": 0, "step": 1, "from": "assistant.tool_calls", "snippet": f"snip {cid}"}],
+    )
 
 
-ITEMS = [item("C0", "assistant.tool_calls", 0.4, must=True), item("C1", "tool.content", 0.2),
-         item("C2", "assistant.content.user_visible_reply", 0.4, ("C1",))]
+ITEMS = [
+    item("C0", "assistant.tool_calls", 0.4, must=True),
+    item("C1", "tool.content", 0.2),
+    item("C2", "assistant.content.user_visible_reply", 0.4, ("C1",)),
+]
 
 
 def conversation(tool_content: str = '{"temp": 21}') -> list[dict]:
     return [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": "<think>\nNeed the weather.\n</think>",
-         "tool_calls": [{"id": "c1", "type": "function",
-                         "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": "<think>\nNeed the weather.\n</think>",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": tool_content},
         {"role": "assistant", "content": "It is 21 degrees in Oslo."},
     ]
 
 
 def client_for(server: ScriptedOpenAI, **kw) -> LLMClient:
-    cfg = {"base_url": server.base_url, "model": "scripted-model", "max_retries": 0, "timeout": 5.0,
-           "backoff_initial": 0.0, **kw}
+    cfg = {
+        "base_url": server.base_url,
+        "model": "scripted-model",
+        "max_retries": 0,
+        "timeout": 5.0,
+        "backoff_initial": 0.0,
+        **kw,
+    }
     return LLMClient(LLMConfig(**cfg))
 
 
@@ -132,8 +152,9 @@ def test_grouped_mode_one_call_per_step():
     assert schema["required"] == ["C0", "C1", "C2"]
     # a grouped answer missing an id fails the whole call: every item of it is failed
     with ScriptedOpenAI(default=Reply('{"C0": true}')) as server:
-        tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS,
-                            JudgeOptions(grouped=True, invalid_retries=0)))
+        tj = run(
+            judge_turn(client_for(server), conversation(), 0, ITEMS, JudgeOptions(grouped=True, invalid_retries=0))
+        )
     assert tj.failures == 2 and tj.score == 0.0
 
 
@@ -141,8 +162,11 @@ def test_grouped_letters_answer():
     # step 0 asks C0, C1, C2 (one letter each, in order); step 1 asks C1 and C2 again
     with ScriptedOpenAI() as server:
         server.push(Reply('"YNY"'), Reply('"YN"'))
-        tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS,
-                            JudgeOptions(grouped=True, grouped_answer="letters")))
+        tj = run(
+            judge_turn(
+                client_for(server), conversation(), 0, ITEMS, JudgeOptions(grouped=True, grouped_answer="letters")
+            )
+        )
         sent = server.requests
     assert tj.calls == 2
     assert tj.step_verdicts == [{"C0": True, "C1": False, "C2": True}, {"C1": True, "C2": False}]
@@ -152,8 +176,15 @@ def test_grouped_letters_answer():
     # a wrong number of letters, or other letters, fails the call: every item of it is failed
     for bad in ('"YN"', '"YNX"', '{"C0": true, "C1": true, "C2": true}'):
         with ScriptedOpenAI(default=Reply(bad)) as server:
-            tj = run(judge_turn(client_for(server), conversation(), 0, ITEMS,
-                                JudgeOptions(grouped=True, grouped_answer="letters", invalid_retries=0)))
+            tj = run(
+                judge_turn(
+                    client_for(server),
+                    conversation(),
+                    0,
+                    ITEMS,
+                    JudgeOptions(grouped=True, grouped_answer="letters", invalid_retries=0),
+                )
+            )
         assert tj.failures >= 1 and tj.step_verdicts[0] == {"C0": False, "C1": False, "C2": False}, bad
 
 
@@ -174,8 +205,11 @@ def test_verdict_cache():
 
 
 def test_judge_rollout_stops_at_failed_gate():
-    two_turns = [*conversation(), {"role": "user", "content": "And Bergen?"},
-                 {"role": "assistant", "content": "Also rainy."}]
+    two_turns = [
+        *conversation(),
+        {"role": "user", "content": "And Bergen?"},
+        {"role": "assistant", "content": "Also rainy."},
+    ]
     checklist = [ITEMS, [item("C0", "assistant.content.user_visible_reply", 1.0)]]
     with ScriptedOpenAI(default=Reply('{"answer": false}')) as server:
         rj = run(judge_rollout(client_for(server), two_turns, checklist))
@@ -192,8 +226,10 @@ def test_unreachable_server_is_a_failure_not_an_exception():
 
 
 def test_judge_imports_stay_light():
-    code = ("import sys, cm2data.judge, cm2data.reward; heavy = {'pandas', 'polars', 'pyarrow', 'datasets', "
-            "'pandera', 'distilabel', 'torch', 'typer', 'rich'}; print(sorted(heavy & set(sys.modules)))")
+    code = (
+        "import sys, cm2data.judge, cm2data.reward; heavy = {'pandas', 'polars', 'pyarrow', 'datasets', "
+        "'pandera', 'distilabel', 'torch', 'typer', 'rich'}; print(sorted(heavy & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
@@ -204,8 +240,9 @@ def test_real_embedded_judge(embedded_llm):
         client = LLMClient(embedded_llm.with_(timeout=120.0))
         per_item = await judge_turn(client, conversation(), 0, ITEMS)
         grouped = await judge_turn(client, conversation(), 0, ITEMS, JudgeOptions(grouped=True))
-        letters = await judge_turn(client, conversation(), 0, ITEMS,
-                                   JudgeOptions(grouped=True, grouped_answer="letters"))
+        letters = await judge_turn(
+            client, conversation(), 0, ITEMS, JudgeOptions(grouped=True, grouped_answer="letters")
+        )
         await client.aclose()
         return per_item, grouped, letters
 

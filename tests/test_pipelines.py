@@ -44,8 +44,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     editable install may point at another checkout), offline."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", **extra}
-WEATHER = Tool(name="get_weather", description="Current weather of a city", parameters={
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+
+
+WEATHER = Tool(
+    name="get_weather",
+    description="Current weather of a city",
+    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
 
 
 def simple_dialogue(i: int, turns: int = 1, thinking: bool = False) -> Dialogue:
@@ -54,12 +59,18 @@ def simple_dialogue(i: int, turns: int = 1, thinking: bool = False) -> Dialogue:
         cid = f"call_{i}_{t}"
         messages += [
             Message(role="user", content=f"record-{i:02d}: what is the weather in city {t}?"),
-            Message(role="assistant", content="",
-                    thinking=f"For record-{i:02d} I should look it up." if thinking else None,
-                    tool_calls=[ToolCall(id=cid, name="get_weather", arguments=json.dumps({"city": f"C{t}"}))]),
+            Message(
+                role="assistant",
+                content="",
+                thinking=f"For record-{i:02d} I should look it up." if thinking else None,
+                tool_calls=[ToolCall(id=cid, name="get_weather", arguments=json.dumps({"city": f"C{t}"}))],
+            ),
             Message(role="tool", content=json.dumps({"temp": 10 + t}), tool_call_id=cid, name="get_weather"),
-            Message(role="assistant", content=f"It is {10 + t} degrees.",
-                    thinking="The tool answered; report it." if thinking else None),
+            Message(
+                role="assistant",
+                content=f"It is {10 + t} degrees.",
+                thinking="The tool answered; report it." if thinking else None,
+            ),
         ]
     return Dialogue(id=f"rec-{i:02d}", source="test", tools=[WEATHER], messages=messages)
 
@@ -70,8 +81,11 @@ def write_input(folder: Path, records: list[Dialogue]) -> Path:
 
 
 def endpoint_for(server: RoutedOpenAI, **settings: Any) -> Endpoint:
-    return resolve_endpoint(server.base_url, settings={"max_retries": 1, "backoff_initial": 0.01,
-                                                       "backoff_max": 0.05, **settings}, start_embedded=False)
+    return resolve_endpoint(
+        server.base_url,
+        settings={"max_retries": 1, "backoff_initial": 0.01, "backoff_max": 0.05, **settings},
+        start_embedded=False,
+    )
 
 
 def record_of(body: dict[str, Any]) -> str | None:
@@ -112,8 +126,11 @@ def test_sample_specs_are_seeded_and_coherent():
     for spec in a:
         names = [t["function"]["name"] for t in spec["tools"]]
         own = [n for n in names if domain_of[n] == spec["domain"]]
-        assert 2 <= len(own) <= 3 and len(names) == len(own) + 1 and spec["distractors"] == \
-            [n for n in names if domain_of[n] != spec["domain"]]
+        assert (
+            2 <= len(own) <= 3
+            and len(names) == len(own) + 1
+            and spec["distractors"] == [n for n in names if domain_of[n] != spec["domain"]]
+        )
         assert 1 <= spec["num_turns"] <= 2
     # domains are covered evenly: 40 dialogues over 16 domains
     counts = Counter(s["domain"] for s in a)
@@ -121,11 +138,14 @@ def test_sample_specs_are_seeded_and_coherent():
 
 
 def test_parse_assistant_openai_and_hermes():
-    act = parse_assistant("", [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
-                          "x")
+    act = parse_assistant(
+        "", [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}], "x"
+    )
     assert [(c.id, c.name, c.args) for c in act.calls] == [("c1", "f", {"a": 1})]
-    text = ('<think>\nplan\n</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 2}}\n</tool_call>\n'
-            '<tool_call>{"name": "g", "arguments": "{\\"b\\": 3}"}</tool_call>')
+    text = (
+        '<think>\nplan\n</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 2}}\n</tool_call>\n'
+        '<tool_call>{"name": "g", "arguments": "{\\"b\\": 3}"}</tool_call>'
+    )
     act = parse_assistant(text, [], "call_0_")
     assert [(c.id, c.name, c.args) for c in act.calls] == [("call_0_0", "f", {"a": 2}), ("call_0_1", "g", {"b": 3})]
     assert act.thinking == "plan" and act.content == ""
@@ -139,15 +159,25 @@ def test_strict_tools_bound_free_strings_and_arrays():
     writes an argument until max_tokens); the record and the simulator keep the catalog's schema."""
     from cm2data.pipelines.synthesize import ARGUMENT_MAX_CHARS, ARGUMENT_MAX_ITEMS, bounded_parameters
 
-    params = {"type": "object", "required": ["city"], "properties": {
-        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]},
-        "day": {"type": "string", "format": "date"}, "code": {"type": "string", "maxLength": 3},
-        "tags": {"type": "array", "items": {"type": "string"}},
-        "people": {"type": "array", "maxItems": 2, "items": {"type": "object", "properties": {
-            "name": {"type": ["string", "null"]}}}}}}
+    params = {
+        "type": "object",
+        "required": ["city"],
+        "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["C", "F"]},
+            "day": {"type": "string", "format": "date"},
+            "code": {"type": "string", "maxLength": 3},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "people": {
+                "type": "array",
+                "maxItems": 2,
+                "items": {"type": "object", "properties": {"name": {"type": ["string", "null"]}}},
+            },
+        },
+    }
     before = json.dumps(params)
     out = bounded_parameters(params)
-    assert json.dumps(params) == before                                     # a copy
+    assert json.dumps(params) == before  # a copy
     p = out["properties"]
     assert p["city"]["maxLength"] == ARGUMENT_MAX_CHARS and p["tags"]["items"]["maxLength"] == ARGUMENT_MAX_CHARS
     assert p["tags"]["maxItems"] == ARGUMENT_MAX_ITEMS and p["people"]["maxItems"] == 2
@@ -162,19 +192,35 @@ def test_label_schema_bounds_the_answer():
     assert schema["minItems"] == schema["maxItems"] == 2
     block = schema["items"]
     assert block["properties"]["turn"]["maximum"] == 1
-    assert block["properties"]["checklist"]["items"]["properties"]["evidence"]["items"]["properties"]["step"][
-        "maximum"] == 5
+    assert (
+        block["properties"]["checklist"]["items"]["properties"]["evidence"]["items"]["properties"]["step"]["maximum"]
+        == 5
+    )
 
 
-def _block(t: int, k: int, *, deps: dict[str, list[str]] | None = None, weights: list[float] | None = None,
-           step: int = 1) -> dict[str, Any]:
+def _block(
+    t: int, k: int, *, deps: dict[str, list[str]] | None = None, weights: list[float] | None = None, step: int = 1
+) -> dict[str, Any]:
     ids = [f"C{i}" for i in range(k)]
-    items = [{"id": i, "evidence": [{"turn": t, "step": step, "from": "tool.content", "snippet": "x"}],
-              "focus_on": "tool.content", "question": "Is it right?", "pass_condition": "It is.",
-              "failure_examples": [], "required_for_next_turn": False} for i in ids]
+    items = [
+        {
+            "id": i,
+            "evidence": [{"turn": t, "step": step, "from": "tool.content", "snippet": "x"}],
+            "focus_on": "tool.content",
+            "question": "Is it right?",
+            "pass_condition": "It is.",
+            "failure_examples": [],
+            "required_for_next_turn": False,
+        }
+        for i in ids
+    ]
     weights = weights or ([1.0] if k == 1 else [round(1 / k, 6)] * k)
-    return {"turn": t, "checklist": items, "dependence": deps or {i: [] for i in ids},
-            "weight": dict(zip(ids, weights, strict=True))}
+    return {
+        "turn": t,
+        "checklist": items,
+        "dependence": deps or {i: [] for i in ids},
+        "weight": dict(zip(ids, weights, strict=True)),
+    }
 
 
 def test_strict_label_schema_states_the_block_form():
@@ -195,8 +241,7 @@ def test_strict_label_schema_states_the_block_form():
         assert [len(b["properties"]["checklist"]["prefixItems"]) for b in block["anyOf"]] == [1, 2, 3]
     defs = schema["$defs"]
     assert [defs[f"item_C{i}"]["properties"]["id"] for i in range(3)] == [{"const": f"C{i}"} for i in range(3)]
-    assert defs["dependence_3"]["required"] == ["C0", "C1", "C2"] and not defs["dependence_3"][
-        "additionalProperties"]
+    assert defs["dependence_3"]["required"] == ["C0", "C1", "C2"] and not defs["dependence_3"]["additionalProperties"]
     assert defs["dependence_3"]["properties"]["C0"] == {"type": "array", "maxItems": 0}
     assert defs["dependence_3"]["properties"]["C2"]["items"] == {"enum": ["C0", "C1"]}
     assert defs["weight_1"]["properties"] == {"C0": {"const": 1.0}}
@@ -204,8 +249,10 @@ def test_strict_label_schema_states_the_block_form():
 
     good = [
         [_block(0, 1), _block(1, 1)],
-        [_block(0, 3, deps={"C0": [], "C1": ["C0"], "C2": ["C0", "C1"]}, weights=[0.5, 0.3, 0.2]),
-         _block(1, 2, step=5, weights=[0.0, 1.0])],
+        [
+            _block(0, 3, deps={"C0": [], "C1": ["C0"], "C2": ["C0", "C1"]}, weights=[0.5, 0.3, 0.2]),
+            _block(1, 2, step=5, weights=[0.0, 1.0]),
+        ],
     ]
     for answer in good:
         assert conforms(schema, answer)
@@ -259,11 +306,9 @@ def test_weight_grid_enumerates_every_vector_summing_to_one():
         grid_weights(2, 0.3)
     # in the schema: an anyOf of const vectors; item counts above 1/grid are not offered
     schema = label_schema([3], max_items=6, weight_grid=0.25)
-    assert [len(b["properties"]["checklist"]["prefixItems"]) for b in schema["prefixItems"][0]["anyOf"]] == \
-        [1, 2, 3, 4]
+    assert [len(b["properties"]["checklist"]["prefixItems"]) for b in schema["prefixItems"][0]["anyOf"]] == [1, 2, 3, 4]
     w3 = schema["$defs"]["weight_3"]["anyOf"]
-    assert len(w3) == 3 and w3[0]["properties"] == {"C0": {"const": 0.5}, "C1": {"const": 0.25},
-                                                     "C2": {"const": 0.25}}
+    assert len(w3) == 3 and w3[0]["properties"] == {"C0": {"const": 0.5}, "C1": {"const": 0.25}, "C2": {"const": 0.25}}
     # the size stays bounded: grid 0.1 with 6 items is 382 vectors; a grid too fine for k falls back to free numbers
     big = label_schema([4, 6], max_items=6, weight_grid=0.1)
     assert sum(len(big["$defs"][f"weight_{k}"].get("anyOf", [1])) for k in range(1, 7)) == 382
@@ -294,13 +339,15 @@ def test_pipeline_config_is_strict(tmp_path: Path):
     cfg = load_pipeline_config(good)
     assert [s.name for s in cfg.stages] == ["synthesize", "filter", "annotate"]
     assert cfg.stages[2].config.variants == 2 and cfg.stages[1].config.passes == 1
-    for text, needle in [("stages:\n  - synthesize: {nn: 2}\n", "nn"),
-                         ("stages:\n  - label\n", "unknown stage 'label'"),
-                         ("stages:\n  - annotate\n", "give an 'input'"),
-                         ("stages:\n  - filter\n  - synthesize\n", "first stage"),
-                         ("input: x\nstages:\n  - select: {drop_ratios: {num_turnz: {1: 0.5}}}\n", "num_turnz"),
-                         ("input: x\nstages:\n  - select: {drop_ratios: {num_turns: {1: 1.5}}}\n", "between 0 and 1"),
-                         ("stages: []\n", "non-empty")]:
+    for text, needle in [
+        ("stages:\n  - synthesize: {nn: 2}\n", "nn"),
+        ("stages:\n  - label\n", "unknown stage 'label'"),
+        ("stages:\n  - annotate\n", "give an 'input'"),
+        ("stages:\n  - filter\n  - synthesize\n", "first stage"),
+        ("input: x\nstages:\n  - select: {drop_ratios: {num_turnz: {1: 0.5}}}\n", "num_turnz"),
+        ("input: x\nstages:\n  - select: {drop_ratios: {num_turns: {1: 1.5}}}\n", "between 0 and 1"),
+        ("stages: []\n", "non-empty"),
+    ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(ValueError, match=needle):
@@ -314,9 +361,18 @@ def test_full_pipeline_on_a_fake_model(tmp_path: Path):
     """synthesize → filter (2 passes) → compress → select → annotate (2 variants): records, rejects, report,
     provenance; the output passes the gate; a second run reuses every stage."""
     with RoutedOpenAI() as server:
-        config = PipelineConfig(name="t", seed=3, llm={"max_retries": 1}, stages=[
-            {"synthesize": {"n": 4}}, {"filter": {"passes": 2}}, "compress",
-            {"select": {"drop_ratios": {"num_turns": {1: 0.0}}}}, {"annotate": {"variants": 2}}])
+        config = PipelineConfig(
+            name="t",
+            seed=3,
+            llm={"max_retries": 1},
+            stages=[
+                {"synthesize": {"n": 4}},
+                {"filter": {"passes": 2}},
+                "compress",
+                {"select": {"drop_ratios": {"num_turns": {1: 0.0}}}},
+                {"annotate": {"variants": 2}},
+            ],
+        )
         out = tmp_path / "run"
         result = run_pipeline(config, out, base_url=server.base_url)
         kinds = Counter(server.kinds())
@@ -326,16 +382,24 @@ def test_full_pipeline_on_a_fake_model(tmp_path: Path):
         assert len(records) == 4 and run_gate(records).passed
         for d in records:
             assert len(d.checklists) == 2
-            assert d.provenance.prompt_version == \
-                "scenario@1;user_simulator@1;assistant@1;tool_mock@1;quality_filter@1;annotate@2"
-            assert [h["stage"] for h in d.provenance.history] == ["synthesize", "filter", "compress", "select",
-                                                                  "annotate"]
+            assert (
+                d.provenance.prompt_version
+                == "scenario@1;user_simulator@1;assistant@1;tool_mock@1;quality_filter@1;annotate@2"
+            )
+            assert [h["stage"] for h in d.provenance.history] == [
+                "synthesize",
+                "filter",
+                "compress",
+                "select",
+                "annotate",
+            ]
             assert d.provenance.generator_model == d.provenance.labeller_model == "fake-model"
         report = json.loads((out / "report.json").read_text())
         assert [s["stage"] for s in report["stages"]] == ["synthesize", "filter", "compress", "select", "annotate"]
         assert report["usage"]["by_stage"]["annotate"]["requests"] == 8
         assert report["usage"]["by_stage"]["synthesize"]["requests"] == sum(
-            kinds[k] for k in ("scenario", "user", "assistant", "mock"))
+            kinds[k] for k in ("scenario", "user", "assistant", "mock")
+        )
         assert report["dataset"]["checklists"]["annotated_dialogues"] == 4
         assert (out / "pipeline.yaml").exists() and (out / "report.html").stat().st_size > 10_000
         for i, name in enumerate(["synthesize", "filter", "compress", "select", "annotate"], start=1):
@@ -365,8 +429,12 @@ def test_synthesize_rejects_unknown_tools_and_unparseable_calls(tmp_path: Path):
         if body["_kind"] == "assistant" and body.get("tool_choice") == "required":
             which = sum(map(ord, body["tools"][0]["function"]["name"])) % 3  # a per-dialogue choice
             if which == 0:
-                return Reply(content="", tool_calls=[{"id": "c", "type": "function", "function": {
-                    "name": "launch_rocket", "arguments": "{}"}}])
+                return Reply(
+                    content="",
+                    tool_calls=[
+                        {"id": "c", "type": "function", "function": {"name": "launch_rocket", "arguments": "{}"}}
+                    ],
+                )
             if which == 1:
                 return Reply(content='<tool_call>{"name": "oops", "arguments": {')
         return fake_model(body)
@@ -386,30 +454,40 @@ def test_synthesize_rejects_unknown_tools_and_unparseable_calls(tmp_path: Path):
 
 def test_filter_rules_then_llm_judge(tmp_path: Path):
     records = [simple_dialogue(i) for i in range(6)]
-    records[0].messages[-1].content = ""                                  # non_empty_content
-    records[1].messages[3].content = "not json"                           # tool_response_json_valid
+    records[0].messages[-1].content = ""  # non_empty_content
+    records[1].messages[3].content = "not json"  # tool_response_json_valid
 
     def route(body: dict[str, Any]) -> Any:
         rec = record_of(body)
         if rec == "rec-02":
             return Reply(json.dumps({"Reasoning": "The reply invents a temperature.", "NoError": False}))
         if rec == "rec-03":
-            return Status(500)                                            # a broken server for one record
+            return Status(500)  # a broken server for one record
         if rec == "rec-04":
-            return Reply('{"Reasoning": "ok", "NoError": "maybe"}')       # schema-invalid, every time
+            return Reply('{"Reasoning": "ok", "NoError": "maybe"}')  # schema-invalid, every time
         return fake_model(body)
 
     with RoutedOpenAI(route) as server:
         out = tmp_path / "f"
-        run_stage("filter", FilterConfig(passes=2), out, src=write_input(tmp_path / "in", records),
-                  endpoint=endpoint_for(server))
+        run_stage(
+            "filter",
+            FilterConfig(passes=2),
+            out,
+            src=write_input(tmp_path / "in", records),
+            endpoint=endpoint_for(server),
+        )
         judged = Counter(record_of(b) for b in server.requests)
     summary = check_accounting(out, 6)
-    assert summary["rejects_by_rule"] == {"non_empty_content": 1, "tool_response_json_valid": 1, "llm_quality": 1,
-                                          "llm_request_failed": 1, "output_schema": 1}
+    assert summary["rejects_by_rule"] == {
+        "non_empty_content": 1,
+        "tool_response_json_valid": 1,
+        "llm_quality": 1,
+        "llm_request_failed": 1,
+        "output_schema": 1,
+    }
     assert [d.id for d in store.read_dataset(out)] == ["rec-05"]
-    assert "rec-00" not in judged and "rec-01" not in judged             # rule rejects never reach the judge
-    assert judged["rec-02"] == 1                                          # chained: pass 1 is not asked
+    assert "rec-00" not in judged and "rec-01" not in judged  # rule rejects never reach the judge
+    assert judged["rec-02"] == 1  # chained: pass 1 is not asked
     assert judged["rec-05"] == 2
     by_id = {r.record_id: r for r in read_rejects(out / "rejects.jsonl")}
     assert "invents a temperature" in by_id["rec-02"].message
@@ -447,8 +525,9 @@ def test_annotate_feeds_errors_back_then_rejects(tmp_path: Path):
     with RoutedOpenAI(route) as server:
         out = tmp_path / "a"
         records = [simple_dialogue(0), simple_dialogue(1, turns=2), simple_dialogue(2), simple_dialogue(3)]
-        run_stage("annotate", AnnotateConfig(), out, src=write_input(tmp_path / "in", records),
-                  endpoint=endpoint_for(server))
+        run_stage(
+            "annotate", AnnotateConfig(), out, src=write_input(tmp_path / "in", records), endpoint=endpoint_for(server)
+        )
         requests = [b for b in server.requests if record_of(b) == "rec-00"]
     summary = check_accounting(out, 4)
     assert summary["rejects_by_rule"] == {"weights_sum_to_one": 1, "malformed_json": 1}
@@ -495,12 +574,21 @@ def test_annotate_validates_with_the_full_gate(tmp_path: Path):
     records[3].messages.append(Message(role="user", content="record-03 dangling"))  # ends without a reply
     with RoutedOpenAI(route) as server:
         out = tmp_path / "a"
-        run_stage("annotate", AnnotateConfig(retries=0), out, src=write_input(tmp_path / "in", records),
-                  endpoint=endpoint_for(server))
+        run_stage(
+            "annotate",
+            AnnotateConfig(retries=0),
+            out,
+            src=write_input(tmp_path / "in", records),
+            endpoint=endpoint_for(server),
+        )
         asked = Counter(record_of(b) for b in server.requests)
     summary = check_accounting(out, 4)
-    assert summary["rejects_by_rule"] == {"checklist_evidence_pointers": 1, "checklist_dependencies": 1,
-                                          "checklist_dependence_keys": 1, "role_order": 1}
+    assert summary["rejects_by_rule"] == {
+        "checklist_evidence_pointers": 1,
+        "checklist_dependencies": 1,
+        "checklist_dependence_keys": 1,
+        "role_order": 1,
+    }
     assert "rec-03" not in asked
     assert conforming == {"rec-00": False, "rec-01": True, "rec-02": False}
 
@@ -514,12 +602,13 @@ def test_compress_count_check(tmp_path: Path):
     records = [simple_dialogue(0, thinking=True), simple_dialogue(1, thinking=True), simple_dialogue(2)]
     with RoutedOpenAI(route) as server:
         out = tmp_path / "c"
-        run_stage("compress", CompressConfig(), out, src=write_input(tmp_path / "in", records),
-                  endpoint=endpoint_for(server))
+        run_stage(
+            "compress", CompressConfig(), out, src=write_input(tmp_path / "in", records), endpoint=endpoint_for(server)
+        )
         asked = Counter(record_of(b) for b in server.requests)
     summary = check_accounting(out, 3)
     assert summary["rejects_by_rule"] == {"thinking_count_mismatch": 1}
-    assert asked == {"rec-00": 1, "rec-01": 2}                            # rec-02 has no thinking: not asked
+    assert asked == {"rec-00": 1, "rec-01": 2}  # rec-02 has no thinking: not asked
     kept = {d.id: d for d in store.read_dataset(out)}
     assert [m.thinking for m in kept["rec-00"].messages if m.role == "assistant"] == ["short", "short"]
     assert kept["rec-02"].messages == records[2].messages
@@ -546,8 +635,13 @@ def test_select_stage_matches_the_pure_function(tmp_path: Path):
 def test_unreachable_server_fails_fast_with_its_url(tmp_path: Path):
     src = write_input(tmp_path / "in", [simple_dialogue(0)])
     started = time.monotonic()
-    done = subprocess.run([CLI, "annotate", "--in", str(src), "--out", str(tmp_path / "o"), "--base-url",
-                           "http://127.0.0.1:9/v1"], env=cli_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [CLI, "annotate", "--in", str(src), "--out", str(tmp_path / "o"), "--base-url", "http://127.0.0.1:9/v1"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "cannot reach the LLM server at http://127.0.0.1:9/v1" in done.stderr
     assert time.monotonic() - started < 60
@@ -568,8 +662,13 @@ def test_server_dying_mid_run_rejects_and_the_run_finishes(tmp_path: Path):
     records = [simple_dialogue(i) for i in range(5)]
     with RoutedOpenAI(route) as server:
         out = tmp_path / "a"
-        run_stage("annotate", AnnotateConfig(), out, src=write_input(tmp_path / "in", records),
-                  endpoint=endpoint_for(server, max_concurrency=1))
+        run_stage(
+            "annotate",
+            AnnotateConfig(),
+            out,
+            src=write_input(tmp_path / "in", records),
+            endpoint=endpoint_for(server, max_concurrency=1),
+        )
     summary = check_accounting(out, 5)
     assert summary["accepted"] == 2 and summary["rejects_by_rule"] == {"llm_request_failed": 3}
     assert summary["usage"]["annotate"]["retries"] == 3 and summary["usage"]["annotate"]["failures"] == 3
@@ -580,21 +679,42 @@ def test_cli_run_and_stage_commands(tmp_path: Path):
     """``cm2data run PIPELINE.yaml`` and a stage command, as a user runs them (subprocesses, the fake model)."""
     with RoutedOpenAI() as server:
         pipeline = tmp_path / "p.yaml"
-        pipeline.write_text(f"name: cli\nllm:\n  base_url: {server.base_url}\nstages:\n  - synthesize: {{n: 2}}\n"
-                            "  - filter\n  - annotate\n")
+        pipeline.write_text(
+            f"name: cli\nllm:\n  base_url: {server.base_url}\nstages:\n  - synthesize: {{n: 2}}\n"
+            "  - filter\n  - annotate\n"
+        )
         env = cli_env()
-        done = subprocess.run([CLI, "run", str(pipeline), "--out", str(tmp_path / "run")], env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [CLI, "run", str(pipeline), "--out", str(tmp_path / "run")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         assert "2 records in" in done.stdout and (tmp_path / "run" / "report.html").exists()
-        done = subprocess.run([CLI, "select", "--in", str(tmp_path / "run"), "--out", str(tmp_path / "sel"),
-                               "--drop-ratios", "{num_turns: {1: 1.0, 2: 1.0}}"], env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [
+                CLI,
+                "select",
+                "--in",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "sel"),
+                "--drop-ratios",
+                "{num_turns: {1: 1.0, 2: 1.0}}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         summary = json.loads((tmp_path / "sel" / "stage.json").read_text())
         assert summary["accepted"] == 0 and summary["rejects_by_rule"] == {"hard_sample_selection": 2}
-        done = subprocess.run([CLI, "run", str(tmp_path / "missing.yaml")], env=env, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [CLI, "run", str(tmp_path / "missing.yaml")], env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 2 and "cannot read the pipeline config" in done.stderr
 
 
@@ -603,8 +723,13 @@ def test_demo_with_base_url(tmp_path: Path):
     (shipped data) and part 2 (synthesize → filter → annotate → validate) both run; the dataset folder and the
     report are where the README says."""
     with RoutedOpenAI() as server:
-        done = subprocess.run([CLI, "demo", "--out", str(tmp_path), "--base-url", server.base_url, "--n", "3"],
-                              env=cli_env(), capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [CLI, "demo", "--out", str(tmp_path), "--base-url", server.base_url, "--n", "3"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         kinds = Counter(server.kinds())
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "filtered").is_dir() and (tmp_path / "stats.json").exists()
@@ -636,8 +761,9 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path: Path):
     journal = out / ".work" / "journal" / "label_checklists.jsonl"
     with RoutedOpenAI(route) as server:
         cmd = [CLI, "annotate", "--in", str(src), "--out", str(out), "--base-url", server.base_url]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 180
         while _journal_lines(journal) < 4 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -664,9 +790,12 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path: Path):
 def test_embedded_synthesize_filter_annotate(embedded_llm, tmp_path: Path):
     """The real 135M model end to end on two dialogues: every record is accounted for in every stage, with a rule
     and a reason when rejected; whatever survives passes the gate."""
-    config = PipelineConfig(name="embedded", seed=1, llm={"base_url": embedded_llm.base_url},
-                            stages=[{"synthesize": {"n": 2, "turns": [1, 1]}}, "filter",
-                                    {"annotate": {"retries": 1}}])
+    config = PipelineConfig(
+        name="embedded",
+        seed=1,
+        llm={"base_url": embedded_llm.base_url},
+        stages=[{"synthesize": {"n": 2, "turns": [1, 1]}}, "filter", {"annotate": {"retries": 1}}],
+    )
     result = run_pipeline(config, tmp_path / "run")
     n = 2
     for s in result.stages:
@@ -692,8 +821,9 @@ def test_embedded_labeller_writes_grounded_checklists(embedded_llm, sample_path:
     records, _ = load(sample_path, "cm2")
     chosen = sorted(records, key=lambda d: len(d.model_dump_json()))[:3]
     src = write_input(tmp_path / "in", [d.model_copy(update={"checklists": []}) for d in chosen])
-    cfg = AnnotateConfig(max_items_per_turn=2, weight_grid=0.5, show_example=False, temperature=0.0, retries=1,
-                         max_tokens=1200)
+    cfg = AnnotateConfig(
+        max_items_per_turn=2, weight_grid=0.5, show_example=False, temperature=0.0, retries=1, max_tokens=1200
+    )
     ep = resolve_endpoint(embedded_llm.base_url, settings={"timeout": 900})
     run_stage("annotate", cfg, tmp_path / "a", src=src, endpoint=ep)
     summary = check_accounting(tmp_path / "a", 3)
@@ -734,8 +864,13 @@ def test_embedded_malformed_output_is_rejected(embedded_llm, tmp_path: Path):
     retried, then the dialogue is rejected (truncated_output), and the stage still finishes. Then the quality judge
     without constrained decoding."""
     src = write_input(tmp_path / "in", [simple_dialogue(0), simple_dialogue(1)])
-    run_stage("annotate", AnnotateConfig(max_tokens=24, retries=1), tmp_path / "a", src=src,
-              endpoint=resolve_endpoint(embedded_llm.base_url))
+    run_stage(
+        "annotate",
+        AnnotateConfig(max_tokens=24, retries=1),
+        tmp_path / "a",
+        src=src,
+        endpoint=resolve_endpoint(embedded_llm.base_url),
+    )
     summary = check_accounting(tmp_path / "a", 2)
     assert summary["rejects_by_rule"] == {"truncated_output": 2}
     assert summary["usage"]["annotate"]["invalid"] == 4

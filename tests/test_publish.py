@@ -68,8 +68,9 @@ def hub(standin: HubStandin, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "ENDPOINT", standin.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        standin.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", standin.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
     standin.clear_faults()
@@ -91,8 +92,13 @@ def dataset(tmp_path: Path, sample_path: Path) -> Path:
     folder = tmp_path / "ds"
     write_ingested(folder, records[:-4], [], source="sample")
     store.write_dataset(folder, records[-4:], split="test")
-    write_rejects([Reject("x1", "validate", "tool_schema", "unknown tool", raw={"secret": "row"}),
-                   Reject(None, "read", "json_syntax", "bad line", "f.jsonl:3")], folder / store.REJECTS_FILE)
+    write_rejects(
+        [
+            Reject("x1", "validate", "tool_schema", "unknown tool", raw={"secret": "row"}),
+            Reject(None, "read", "json_syntax", "bad line", "f.jsonl:3"),
+        ],
+        folder / store.REJECTS_FILE,
+    )
     return folder
 
 
@@ -105,16 +111,20 @@ def _variant(src: Path, out: Path, keep: int) -> Path:
 
 def _cli(*args: object) -> tuple[int, str]:
     r = runner.invoke(app, [str(a) for a in args])
-    return r.exit_code, r.output + (str(r.exception) if r.exception and not isinstance(r.exception, SystemExit)
-                                    else "")
+    return r.exit_code, r.output + (str(r.exception) if r.exception and not isinstance(r.exception, SystemExit) else "")
 
 
 def _load_all(specs: list[dict], env: dict[str, str], tmp: Path) -> dict:
     out = tmp / f"loaded-{len(list(tmp.glob('loaded-*')))}.json"
     full = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     full.update(env)
-    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(out), json.dumps(specs)], env=full,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(out), json.dumps(specs)],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -125,8 +135,12 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 def _writes(standin: HubStandin) -> list[str]:
     """Stages of logged requests that change something or upload bytes."""
-    return [e.stage for e in standin.log if e.stage in ("create_repo", "preupload", "lfs_batch", "lfs_upload",
-                                                         "lfs_complete", "lfs_verify", "commit", "tag")]
+    return [
+        e.stage
+        for e in standin.log
+        if e.stage
+        in ("create_repo", "preupload", "lfs_batch", "lfs_upload", "lfs_complete", "lfs_verify", "commit", "tag")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- round trip
@@ -145,9 +159,26 @@ def test_publish_then_load_dataset_equals_local_and_dry_run(hub: HubStandin, dat
     # the real command line, in its own process, configured by environment variables only
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(hub.env(token=TOKEN, home=tmp_path / "cli-home"))
-    proc = subprocess.run([sys.executable, "-m", "cm2data.cli", "publish", str(dataset), "--repo-id", repo,
-                           "--tag", "v1.0", "-m", "first release", *with_], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cm2data.cli",
+            "publish",
+            str(dataset),
+            "--repo-id",
+            repo,
+            "--tag",
+            "v1.0",
+            "-m",
+            "first release",
+            *with_,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
 
@@ -161,8 +192,12 @@ def test_publish_then_load_dataset_equals_local_and_dry_run(hub: HubStandin, dat
     local = _tree(dry)
     assert set(remote) == set(local) | {".gitattributes"}
     assert all(remote[p] == local[p] for p in local)
-    assert {"data/dialogues/train-00000-of-00001.parquet", "data/dialogues/test-00000-of-00001.parquet",
-            "data/checklist_items/train-00000-of-00001.parquet", "assets/checklist_items.png"} <= set(local)
+    assert {
+        "data/dialogues/train-00000-of-00001.parquet",
+        "data/dialogues/test-00000-of-00001.parquet",
+        "data/checklist_items/train-00000-of-00001.parquet",
+        "assets/checklist_items.png",
+    } <= set(local)
     assert "rejects.jsonl" not in local, "rejected rows must never be published"
     assert not any(TOKEN.encode() in blob for blob in remote.values())
 
@@ -173,8 +208,16 @@ def test_publish_then_load_dataset_equals_local_and_dry_run(hub: HubStandin, dat
     assert {c["config_name"] for c in header["configs"]} == configs
     assert {i["config_name"] for i in header["dataset_info"]} == configs
     assert header["license"] and "cm2" in header["tags"] and header["task_categories"] == ["text-generation"]
-    for section in ("## How it was produced", "## Schema", "## Statistics", "## Review", "## Rejects",
-                    "## License", "## Citation", "arXiv:2602.12268"):
+    for section in (
+        "## How it was produced",
+        "## Schema",
+        "## Statistics",
+        "## Review",
+        "## Rejects",
+        "## License",
+        "## Citation",
+        "arXiv:2602.12268",
+    ):
         assert section in card
     for png in (p for p in local if p.endswith(".png")):
         assert f"]({png})" in card
@@ -183,15 +226,23 @@ def test_publish_then_load_dataset_equals_local_and_dry_run(hub: HubStandin, dat
     assert "secret" not in card
 
     # datasets.load_dataset through the stand-in == load_dataset of the dry-run folder == the local records
-    loaded = _load_all([{"key": "hub", "src": repo}, {"key": "hub_tag", "src": repo, "revision": "v1.0"},
-                        {"key": "dry", "src": str(dry)}], hub.env(token=TOKEN, home=tmp_path / "load-home"), tmp_path)
+    loaded = _load_all(
+        [
+            {"key": "hub", "src": repo},
+            {"key": "hub_tag", "src": repo, "revision": "v1.0"},
+            {"key": "dry", "src": str(dry)},
+        ],
+        hub.env(token=TOKEN, home=tmp_path / "load-home"),
+        tmp_path,
+    )
     assert set(loaded["hub"]) == configs
     assert loaded["hub"] == loaded["dry"] == loaded["hub_tag"]
     for split in ("train", "test"):
         records = store.read_dataset(dataset, split=split)
         expected = store.records_table(records).to_pylist()
-        assert json.loads(json.dumps(loaded["hub"]["dialogues"][split]["rows"], default=str)) == \
-            json.loads(json.dumps(expected, default=str))
+        assert json.loads(json.dumps(loaded["hub"]["dialogues"][split]["rows"], default=str)) == json.loads(
+            json.dumps(expected, default=str)
+        )
         items = pub.checklist_items_table(records).to_pylist()
         assert loaded["hub"]["checklist_items"][split]["rows"] == items
         assert len(items) == sum(len(b.items) for d in records for v in d.checklists for b in v)
@@ -245,19 +296,24 @@ def test_pull_round_trips_and_follows_revisions(hub: HubStandin, dataset: Path, 
 
     code, output = _cli("pull", repo, "--out", tmp_path / "latest")
     assert code == 0, output
-    assert [d.id for d in store.read_dataset(tmp_path / "latest")] == \
-        [d.id for d in store.read_dataset(dataset, split="train")[:2]]
+    assert [d.id for d in store.read_dataset(tmp_path / "latest")] == [
+        d.id for d in store.read_dataset(dataset, split="train")[:2]
+    ]
 
     out = tmp_path / "first"
     code, output = _cli("pull", repo, "--revision", "v1", "--out", out)
     assert code == 0, output
     for split in ("train", "test"):
-        assert [d.model_dump() for d in store.read_dataset(out, split=split)] == \
-            [d.model_dump() for d in store.read_dataset(dataset, split=split)]
+        assert [d.model_dump() for d in store.read_dataset(out, split=split)] == [
+            d.model_dump() for d in store.read_dataset(dataset, split=split)
+        ]
         name = f"data/dialogues/{split}-00000-of-00001.parquet"
         assert (out / name).read_bytes() == hub.files(repo, revision="v1")[name]
-    assert set(_tree(out)) == {"README.md", "data/dialogues/train-00000-of-00001.parquet",
-                               "data/dialogues/test-00000-of-00001.parquet"}
+    assert set(_tree(out)) == {
+        "README.md",
+        "data/dialogues/train-00000-of-00001.parquet",
+        "data/dialogues/test-00000-of-00001.parquet",
+    }
     assert store.read_card_header(out)["license"] == "unknown"
     assert "pulled from the Hub dataset `acme/pulled`" in (out / "README.md").read_text()
     # the pulled folder is a dataset folder the rest of the toolkit reads: it validates
@@ -289,10 +345,12 @@ def test_invalid_dataset_uploads_nothing(hub: HubStandin, dataset: Path, tmp_pat
     assert code == 1 and not (tmp_path / "dry").exists()
 
 
-@pytest.mark.parametrize(("stage", "after", "status"), [("lfs_upload", 1, 400), ("lfs_verify", 2, 403),
-                                                          ("commit", 0, 500)])
-def test_failure_during_upload_leaves_remote_unchanged(hub: HubStandin, dataset: Path, tmp_path: Path, stage: str,
-                                                       after: int, status: int) -> None:
+@pytest.mark.parametrize(
+    ("stage", "after", "status"), [("lfs_upload", 1, 400), ("lfs_verify", 2, 403), ("commit", 0, 500)]
+)
+def test_failure_during_upload_leaves_remote_unchanged(
+    hub: HubStandin, dataset: Path, tmp_path: Path, stage: str, after: int, status: int
+) -> None:
     repo = f"acme/fault-{stage.replace('_', '-')}"
     assert _cli("publish", dataset, "--repo-id", repo)[0] == 0
     before, head, n_commits = hub.files(repo), hub.head(repo), hub.commits(repo)
@@ -310,8 +368,10 @@ def test_failure_during_upload_leaves_remote_unchanged(hub: HubStandin, dataset:
     code, output = _cli("publish", changed, "--repo-id", repo)
     assert code == 0, output
     assert store.read_table(tmp_path / "changed").num_rows == 3
-    assert hub.files(repo)["data/dialogues/train-00000-of-00001.parquet"] == \
-        (tmp_path / "changed" / "data/dialogues/train-00000-of-00001.parquet").read_bytes()
+    assert (
+        hub.files(repo)["data/dialogues/train-00000-of-00001.parquet"]
+        == (tmp_path / "changed" / "data/dialogues/train-00000-of-00001.parquet").read_bytes()
+    )
 
 
 def test_dropped_connection_mid_upload_is_retried(hub: HubStandin, dataset: Path) -> None:
@@ -371,8 +431,9 @@ def test_token_from_hub_login(hub: HubStandin, dataset: Path, monkeypatch: pytes
     assert hub.commits("acme/logged-in") == 2
 
 
-def test_wrong_token_is_rejected_without_printing_it(hub: HubStandin, dataset: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_token_is_rejected_without_printing_it(
+    hub: HubStandin, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_this_is_not_a_valid_token")
     code, output = _cli("publish", dataset, "--repo-id", "acme/wrong-token")
     assert code == 1 and "rejected the token (401" in output
@@ -380,8 +441,7 @@ def test_wrong_token_is_rejected_without_printing_it(hub: HubStandin, dataset: P
     assert hub.repo("acme/wrong-token") is None
 
 
-def test_read_only_token_and_foreign_namespace(hub: HubStandin, dataset: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_token_and_foreign_namespace(hub: HubStandin, dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = _cli("publish", dataset, "--repo-id", "acmee/typo")
     assert code == 1 and "permission denied" in output and "did you mean acme/typo" in output
     assert "nothing was committed" in output and hub.repo("acmee/typo") is None
@@ -416,6 +476,7 @@ def test_offline_mode_is_refused(hub: HubStandin, dataset: Path, monkeypatch: py
     assert code == 1 and "HF_HUB_OFFLINE" in output
     assert hub.log == []
 
+
 def test_private_repository(hub: HubStandin, dataset: Path) -> None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
@@ -440,9 +501,18 @@ def test_with_exporters_and_missing_ones(dataset: Path, tmp_path: Path, monkeypa
         code, output = _cli("publish", dataset, "--repo-id", "acme/x", "--with", name, "--dry-run", tmp_path / "dry")
         assert code == 1 and label in output and exporter.command in output
     # an exporter whose module is not there yet: a clear message naming it, and nothing written
-    monkeypatch.setitem(pub.EXPORTERS, "dpo", pub.Exporter("dpo", "dpo_pairs", "DPO pairs export", "cm2data export dpo",
-                                                           "cm2data.export.dpo:hub_table",
-                                                           requires="cm2data.export.dpo"))
+    monkeypatch.setitem(
+        pub.EXPORTERS,
+        "dpo",
+        pub.Exporter(
+            "dpo",
+            "dpo_pairs",
+            "DPO pairs export",
+            "cm2data export dpo",
+            "cm2data.export.dpo:hub_table",
+            requires="cm2data.export.dpo",
+        ),
+    )
     code, output = _cli("publish", dataset, "--repo-id", "acme/x", "--with", "sft,dpo", "--dry-run", tmp_path / "d1")
     assert code == 1 and "DPO pairs export is not available yet" in output and "cm2data export dpo" in output
     assert not (tmp_path / "d1").exists()
@@ -450,8 +520,9 @@ def test_with_exporters_and_missing_ones(dataset: Path, tmp_path: Path, monkeypa
     assert code == 1 and "unknown --with 'kto'" in output
 
 
-def test_registered_exporter_is_published_as_a_config(dataset: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registered_exporter_is_published_as_a_config(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import datasets
     import pyarrow as pa
 
@@ -487,8 +558,9 @@ def test_standin_resolve_headers_ranges_and_downloads(hub: HubStandin, tmp_path:
     api = HfApi(endpoint=hub.url, token=TOKEN)
     api.create_repo(repo, repo_type="dataset")
     text, blob = b"hello\n", bytes(range(256)) * 1000  # 256 kB binary: LFS, multipart at 64 KiB chunks
-    info = api.create_commit(repo, [pub_op("notes.txt", text), pub_op("data/blob.bin", blob)], commit_message="add",
-                             repo_type="dataset")
+    info = api.create_commit(
+        repo, [pub_op("notes.txt", text), pub_op("data/blob.bin", blob)], commit_message="add", repo_type="dataset"
+    )
     headers = {"authorization": f"Bearer {TOKEN}"}
     base = f"{hub.url}/datasets/{repo}/resolve/main"
     r = httpx.head(f"{base}/notes.txt", headers=headers)
@@ -523,13 +595,15 @@ def test_standin_commit_rules(hub: HubStandin, monkeypatch: pytest.MonkeyPatch) 
     repo = "acme/rules"
     api = HfApi(endpoint=hub.url, token=TOKEN)
     api.create_repo(repo, repo_type="dataset")
-    first = api.create_commit(repo, [pub_op(f"f{i}.txt", b"%d" % i) for i in range(7)], commit_message="a",
-                              repo_type="dataset")
+    first = api.create_commit(
+        repo, [pub_op(f"f{i}.txt", b"%d" % i) for i in range(7)], commit_message="a", repo_type="dataset"
+    )
     api.create_commit(repo, [pub_op("g.txt", b"g")], commit_message="b", repo_type="dataset")
     # a commit based on an older parent is refused (412), and changes nothing
     with pytest.raises(HfHubHTTPError) as exc:
-        api.create_commit(repo, [pub_op("h.txt", b"h")], commit_message="c", repo_type="dataset",
-                          parent_commit=first.oid)
+        api.create_commit(
+            repo, [pub_op("h.txt", b"h")], commit_message="c", repo_type="dataset", parent_commit=first.oid
+        )
     assert exc.value.response.status_code == 412 and "h.txt" not in hub.files(repo)
     # deleting a file that is not there is an EntryNotFound error
     with pytest.raises(RemoteEntryNotFoundError):
@@ -537,11 +611,17 @@ def test_standin_commit_rules(hub: HubStandin, monkeypatch: pytest.MonkeyPatch) 
     # an upload without a commit is invisible; a commit naming an LFS object never uploaded is refused
     import httpx
 
-    body = (json.dumps({"key": "header", "value": {"summary": "x"}}) + "\n" +
-            json.dumps({"key": "lfsFile", "value": {"path": "ghost.bin", "algo": "sha256", "oid": "0" * 64,
-                                                    "size": 3}}) + "\n")
-    r = httpx.post(f"{hub.url}/api/datasets/{repo}/commit/main", content=body,
-                   headers={"authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"})
+    body = (
+        json.dumps({"key": "header", "value": {"summary": "x"}})
+        + "\n"
+        + json.dumps({"key": "lfsFile", "value": {"path": "ghost.bin", "algo": "sha256", "oid": "0" * 64, "size": 3}})
+        + "\n"
+    )
+    r = httpx.post(
+        f"{hub.url}/api/datasets/{repo}/commit/main",
+        content=body,
+        headers={"authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"},
+    )
     assert r.status_code == 422 and "ghost.bin" not in hub.files(repo)
     # the tree listing is paginated with Link headers, and the client follows them
     monkeypatch.setattr(hub_standin.server, "PAGE_SIZE", 3)
@@ -554,7 +634,6 @@ def pub_op(path: str, data: bytes):  # type: ignore[no-untyped-def]
     from huggingface_hub import CommitOperationAdd
 
     return CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
-
 
 
 def test_streamed_build_shards_like_the_store(dataset: Path, tmp_path: Path) -> None:
@@ -570,5 +649,6 @@ def test_streamed_build_shards_like_the_store(dataset: Path, tmp_path: Path) -> 
     assert len(store.split_files(tree.root, pub.CHECKLIST_ITEMS)["train"]) == len(ref)
     whole = pub.build_tree(dataset, tmp_path / "whole")
     # the card says the same whatever the chunking
-    assert (whole.root / "README.md").read_text().split("---\n\n", 1)[1] == \
-        (tree.root / "README.md").read_text().split("---\n\n", 1)[1]
+    assert (whole.root / "README.md").read_text().split("---\n\n", 1)[1] == (tree.root / "README.md").read_text().split(
+        "---\n\n", 1
+    )[1]

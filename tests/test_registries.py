@@ -89,8 +89,9 @@ def test_exporter_registry_refuses_a_name_twice(monkeypatch: pytest.MonkeyPatch)
 def test_exporters_are_called_through_their_declared_interface() -> None:
     from cm2data.export.registry import EXPORTERS, Exporter
 
-    records = [Dialogue.model_validate({"id": f"d{i}", "messages": [{"role": "user", "content": "hi"}]})
-               for i in range(3)]
+    records = [
+        Dialogue.model_validate({"id": f"d{i}", "messages": [{"role": "user", "content": "hi"}]}) for i in range(3)
+    ]
     plain = Exporter("ids", "ids_only", "ids", "", build=_ids).builder()
     assert plain is not None and plain(records, "train", 7).column("id").to_pylist() == ["d0", "d1", "d2"]
     indexed = Exporter("n", "n_rows", "n", "", build=_indexed, indexed=True).builder()
@@ -135,8 +136,9 @@ def test_fail_prints_the_message_as_text_and_returns_the_exit(capsys: pytest.Cap
     assert "error: bad [weights_sum_to_one] and [/tmp/x]" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["cm2data.pipelines.rows", "cm2data.pipelines.registry",
-                                    "cm2data.export.registry", "cm2data.cli_options"])
+@pytest.mark.parametrize(
+    "module", ["cm2data.pipelines.rows", "cm2data.pipelines.registry", "cm2data.export.registry", "cm2data.cli_options"]
+)
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted and not result.failed

@@ -37,18 +37,23 @@ from cm2data.review.dataset import review_items
 # (argilla_server/static/_nuxt/cb7f2348533ac73dbe67.css) @imports these two Google Fonts stylesheets. The page
 # fixture answers exactly these with an empty stylesheet (nothing leaves the machine; the UI falls back to its font
 # stack) and lists them in ``page.stubbed``; any other request off loopback is blocked and fails the test.
-ARGILLA_UI_FONTS = frozenset({
-    "https://fonts.googleapis.com/css2?family=Inter:wght@300;400;500;600;700;800&display=swap",
-    "https://fonts.googleapis.com/css2?family=Roboto+Condensed&display=swap",
-})
+ARGILLA_UI_FONTS = frozenset(
+    {
+        "https://fonts.googleapis.com/css2?family=Inter:wght@300;400;500;600;700;800&display=swap",
+        "https://fonts.googleapis.com/css2?family=Roboto+Condensed&display=swap",
+    }
+)
 XSS_SCRIPT = "<script>window.__xss=1</script>"
 # no quotes in the handler: the payload sits in a JSON string, whose escaped quotes (\") would turn a quoted handler
 # into a syntax error instead of a run
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.environ.get("CM2DATA_SKIP_REVIEW_STACK") == "1",
-                                 reason="CM2DATA_SKIP_REVIEW_STACK=1: no local Argilla stack")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("CM2DATA_SKIP_REVIEW_STACK") == "1", reason="CM2DATA_SKIP_REVIEW_STACK=1: no local Argilla stack"
+    ),
+]
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -84,12 +89,17 @@ def page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 
     context.route("**/*", only_loopback)
     context.on("requestfailed", lambda r: failed.append(f"{r.method} {r.url}: {r.failure}"))
-    context.on("response", lambda r: http_errors.append(f"{r.request.method} {r.url}: {r.status}")
-               if r.status >= 400 else None)
+    context.on(
+        "response", lambda r: http_errors.append(f"{r.request.method} {r.url}: {r.status}") if r.status >= 400 else None
+    )
     pg = context.new_page()
     pg.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    pg.on("console", lambda m: errors.append(f"console.error: {m.text} ({m.location.get('url', '')})")
-          if m.type == "error" else None)
+    pg.on(
+        "console",
+        lambda m: (
+            errors.append(f"console.error: {m.text} ({m.location.get('url', '')})") if m.type == "error" else None
+        ),
+    )
     pg.set_default_timeout(30_000)
     pg.stubbed, pg.blocked, pg.failed, pg.http_errors, pg.errors = stubbed, blocked, failed, http_errors, errors
     try:
@@ -154,13 +164,16 @@ def _submit(page: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------------- tests
 
+
 def test_login_render_and_submit_in_the_ui(page: Any, argilla_stack_handle: Any, tmp_path: Path) -> None:
     stack = argilla_stack_handle
     client = rg.Argilla(api_url=stack.api_url, api_key=stack.credentials.api_key)
-    settings = rg.Settings(fields=[rg.TextField(name="text")],
-                           questions=[rg.LabelQuestion(name="label", labels=["yes", "no"])])
-    ds = rg.Dataset(name=f"browser-{uuid.uuid4().hex[:8]}", workspace=stack.workspace, settings=settings,
-                    client=client).create()
+    settings = rg.Settings(
+        fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="label", labels=["yes", "no"])]
+    )
+    ds = rg.Dataset(
+        name=f"browser-{uuid.uuid4().hex[:8]}", workspace=stack.workspace, settings=settings, client=client
+    ).create()
     ds.records.log([{"id": "only", "text": "hello from the cm2data browser test"}])
 
     _login(page, stack)
@@ -186,7 +199,7 @@ def _reference_with_xss(reference_record: Any) -> Any:
     k = next(i for i, m in enumerate(d.messages) if m.role == "tool")
     content = d.messages[k].content.rstrip()
     assert content.endswith("}")
-    d.messages[k].content = content[:-1] + ", \"note\": " + json.dumps(XSS_SCRIPT + XSS_IMG) + "}"
+    d.messages[k].content = content[:-1] + ', "note": ' + json.dumps(XSS_SCRIPT + XSS_IMG) + "}"
     for block in d.checklists[0]:
         for it in block.items:
             it.pass_condition += " " + XSS_SCRIPT + XSS_IMG
@@ -202,8 +215,9 @@ def _item_frame(page: Any) -> Any:
     raise AssertionError("no frame renders #cm2 .item")
 
 
-def test_cm2_item_renders_safely_and_the_verdict_is_pulled(page: Any, argilla_stack_handle: Any,
-                                                           reference_record: Any, tmp_path: Path) -> None:
+def test_cm2_item_renders_safely_and_the_verdict_is_pulled(
+    page: Any, argilla_stack_handle: Any, reference_record: Any, tmp_path: Path
+) -> None:
     stack = argilla_stack_handle
     creds = stack.credentials
     client = rg.Argilla(api_url=stack.api_url, api_key=creds.api_key)
@@ -251,8 +265,9 @@ def test_cm2_item_renders_safely_and_the_verdict_is_pulled(page: Any, argilla_st
     assert pass_conditions[turn, item_id].endswith(XSS_IMG) and pass_conditions[turn, item_id] in shown
     _screenshot(page, tmp_path, "review-ui-cm2-submitted.png")
 
-    result = review_pull.pull(name, into=src, out=tmp_path / "pulled", client=client, workspace=stack.workspace,
-                              min_answers=1)
+    result = review_pull.pull(
+        name, into=src, out=tmp_path / "pulled", client=client, workspace=stack.workspace, min_answers=1
+    )
     (merged,) = store.read_dataset(result.out)
     # the one decision is the drop of the item on screen, by the signed-in owner, applied
     (decision,) = merged.review.decisions

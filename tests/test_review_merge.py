@@ -34,8 +34,9 @@ from cm2data.validate import run_gate
 NOW = "2026-03-01T12:00:00+00:00"
 
 
-def _review(d: Dialogue, turn: int, item_id: str, *answers: Answer, variant: int = 0,
-            stale: tuple[Answer, ...] = ()) -> tuple[str, ItemReview]:
+def _review(
+    d: Dialogue, turn: int, item_id: str, *answers: Answer, variant: int = 0, stale: tuple[Answer, ...] = ()
+) -> tuple[str, ItemReview]:
     block = d.checklists[variant][turn]
     item = next(it for it in block.items if it.id == item_id)
     key = ItemKey(d.id, variant, turn, item_id)
@@ -56,8 +57,12 @@ def _items(d: Dialogue, turn: int) -> dict[str, ChecklistItem]:
 def test_krippendorff_alpha_textbook_values() -> None:
     # Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 coders, 12 units, nominal α = 0.743
     n = None
-    coders = [[1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n], [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
-              [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n], [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]]
+    coders = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+        [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n],
+    ]
     alpha = ag.krippendorff_alpha_nominal(list(zip(*coders, strict=True)))
     assert alpha == pytest.approx(0.743, abs=5e-4)
     # the same paper's two-coder binary example: α = 0.095
@@ -82,18 +87,28 @@ def test_cohen_kappa_textbook_values() -> None:
 
 
 def test_agreement_report_per_question() -> None:
-    verdicts = {"i1": {"ann": "keep", "bob": "keep"}, "i2": {"ann": "drop", "bob": "keep"},
-                "i3": {"ann": "fix", "bob": "fix"}, "i4": {"ann": "keep"}}
-    problems = {"i1": {"ann": [], "bob": []}, "i2": {"ann": ["style_only"], "bob": ["style_only"]},
-                "i3": {"ann": ["not_atomic"], "bob": []}, "i4": {"ann": []}}
+    verdicts = {
+        "i1": {"ann": "keep", "bob": "keep"},
+        "i2": {"ann": "drop", "bob": "keep"},
+        "i3": {"ann": "fix", "bob": "fix"},
+        "i4": {"ann": "keep"},
+    }
+    problems = {
+        "i1": {"ann": [], "bob": []},
+        "i2": {"ann": ["style_only"], "bob": ["style_only"]},
+        "i3": {"ann": ["not_atomic"], "bob": []},
+        "i4": {"ann": []},
+    }
     rep = ag.agreement_report(verdicts, problems, ["style_only", "not_atomic"])
     v = rep["verdict"]
     assert v["units"] == 3 and v["reviewers"] == 2
     assert v["percent"] == pytest.approx(2 / 3, abs=1e-4)
-    assert v["kappa"]["ann|bob"] == pytest.approx(ag.cohen_kappa(["keep", "drop", "fix"], ["keep", "keep", "fix"]),
-                                                  abs=1e-4)
-    assert v["alpha"] == pytest.approx(ag.krippendorff_alpha_nominal([["keep", "keep"], ["drop", "keep"],
-                                                                      ["fix", "fix"]]), abs=1e-4)
+    assert v["kappa"]["ann|bob"] == pytest.approx(
+        ag.cohen_kappa(["keep", "drop", "fix"], ["keep", "keep", "fix"]), abs=1e-4
+    )
+    assert v["alpha"] == pytest.approx(
+        ag.krippendorff_alpha_nominal([["keep", "keep"], ["drop", "keep"], ["fix", "fix"]]), abs=1e-4
+    )
     assert rep["problems"]["style_only"]["alpha"] == pytest.approx(1.0)
     assert rep["problems"]["not_atomic"]["percent"] == pytest.approx(2 / 3, abs=1e-4)
     json.dumps(rep)  # no NaN: valid JSON
@@ -105,8 +120,12 @@ def test_agreement_report_per_question() -> None:
 def test_drop_renormalises_the_turn_and_clears_dependencies(reference_record: Dialogue) -> None:
     d = reference_record
     before = {k: v.weight for k, v in _items(d, 0).items()}
-    reviews = dict([_review(d, 0, "C1", _a("ann", "drop"), _a("bob", "drop")),
-                    _review(d, 0, "C0", _a("ann", "keep"), _a("bob", "keep"))])
+    reviews = dict(
+        [
+            _review(d, 0, "C1", _a("ann", "drop"), _a("bob", "drop")),
+            _review(d, 0, "C0", _a("ann", "keep"), _a("bob", "keep")),
+        ]
+    )
     result = merge_reviews([d], reviews, reviewed_at=NOW, dataset="round1", min_answers=2)
     (m,) = result.records
     after = _items(m, 0)
@@ -125,10 +144,19 @@ def test_drop_renormalises_the_turn_and_clears_dependencies(reference_record: Di
 def test_fix_applies_the_rewrite_and_records_who_and_when(reference_record: Dialogue) -> None:
     d = reference_record
     old = _items(d, 1)["C2"]
-    rid, review = _review(d, 1, "C2", _a("ann", "fix", rewrite_question="Did the reply name the venue?"),
-                          _a("bob", "fix", rewrite_question="  Did the reply   name the venue? ",
-                             rewrite_pass_condition="The final reply states the venue."),
-                          _a("cy", "keep"))
+    rid, review = _review(
+        d,
+        1,
+        "C2",
+        _a("ann", "fix", rewrite_question="Did the reply name the venue?"),
+        _a(
+            "bob",
+            "fix",
+            rewrite_question="  Did the reply   name the venue? ",
+            rewrite_pass_condition="The final reply states the venue.",
+        ),
+        _a("cy", "keep"),
+    )
     result = merge_reviews([d], {rid: review}, reviewed_at=NOW, dataset="round1", min_answers=2)
     (m,) = result.records
     it = _items(m, 1)["C2"]
@@ -151,10 +179,14 @@ def test_fix_applies_the_rewrite_and_records_who_and_when(reference_record: Dial
 def test_rewrite_conflict_and_fix_without_rewrite_are_flagged_not_applied(reference_record: Dialogue) -> None:
     d = reference_record
     items = _items(d, 2)
-    reviews = dict([
-        _review(d, 2, "C0", _a("ann", "fix", rewrite_question="Q one?"), _a("bob", "fix", rewrite_question="Q two?")),
-        _review(d, 2, "C1", _a("ann", "fix"), _a("bob", "fix")),
-    ])
+    reviews = dict(
+        [
+            _review(
+                d, 2, "C0", _a("ann", "fix", rewrite_question="Q one?"), _a("bob", "fix", rewrite_question="Q two?")
+            ),
+            _review(d, 2, "C1", _a("ann", "fix"), _a("bob", "fix")),
+        ]
+    )
     result = merge_reviews([d], reviews, reviewed_at=NOW, min_answers=2)
     m = _items(result.records[0], 2)
     assert m["C0"].question == items["C0"].question and m["C1"].question == items["C1"].question
@@ -165,11 +197,13 @@ def test_rewrite_conflict_and_fix_without_rewrite_are_flagged_not_applied(refere
 
 def test_majority_wins_and_ties_stay_flagged(reference_record: Dialogue) -> None:
     d = reference_record
-    reviews = dict([
-        _review(d, 0, "C4", _a("ann", "drop"), _a("bob", "drop"), _a("cy", "keep")),  # 2:1 → drop
-        _review(d, 0, "C0", _a("ann", "drop"), _a("bob", "keep")),  # 1:1 → tie
-        _review(d, 0, "C5", _a("ann", "drop"), _a("bob", "keep"), _a("cy", "fix")),  # 1:1:1 → tie
-    ])
+    reviews = dict(
+        [
+            _review(d, 0, "C4", _a("ann", "drop"), _a("bob", "drop"), _a("cy", "keep")),  # 2:1 → drop
+            _review(d, 0, "C0", _a("ann", "drop"), _a("bob", "keep")),  # 1:1 → tie
+            _review(d, 0, "C5", _a("ann", "drop"), _a("bob", "keep"), _a("cy", "fix")),  # 1:1:1 → tie
+        ]
+    )
     result = merge_reviews([d], reviews, reviewed_at=NOW, min_answers=2)
     (m,) = result.records
     items = _items(m, 0)
@@ -189,32 +223,45 @@ def test_pending_stale_and_unreviewed(reference_record: Dialogue) -> None:
     rid_old, old = _review(d, 1, "C1", _a("ann", "drop"), _a("bob", "drop"))
     old.content_hash = "0" * 32  # the folder changed since the push
     rid_stale, stale = _review(d, 1, "C3", stale=(_a("ann", "drop"), _a("bob", "drop")))
-    result = merge_reviews([d], {rid_pending: pending, rid_old: old, rid_stale: stale}, reviewed_at=NOW,
-                           min_answers=2)
+    result = merge_reviews([d], {rid_pending: pending, rid_old: old, rid_stale: stale}, reviewed_at=NOW, min_answers=2)
     (m,) = result.records
     assert _items(m, 1).keys() == _items(d, 1).keys()
     actions = {x["item_id"]: (x["action"], x["flags"]) for x in result.decisions}
-    assert actions == {"C0": ("pending", []), "C1": ("stale", ["folder_changed_since_push"]),
-                       "C3": ("stale", ["changed_since_review"])}
+    assert actions == {
+        "C0": ("pending", []),
+        "C1": ("stale", ["folder_changed_since_push"]),
+        "C3": ("stale", ["changed_since_review"]),
+    }
     assert result.counts["unreviewed"] == 14 - 3
     assert result.records[0].review.status == "in_review"
 
 
 def test_added_criteria_become_items(reference_record: Dialogue) -> None:
     d = reference_record
-    as_json = json.dumps({"question": "Did the assistant state the score of each game?",
-                          "pass_condition": "The final reply gives the score of every game it lists.",
-                          "focus_on": "assistant.content.user_visible_reply", "weight": 0.2,
-                          "depends_on": ["C1", "C0"]})
-    as_lines = ("question: Did the assistant state the score of each game?\n"
-                "pass_condition: The reply lists all scores.\nfocus_on: assistant.content.user_visible_reply")
-    other = ("question: Did it avoid guessing dates?\npass_condition: No date is invented.\n"
-             "focus_on: assistant.content.thinking")
+    as_json = json.dumps(
+        {
+            "question": "Did the assistant state the score of each game?",
+            "pass_condition": "The final reply gives the score of every game it lists.",
+            "focus_on": "assistant.content.user_visible_reply",
+            "weight": 0.2,
+            "depends_on": ["C1", "C0"],
+        }
+    )
+    as_lines = (
+        "question: Did the assistant state the score of each game?\n"
+        "pass_condition: The reply lists all scores.\nfocus_on: assistant.content.user_visible_reply"
+    )
+    other = (
+        "question: Did it avoid guessing dates?\npass_condition: No date is invented.\n"
+        "focus_on: assistant.content.thinking"
+    )
     bad = "question: Is it nice?\nfocus_on: vibes"
-    reviews = dict([
-        _review(d, 0, "C0", _a("ann", "keep", missing_criterion=as_json), _a("bob", "keep", missing_criterion=bad)),
-        _review(d, 0, "C2", _a("ann", "keep"), _a("bob", "keep", missing_criterion=as_lines + "\n\n" + other)),
-    ])
+    reviews = dict(
+        [
+            _review(d, 0, "C0", _a("ann", "keep", missing_criterion=as_json), _a("bob", "keep", missing_criterion=bad)),
+            _review(d, 0, "C2", _a("ann", "keep"), _a("bob", "keep", missing_criterion=as_lines + "\n\n" + other)),
+        ]
+    )
     result = merge_reviews([d], reviews, reviewed_at=NOW, dataset="r", min_answers=2)
     (m,) = result.records
     items = _items(m, 0)
@@ -231,8 +278,13 @@ def test_added_criteria_become_items(reference_record: Dialogue) -> None:
     assert rej["reviewer"] == "bob" and "pass_condition" in rej["reason"] and "vibes" in rej["reason"]
     assert run_gate(result.records).passed
     # a second round that drops C6 and adds again must not reuse the dropped id
-    rid, rv = _review(m, 0, "C6", _a("ann", "drop"), _a("bob", "drop", missing_criterion="question: Q?\n"
-                                                         "pass_condition: P.\nfocus_on: tool.content"))
+    rid, rv = _review(
+        m,
+        0,
+        "C6",
+        _a("ann", "drop"),
+        _a("bob", "drop", missing_criterion="question: Q?\npass_condition: P.\nfocus_on: tool.content"),
+    )
     (m2,) = merge_reviews([m], {rid: rv}, reviewed_at=NOW, min_answers=2).records
     assert list(_items(m2, 0)) == ["C0", "C1", "C2", "C3", "C4", "C5", "C7", "C8"]
 
@@ -248,8 +300,9 @@ def test_dropping_every_item_of_a_turn_rejects_the_record(reference_record: Dial
 
 def test_a_fully_reviewed_record_is_reviewed(reference_record: Dialogue) -> None:
     d = reference_record
-    reviews = dict(_review(d, b.turn, it.id, _a("ann", "keep"), _a("bob", "keep"))
-                   for b in d.checklists[0] for it in b.items)
+    reviews = dict(
+        _review(d, b.turn, it.id, _a("ann", "keep"), _a("bob", "keep")) for b in d.checklists[0] for it in b.items
+    )
     result = merge_reviews([d], reviews, reviewed_at=NOW, min_answers=2)
     assert result.records[0].review.status == "reviewed"
     assert result.records[0].review.agreement["verdict_percent"] == 1.0
@@ -257,22 +310,27 @@ def test_a_fully_reviewed_record_is_reviewed(reference_record: Dialogue) -> None
 
 
 def test_parse_missing_criterion_forms() -> None:
-    ok, errors = parse_missing_criterion('[{"question": "Q?", "pass_condition": "P", "focus_on": "tool.content", '
-                                         '"required_for_next_turn": "yes", "failure_examples": "x"}]')
+    ok, errors = parse_missing_criterion(
+        '[{"question": "Q?", "pass_condition": "P", "focus_on": "tool.content", '
+        '"required_for_next_turn": "yes", "failure_examples": "x"}]'
+    )
     assert errors == [] and ok[0]["required_for_next_turn"] is True and ok[0]["failure_examples"] == ["x"]
     assert parse_missing_criterion("   ") == ([], [])
     _, errors = parse_missing_criterion("{not json")
     assert errors and errors[0].startswith("not valid JSON")
     _, errors = parse_missing_criterion("just some prose about what is missing")
     assert "key: value" in errors[0]
-    _, errors = parse_missing_criterion('{"question": "Q", "pass_condition": "P", "focus_on": "tool.content", '
-                                        '"weight": 3}')
+    _, errors = parse_missing_criterion(
+        '{"question": "Q", "pass_condition": "P", "focus_on": "tool.content", "weight": 3}'
+    )
     assert "not in (0, 1]" in errors[0]
 
 
 def test_renormalise_all_zero_weights() -> None:
-    items = [ChecklistItem(id=f"C{i}", focus_on="tool.content", question="q", pass_condition="p", weight=0.0)
-             for i in range(3)]
+    items = [
+        ChecklistItem(id=f"C{i}", focus_on="tool.content", question="q", pass_condition="p", weight=0.0)
+        for i in range(3)
+    ]
     renormalise(items)
     assert [it.weight for it in items] == pytest.approx([1 / 3] * 3)
 
@@ -281,8 +339,13 @@ def test_renormalise_all_zero_weights() -> None:
 
 
 def _server(rid: str, meta: dict, responses: list[ServerResponse]) -> ServerRecord:
-    return ServerRecord(id="00000000-0000-0000-0000-000000000000", external_id=rid, status="completed",
-                        metadata=meta, responses=responses)
+    return ServerRecord(
+        id="00000000-0000-0000-0000-000000000000",
+        external_id=rid,
+        status="completed",
+        metadata=meta,
+        responses=responses,
+    )
 
 
 def test_item_reviews_split_current_and_stale_answers(reference_record: Dialogue) -> None:
@@ -308,8 +371,10 @@ def test_push_plan_is_idempotent_and_flags_changes_after_review(reference_record
     assert plan_push(items, server)[1]["unchanged"] == 14
     # two reviews on the first item, then its question changes
     first = items[0].record_id
-    resp = [ServerResponse("u1", "submitted", {"verdict": "keep"}, "t1"),
-            ServerResponse("u2", "submitted", {"verdict": "keep"}, "t2")]
+    resp = [
+        ServerResponse("u1", "submitted", {"verdict": "keep"}, "t1"),
+        ServerResponse("u2", "submitted", {"verdict": "keep"}, "t2"),
+    ]
     server[first].responses = resp
     changed = reference_record.model_copy(deep=True)
     changed.checklists[0][0].items[0].question = "A different question?"
@@ -354,8 +419,17 @@ def test_report_markdown_section(reference_record: Dialogue) -> None:
     d = reference_record
     reviews = dict([_review(d, 0, "C1", _a("ann", "drop"), _a("bob", "keep"))])
     merged = merge_reviews([d], reviews, reviewed_at=NOW, min_answers=2)
-    report = build_report("r1", "ws", merged, reviews, round_agreement(reviews), pulled_at=NOW, min_answers=2,
-                          into=Path("in"), out=Path("out"))
+    report = build_report(
+        "r1",
+        "ws",
+        merged,
+        reviews,
+        round_agreement(reviews),
+        pulled_at=NOW,
+        min_answers=2,
+        into=Path("in"),
+        out=Path("out"),
+    )
     text = report_markdown(report)
     assert text.startswith("## Human review") and "| 14 | 0 | 0 | 0 | 0 | 1 |" in text
     assert report["open_items"][0]["action"] == "tie"
@@ -369,17 +443,39 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)> & </script><!
 def _hostile_record() -> Dialogue:
     return Dialogue(
         id="evil",
-        messages=[Message(role="system", content="sys " + HOSTILE),
-                  Message(role="user", content="find it " + HOSTILE),
-                  Message(role="assistant", content="", thinking="think " + HOSTILE,
-                          tool_calls=[ToolCall(id="c1", name="lookup", arguments=json.dumps({"q": HOSTILE}))]),
-                  Message(role="tool", tool_call_id="c1", name="lookup", content=json.dumps({"r": HOSTILE})),
-                  Message(role="assistant", content="done " + HOSTILE)],
-        checklists=[[{"turn": 0, "items": [{
-            "id": "C0", "focus_on": "tool.content", "question": "Q " + HOSTILE, "pass_condition": "P " + HOSTILE,
-            "failure_examples": [HOSTILE], "weight": 1.0, "depends_on": [],
-            "evidence": [{"turn": 0, "step": 2, "from": "tool.content", "snippet": "<script>alert"}]}]}]],
-        metadata={"domain": "d" + HOSTILE})
+        messages=[
+            Message(role="system", content="sys " + HOSTILE),
+            Message(role="user", content="find it " + HOSTILE),
+            Message(
+                role="assistant",
+                content="",
+                thinking="think " + HOSTILE,
+                tool_calls=[ToolCall(id="c1", name="lookup", arguments=json.dumps({"q": HOSTILE}))],
+            ),
+            Message(role="tool", tool_call_id="c1", name="lookup", content=json.dumps({"r": HOSTILE})),
+            Message(role="assistant", content="done " + HOSTILE),
+        ],
+        checklists=[
+            [
+                {
+                    "turn": 0,
+                    "items": [
+                        {
+                            "id": "C0",
+                            "focus_on": "tool.content",
+                            "question": "Q " + HOSTILE,
+                            "pass_condition": "P " + HOSTILE,
+                            "failure_examples": [HOSTILE],
+                            "weight": 1.0,
+                            "depends_on": [],
+                            "evidence": [{"turn": 0, "step": 2, "from": "tool.content", "snippet": "<script>alert"}],
+                        }
+                    ],
+                }
+            ]
+        ],
+        metadata={"domain": "d" + HOSTILE},
+    )
 
 
 def test_encoded_values_carry_no_angle_brackets() -> None:
@@ -394,8 +490,17 @@ def test_template_never_writes_data_as_html() -> None:
     template = load_template()
     scripts = re.findall(r"<script>(.*?)</script>", template, flags=re.DOTALL)
     assert len(scripts) == 1
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                 "setAttribute(\"on", "srcdoc", ".src ="):
+    for sink in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        'setAttribute("on',
+        "srcdoc",
+        ".src =",
+    ):
         assert sink not in scripts[0], sink
     assert "textContent" in scripts[0] and "createElement" in scripts[0]
 
@@ -442,8 +547,12 @@ def render_in_chromium(browser: Any, template: str, record: dict[str, Any]) -> d
         context.route("**/*", serve)
         page = context.new_page()
         page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
-        page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}")
-                if m.type in ("error", "warning", "assert") else None)
+        page.on(
+            "console",
+            lambda m: (
+                problems.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning", "assert") else None
+            ),
+        )
         page.on("requestfailed", lambda r: problems.append(f"requestfailed: {r.url} ({r.failure})"))
         page.on("dialog", dialog)
         page.goto(f"{_ORIGIN}/item.html", wait_until="load")
@@ -474,9 +583,17 @@ def test_template_renders_hostile_text_as_text(browser: Any) -> None:
     # tool result (pretty JSON), final reply, the item's question, pass condition and failure example, the domain
     text = out["text"]
     escaped = json.dumps(HOSTILE)[1:-1]  # inside the pretty-printed JSON of the tool call and the tool result
-    for shown in ("sys " + HOSTILE, "find it " + HOSTILE, "think " + HOSTILE, f'"q": "{escaped}"',
-                  f'"r": "{escaped}"', "done " + HOSTILE, "Item C0 of turn 0 — Q " + HOSTILE, "P " + HOSTILE,
-                  "d" + HOSTILE):
+    for shown in (
+        "sys " + HOSTILE,
+        "find it " + HOSTILE,
+        "think " + HOSTILE,
+        f'"q": "{escaped}"',
+        f'"r": "{escaped}"',
+        "done " + HOSTILE,
+        "Item C0 of turn 0 — Q " + HOSTILE,
+        "P " + HOSTILE,
+        "d" + HOSTILE,
+    ):
         assert shown in text, (shown, text)
     # the seven plain places above and the failure example (a list item of its own); the two JSON-escaped ones
     assert text.count(HOSTILE) == 8 and text.count(escaped) == 2

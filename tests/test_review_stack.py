@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 def _dataset(client, name: str, workspace: str):
     import argilla as rg
 
-    settings = rg.Settings(fields=[rg.TextField(name="text")],
-                           questions=[rg.LabelQuestion(name="label", labels=["yes", "no"])])
+    settings = rg.Settings(
+        fields=[rg.TextField(name="text")], questions=[rg.LabelQuestion(name="label", labels=["yes", "no"])]
+    )
     return rg.Dataset(name=name, workspace=workspace, settings=settings, client=client).create()
 
 
@@ -48,10 +49,13 @@ def _submitted(dataset) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- no server needed
 
+
 def test_stack_module_imports_without_argilla() -> None:
-    code = ("import sys; sys.modules['argilla'] = None; sys.modules['argilla_server'] = None\n"
-            "import cm2data.review.stack, cm2data.review.commands\n"
-            "assert 'argilla' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}")
+    code = (
+        "import sys; sys.modules['argilla'] = None; sys.modules['argilla_server'] = None\n"
+        "import cm2data.review.stack, cm2data.review.commands\n"
+        "assert 'argilla' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -87,6 +91,7 @@ def test_free_port_prefers_the_previous_one() -> None:
 
 
 # -------------------------------------------------------------------------------------- the session's stack
+
 
 def test_stack_runs_and_reports(argilla_stack_handle) -> None:
     stack = argilla_stack_handle
@@ -125,21 +130,29 @@ def test_sdk_record_and_ui_response_endpoints(argilla_stack, argilla_stack_handl
     r1, r2 = _record_server_id(ds, "r1"), _record_server_id(ds, "r2")
     headers = {"X-Argilla-Api-Key": api_key}
     with httpx.Client(base_url=api_url, headers=headers, timeout=30) as http:
-        created = http.post(f"/api/v1/records/{r1}/responses",
-                            json={"values": {"label": {"value": "yes"}}, "status": "submitted"})
+        created = http.post(
+            f"/api/v1/records/{r1}/responses", json={"values": {"label": {"value": "yes"}}, "status": "submitted"}
+        )
         assert created.status_code == 201, created.text
         response_id = created.json()["id"]
         assert _submitted(ds) == ["r1"]
-        updated = http.put(f"/api/v1/responses/{response_id}",
-                           json={"values": {"label": {"value": "no"}}, "status": "submitted"})
+        updated = http.put(
+            f"/api/v1/responses/{response_id}", json={"values": {"label": {"value": "no"}}, "status": "submitted"}
+        )
         assert updated.status_code == 200, updated.text
         by_id = {r.id: r for r in ds.records(with_responses=True)}
         assert [(a.question_name, a.value, a.status) for a in by_id["r1"].responses] == [("label", "no", "submitted")]
         assert http.delete(f"/api/v1/responses/{response_id}").status_code == 200
         assert _submitted(ds) == []
-        bulk = http.post("/api/v1/me/responses/bulk", json={"items": [
-            {"record_id": r1, "values": {"label": {"value": "yes"}}, "status": "submitted"},
-            {"record_id": r2, "values": {"label": {"value": "no"}}, "status": "draft"}]})
+        bulk = http.post(
+            "/api/v1/me/responses/bulk",
+            json={
+                "items": [
+                    {"record_id": r1, "values": {"label": {"value": "yes"}}, "status": "submitted"},
+                    {"record_id": r2, "values": {"label": {"value": "no"}}, "status": "draft"},
+                ]
+            },
+        )
         assert bulk.status_code == 200, bulk.text
         assert all(item["error"] is None for item in bulk.json()["items"]), bulk.text
     assert _submitted(ds) == ["r1"]
@@ -162,6 +175,7 @@ def test_wrong_api_key_is_a_clear_error(argilla_stack) -> None:
 
 # ---------------------------------------------------------------------------------------- a stack of its own
 
+
 def test_restart_keeps_url_credentials_and_data(tmp_path: Path) -> None:
     """Stop, then start again: same URL and API key, and the records and responses are found again (osmem
     forgot them; the server reindexed them from the database). --fresh starts from an empty database."""
@@ -175,9 +189,12 @@ def test_restart_keeps_url_credentials_and_data(tmp_path: Path) -> None:
         client = rg.Argilla(api_url=first.api_url, api_key=first.api_key)
         ds = _dataset(client, "restart", first.workspace)
         ds.records.log([{"id": "a", "text": "kept"}])
-        answer = httpx.post(f"{first.api_url}/api/v1/records/{_record_server_id(ds, 'a')}/responses",
-                            headers={"X-Argilla-Api-Key": first.api_key}, timeout=30,
-                            json={"values": {"label": {"value": "yes"}}, "status": "submitted"})
+        answer = httpx.post(
+            f"{first.api_url}/api/v1/records/{_record_server_id(ds, 'a')}/responses",
+            headers={"X-Argilla-Api-Key": first.api_key},
+            timeout=30,
+            json={"values": {"label": {"value": "yes"}}, "status": "submitted"},
+        )
         assert answer.status_code == 201, answer.text
         stopped = st.stop(tmp_path)
         assert stopped is not None and not any(stopped.alive().values())

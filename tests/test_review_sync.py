@@ -72,8 +72,9 @@ def submit(client: Any, name: str, user: Any, answers: dict[str, dict[str, Any]]
         if rec.id not in wanted:
             continue
         responses = [argilla.Response(q, v, user_id=user.id, status="submitted") for q, v in answers[rec.id].items()]
-        batch.append(argilla.Record(id=rec.id, fields=rec.fields.to_dict(), metadata=dict(rec.metadata),
-                                    responses=responses))
+        batch.append(
+            argilla.Record(id=rec.id, fields=rec.fields.to_dict(), metadata=dict(rec.metadata), responses=responses)
+        )
     assert len(batch) == len(wanted)
     ds.records.log(batch)
 
@@ -87,8 +88,14 @@ def _items(d: Dialogue, turn: int) -> dict[str, Any]:
     return {it.id: it for it in d.checklists[0][turn].items}
 
 
-def test_push_review_pull_cycle(env: dict[str, str], client: Any, reviewers: dict[str, Any], tmp_path: Path,
-                                sample_path: Path, reference_record: Dialogue) -> None:
+def test_push_review_pull_cycle(
+    env: dict[str, str],
+    client: Any,
+    reviewers: dict[str, Any],
+    tmp_path: Path,
+    sample_path: Path,
+    reference_record: Dialogue,
+) -> None:
     name = "cycle"
     records = _records(sample_path, reference_record)
     folder = tmp_path / "in"
@@ -114,17 +121,23 @@ def test_push_review_pull_cycle(env: dict[str, str], client: Any, reviewers: dic
     assert rec.fields[FIELD]["item"]["question"] == ref.checklists[0][0].items[0].question
     assert rec.suggestions["verdict"].value == "keep"
     # metadata for filtering: every item's turn and whether it must pass, as in the folder (both values occur)
-    expected = {record_id(ref.id, 0, b.turn, it.id): (b.turn, "yes" if it.required_for_next_turn else "no")
-                for b in ref.checklists[0] for it in b.items}
+    expected = {
+        record_id(ref.id, 0, b.turn, it.id): (b.turn, "yes" if it.required_for_next_turn else "no")
+        for b in ref.checklists[0]
+        for it in b.items
+    }
     served = {r.id: (r.metadata["turn"], r.metadata["must_pass"]) for r in ds.records() if r.id in expected}
     assert served == expected and {must for _, must in expected.values()} == {"yes", "no"}
 
     # two reviewers answer through the SDK
     rid = {(t, i): record_id(ref.id, 0, t, i) for t, b in enumerate(ref.checklists[0]) for i in _items(ref, t)}
     rewrite = "Did the final reply name the venue of the next game?"
-    added = {"question": "Did the assistant give the date of every game it lists?",
-             "pass_condition": "Each game in the final reply has its date.",
-             "focus_on": "assistant.content.user_visible_reply", "weight": 0.1}
+    added = {
+        "question": "Did the assistant give the date of every game it lists?",
+        "pass_condition": "Each game in the final reply has its date.",
+        "focus_on": "assistant.content.user_visible_reply",
+        "weight": 0.1,
+    }
     ann: dict[str, dict[str, Any]] = {r: {"verdict": "keep"} for r in rid.values()}
     bob: dict[str, dict[str, Any]] = {r: {"verdict": "keep"} for r in rid.values()}
     ann[rid[0, "C4"]] = {"verdict": "drop", "problems": ["style_only"]}
@@ -223,15 +236,34 @@ def test_push_review_pull_cycle(env: dict[str, str], client: Any, reviewers: dic
 
 
 def test_pushing_hostile_text_stores_no_markup(client: Any) -> None:
-    hostile = '</script><script>alert(1)</script><img src=x onerror=alert(2)>'
-    d = Dialogue(id="hostile", tools=[],
-                 messages=[Message(role="user", content="hi " + hostile),
-                           Message(role="assistant", tool_calls=[ToolCall(id="c", name="t", arguments="{}")]),
-                           Message(role="tool", tool_call_id="c", name="t", content=hostile),
-                           Message(role="assistant", content="ok " + hostile)],
-                 checklists=[[{"turn": 0, "items": [{"id": "C0", "focus_on": "tool.content", "question": hostile,
-                                                     "pass_condition": hostile, "weight": 1.0}]}]],
-                 metadata={"domain": hostile})
+    hostile = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
+    d = Dialogue(
+        id="hostile",
+        tools=[],
+        messages=[
+            Message(role="user", content="hi " + hostile),
+            Message(role="assistant", tool_calls=[ToolCall(id="c", name="t", arguments="{}")]),
+            Message(role="tool", tool_call_id="c", name="t", content=hostile),
+            Message(role="assistant", content="ok " + hostile),
+        ],
+        checklists=[
+            [
+                {
+                    "turn": 0,
+                    "items": [
+                        {
+                            "id": "C0",
+                            "focus_on": "tool.content",
+                            "question": hostile,
+                            "pass_condition": hostile,
+                            "weight": 1.0,
+                        }
+                    ],
+                }
+            ]
+        ],
+        metadata={"domain": hostile},
+    )
     result = push([d], "hostile", client=client, progress=False)
     assert result.created == 1
     ds = find_dataset(client, "hostile")
@@ -240,14 +272,18 @@ def test_pushing_hostile_text_stores_no_markup(client: Any) -> None:
     assert "<" not in raw and "&lt;/script&gt;" in raw
 
 
-def test_faults_give_one_message_and_write_nothing(env: dict[str, str], tmp_path: Path,
-                                                   reference_record: Dialogue) -> None:
+def test_faults_give_one_message_and_write_nothing(
+    env: dict[str, str], tmp_path: Path, reference_record: Dialogue
+) -> None:
     folder = tmp_path / "in"
     store.write_dataset(folder, [reference_record])
     wrong = {**env, "ARGILLA_API_KEY": "not-the-key-0123456789"}
     out = tmp_path / "out"
-    for args in (("push", str(folder), "--name", "faults"), ("status", "faults"),
-                 ("pull", "faults", "--into", str(folder), "--out", str(out))):
+    for args in (
+        ("push", str(folder), "--name", "faults"),
+        ("status", "faults"),
+        ("pull", "faults", "--into", str(folder), "--out", str(out)),
+    ):
         result = _run(wrong, *args)
         assert result.exit_code != 0
         assert "rejected the API key" in result.output, result.output
@@ -265,8 +301,9 @@ def test_faults_give_one_message_and_write_nothing(env: dict[str, str], tmp_path
     assert not out.exists()
 
 
-def test_pull_refuses_a_merge_that_fails_the_gate(env: dict[str, str], client: Any, tmp_path: Path,
-                                                  reference_record: Dialogue) -> None:
+def test_pull_refuses_a_merge_that_fails_the_gate(
+    env: dict[str, str], client: Any, tmp_path: Path, reference_record: Dialogue
+) -> None:
     bad = reference_record.model_copy(deep=True)
     bad.checklists[0][2].items[0].weight = 0.9  # turn 2 no longer sums to 1, and no review fixes it
     folder = tmp_path / "in"

@@ -75,8 +75,9 @@ def answer(client: Any, name: str, user: Any, answers: dict[str, tuple[str, str 
         responses = [argilla.Response("passed", passed, user_id=user.id, status=status)]
         if reason:
             responses.append(argilla.Response("reason", reason, user_id=user.id, status=status))
-        batch.append(argilla.Record(id=rec.id, fields=rec.fields.to_dict(), metadata=dict(rec.metadata),
-                                    responses=responses))
+        batch.append(
+            argilla.Record(id=rec.id, fields=rec.fields.to_dict(), metadata=dict(rec.metadata), responses=responses)
+        )
     assert len(batch) == len(answers)
     ds.records.log(batch)
 
@@ -91,13 +92,15 @@ def _dataset(tmp_path: Path, sample_path: Path) -> tuple[Path, list[Dialogue]]:
 
 def _judge(folder: Path, out: Path) -> None:
     with RoutedOpenAI(judge_route()) as server:
-        result = CliRunner().invoke(app, ["judge", "run", str(folder), "--out", str(out), "--base-url",
-                                          server.base_url], catch_exceptions=False)
+        result = CliRunner().invoke(
+            app, ["judge", "run", str(folder), "--out", str(out), "--base-url", server.base_url], catch_exceptions=False
+        )
     assert result.exit_code == 0, result.output
 
 
-def test_people_verdicts_round_trip(env: dict[str, str], client: Any, reviewers: dict[str, Any], tmp_path: Path,
-                                   sample_path: Path) -> None:
+def test_people_verdicts_round_trip(
+    env: dict[str, str], client: Any, reviewers: dict[str, Any], tmp_path: Path, sample_path: Path
+) -> None:
     name = "verdicts-cycle"
     folder, chosen = _dataset(tmp_path, sample_path)
     _judge(folder, tmp_path / "V")
@@ -117,8 +120,15 @@ def test_people_verdicts_round_trip(env: dict[str, str], client: Any, reviewers:
     served = {r.id: r for r in ds.records(with_suggestions=True)}
     k0 = keys[0]
     rec = served[rid[k0]]
-    item = next(it for d in chosen if d.id == k0[0] for b in d.checklists[0] if b.turn == k0[2] for it in b.items
-                if it.id == k0[3])
+    item = next(
+        it
+        for d in chosen
+        if d.id == k0[0]
+        for b in d.checklists[0]
+        if b.turn == k0[2]
+        for it in b.items
+        if it.id == k0[3]
+    )
     assert rec.fields[FIELD]["item"]["question"] == item.question
     assert rec.fields[FIELD]["item"]["pass_condition"] == item.pass_condition
     assert all(len(r.suggestions) == 0 for r in served.values())
@@ -175,13 +185,21 @@ def test_people_verdicts_round_trip(env: dict[str, str], client: Any, reviewers:
     assert result["bad_input"]["human"]["skipped"] == 1 and result["bad_input"]["human"]["revised"] == 1
     inter = result["human"]["inter_reviewer"]
     assert inter["units"] == 12 and inter["kappa"]["vera|walt"] == pytest.approx(
-        cohen_kappa([vera[rid[k]][1] for k in keys[:12]], [walt[rid[k]][1] for k in keys[:12]]), abs=1e-4)
+        cohen_kappa([vera[rid[k]][1] for k in keys[:12]], [walt[rid[k]][1] for k in keys[:12]]), abs=1e-4
+    )
     assert result["human"]["per_reviewer"]["vera"]["V"]["n"] == 12
 
     # the dataset changes (an item reworded); judged again into the same folder and pushed again
     changed = [d.model_copy(deep=True) for d in chosen]
-    target = next(it for d in changed if d.id == keys[0][0] for b in d.checklists[0] if b.turn == keys[0][2]
-                  for it in b.items if it.id == keys[0][3])
+    target = next(
+        it
+        for d in changed
+        if d.id == keys[0][0]
+        for b in d.checklists[0]
+        if b.turn == keys[0][2]
+        for it in b.items
+        if it.id == keys[0][3]
+    )
     target.question = "Did the assistant reply in one sentence?"
     store.write_dataset(tmp_path / "ds2", changed)
     _judge(tmp_path / "ds2", tmp_path / "V2")
@@ -194,8 +212,7 @@ def test_people_verdicts_round_trip(env: dict[str, str], client: Any, reviewers:
     assert "1 reviewed items changed since their review" in repush.output
     assert len(fetch_records(client, ds)) == n  # nothing duplicated
     out2 = tmp_path / "H2"
-    assert _cli(env, "review", "pull-verdicts", name, "--into", str(tmp_path / "V2"), "--out",
-                str(out2)).exit_code == 0
+    assert _cli(env, "review", "pull-verdicts", name, "--into", str(tmp_path / "V2"), "--out", str(out2)).exit_code == 0
     report2 = json.loads((out2 / "pull_report.json").read_text())
     assert report2["stale"] == 2 and report2["submitted"] == report["submitted"] - 2
     # the old answers against the new verdicts: the reworded item is left out and counted
@@ -208,8 +225,17 @@ def test_judge_shown_as_a_suggestion(env: dict[str, str], client: Any, tmp_path:
     folder, _ = _dataset(tmp_path, sample_path)
     _judge(folder, tmp_path / "V")
     vrows = {row_key(r): r for r in read_rows(tmp_path / "V")}
-    shown = _cli(env, "review", "push-verdicts", str(tmp_path / "V"), "--name", "verdicts-shown", "--show-judge",
-                 "--min-submitted", "1")
+    shown = _cli(
+        env,
+        "review",
+        "push-verdicts",
+        str(tmp_path / "V"),
+        "--name",
+        "verdicts-shown",
+        "--show-judge",
+        "--min-submitted",
+        "1",
+    )
     assert shown.exit_code == 0 and "shown as a suggestion" in shown.output, shown.output
     ds = find_verdict_dataset(client, "verdicts-shown")
     assert ds.settings.distribution.min_submitted == 1
@@ -221,7 +247,15 @@ def test_judge_shown_as_a_suggestion(env: dict[str, str], client: Any, tmp_path:
     # a checklist-review dataset is not a verdict-review dataset
     store.write_dataset(tmp_path / "plain", load(folder)[0])
     assert _cli(env, "review", "push", str(tmp_path / "plain"), "--name", "checklists-not-verdicts").exit_code == 0
-    wrong = _cli(env, "review", "pull-verdicts", "checklists-not-verdicts", "--into", str(tmp_path / "V"), "--out",
-                 str(tmp_path / "H"))
+    wrong = _cli(
+        env,
+        "review",
+        "pull-verdicts",
+        "checklists-not-verdicts",
+        "--into",
+        str(tmp_path / "V"),
+        "--out",
+        str(tmp_path / "H"),
+    )
     assert wrong.exit_code == 1 and "not a cm2data verdict-review dataset" in wrong.output
     assert not (tmp_path / "H").exists()

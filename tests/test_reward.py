@@ -12,13 +12,22 @@ from cm2data import reward
 from cm2data.schema import ChecklistItem
 
 
-def item(cid: str, weight: float, deps: tuple[str, ...] = (), must: bool = False,
-         focus: str = "assistant.tool_calls") -> ChecklistItem:
-    return ChecklistItem(id=cid, focus_on=focus, question="q", pass_condition="p", weight=weight,
-                         depends_on=list(deps), required_for_next_turn=must)
+def item(
+    cid: str, weight: float, deps: tuple[str, ...] = (), must: bool = False, focus: str = "assistant.tool_calls"
+) -> ChecklistItem:
+    return ChecklistItem(
+        id=cid,
+        focus_on=focus,
+        question="q",
+        pass_condition="p",
+        weight=weight,
+        depends_on=list(deps),
+        required_for_next_turn=must,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ worked examples
+
 
 def test_turn_score_and_satisfaction_any_step():
     items = [item("C0", 0.6, focus="tool.content"), item("C1", 0.4, ("C0",))]
@@ -93,6 +102,7 @@ def test_unknown_dependency_and_cycle_never_met():
 
 
 # ------------------------------------------------------------------------------------------------------ properties
+
 
 @st.composite
 def turns(draw):
@@ -176,9 +186,7 @@ def test_group_step_advantages_two_turns():
     # turn 0: one item; turn 1: the step-level worked example (C1 depends on C0); sample 2 stops after turn 0
     checklist = [[item("A", 1.0)], [item("C0", 0.5, focus="tool.content"), item("C1", 0.5, ("C0",))]]
     worked = [{"C0": False, "C1": True}, {"C0": True, "C1": False}, {"C1": False}, {"C1": True}]
-    group = [[[{"A": True}], worked],
-             [[{"A": False}, {"A": True}], [{"C0": False}, {"C0": False}]],
-             [[{"A": False}]]]
+    group = [[[{"A": True}], worked], [[{"A": False}, {"A": True}], [{"C0": False}, {"C0": False}]], [[{"A": False}]]]
     out = reward.group_step_advantages(checklist, group)
     # b_A = 2/3; b_C0 = b_C1 = 1/3 (the group has three samples, one never reached turn 1)
     assert out[0][0] == pytest.approx([1 / 3])
@@ -200,13 +208,18 @@ def test_group_step_advantages_shape_and_turnwise(turn_list, size, data):
     group = []
     for _ in range(size):
         reached = data.draw(st.integers(1, len(checklist)))
-        group.append([[{i.id: data.draw(st.booleans()) for i in checklist[t]}
-                       for _ in range(data.draw(st.integers(1, 4)))] for t in range(reached)])
+        group.append(
+            [
+                [{i.id: data.draw(st.booleans()) for i in checklist[t]} for _ in range(data.draw(st.integers(1, 4)))]
+                for t in range(reached)
+            ]
+        )
     eta = data.draw(st.none() | st.floats(0.1, 1.0))
     out = reward.group_step_advantages(checklist, group, eta=eta)
     # the shape of the input: one list per reached turn, one value per assistant step
-    assert [[len(steps) for steps in sample] for sample in out] == [[len(steps) for steps in sample]
-                                                                     for sample in group]
+    assert [[len(steps) for steps in sample] for sample in out] == [
+        [len(steps) for steps in sample] for sample in group
+    ]
     # turn by turn it is step_advantages over the group, unreached samples counting in the baseline
     for t, items in enumerate(checklist):
         expected = reward.step_advantages(items, [s[t] if len(s) > t else None for s in group], eta=eta)

@@ -9,27 +9,38 @@ import pytest
 from cm2data.schema import ChecklistItem, Dialogue, Message, Tool, ToolCall, TurnChecklist
 from cm2data.validate import RULE_FILTERS, RuleConfig, run_gate
 
-WEATHER = Tool(name="weather", parameters={
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"},
-                   "unit": {"type": "string", "enum": ["C", "F"]}, "lat": {"type": "number"},
-                   "tags": {"type": "array", "items": {"type": "string"}}},
-    "required": ["city"],
-})
+WEATHER = Tool(
+    name="weather",
+    parameters={
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer"},
+            "metric": {"type": "boolean"},
+            "unit": {"type": "string", "enum": ["C", "F"]},
+            "lat": {"type": "number"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["city"],
+    },
+)
 
 
-def dialogue(args: dict | str | None = None, *, messages: list[Message] | None = None, tools=None,
-             checklists=None) -> Dialogue:
+def dialogue(
+    args: dict | str | None = None, *, messages: list[Message] | None = None, tools=None, checklists=None
+) -> Dialogue:
     arguments = args if isinstance(args, str) else json.dumps(args if args is not None else {"city": "Oslo"})
     msgs = messages or [
         Message(role="user", content="Weather in Oslo?"),
-        Message(role="assistant", thinking="call it", tool_calls=[ToolCall(id="c1", name="weather",
-                                                                           arguments=arguments)]),
+        Message(
+            role="assistant", thinking="call it", tool_calls=[ToolCall(id="c1", name="weather", arguments=arguments)]
+        ),
         Message(role="tool", content='{"temp": 3}', tool_call_id="c1", name="weather"),
         Message(role="assistant", thinking="answer", content="3 °C in Oslo."),
     ]
-    return Dialogue(id="d1", tools=tools if tools is not None else [WEATHER], messages=msgs,
-                    checklists=checklists or [])
+    return Dialogue(
+        id="d1", tools=tools if tools is not None else [WEATHER], messages=msgs, checklists=checklists or []
+    )
 
 
 def run(rule: str, d: Dialogue, **cfg) -> list[str]:
@@ -111,7 +122,7 @@ def test_call_response_counts_and_ids() -> None:
 
 def test_tool_response_inside_assistant_message() -> None:
     d = dialogue()
-    d.messages[3].content = "<tool_response>{\"temp\": 3}</tool_response> so 3 °C"
+    d.messages[3].content = '<tool_response>{"temp": 3}</tool_response> so 3 °C'
     assert run("no_tool_response_in_assistant_message", d)
 
 
@@ -142,15 +153,21 @@ def test_tool_response_json() -> None:
 
 
 def test_duplicate_tools() -> None:
-    assert run("duplicate_tools_by_name", dialogue(tools=[WEATHER, WEATHER])) == ["tool 'weather' is listed more "
-                                                                                  "than once"]
+    assert run("duplicate_tools_by_name", dialogue(tools=[WEATHER, WEATHER])) == [
+        "tool 'weather' is listed more than once"
+    ]
 
 
 def item(i: str, weight: float, focus: str = "assistant.tool_calls", deps=(), **kw) -> ChecklistItem:
-    return ChecklistItem(id=i, focus_on=focus, question=kw.get("question", "q?"),
-                         pass_condition=kw.get("pass_condition", "p"), weight=weight, depends_on=list(deps),
-                         evidence=kw.get("evidence", [{"turn": 0, "step": 1, "from": "assistant.tool_calls",
-                                                       "snippet": "Oslo"}]))
+    return ChecklistItem(
+        id=i,
+        focus_on=focus,
+        question=kw.get("question", "q?"),
+        pass_condition=kw.get("pass_condition", "p"),
+        weight=weight,
+        depends_on=list(deps),
+        evidence=kw.get("evidence", [{"turn": 0, "step": 1, "from": "assistant.tool_calls", "snippet": "Oslo"}]),
+    )
 
 
 def checked(items: list[ChecklistItem], blocks: int = 1) -> set[str]:

@@ -14,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sample_checker_passes() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_sample.py")], capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_sample.py")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("OK")
 

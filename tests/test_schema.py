@@ -77,8 +77,10 @@ def test_schema_imports_without_heavy_dependencies() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import cm2data.schema; heavy = {'pandas', 'polars', 'pyarrow', 'datasets', 'pandera', "
-            "'distilabel', 'numpy', 'typer', 'rich'} & set(sys.modules); print(sorted(heavy)); "
-            "sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys; import cm2data.schema; heavy = {'pandas', 'polars', 'pyarrow', 'datasets', 'pandera', "
+        "'distilabel', 'numpy', 'typer', 'rich'} & set(sys.modules); print(sorted(heavy)); "
+        "sys.exit(1 if heavy else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

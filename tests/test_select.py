@@ -12,16 +12,30 @@ from cm2data.pipelines.config import REFERENCE_DROP_RATIOS
 from cm2data.pipelines.select import decide, draw, drop_probability, select_hard
 from cm2data.schema import Dialogue, Message, Tool, ToolCall, dialogue_stats
 
-HARD = {"num_turns": 3, "tool_calls_total": 5, "max_parallel_tool_calls": 2, "num_candidate_tools": 6,
-        "num_selected_tools": 3, "max_assistant_steps": 3, "num_assistant_messages": 7}
+HARD = {
+    "num_turns": 3,
+    "tool_calls_total": 5,
+    "max_parallel_tool_calls": 2,
+    "num_candidate_tools": 6,
+    "num_selected_tools": 3,
+    "max_assistant_steps": 3,
+    "num_assistant_messages": 7,
+}
 
 
 def test_drop_probability_formula():
     assert drop_probability(HARD, REFERENCE_DROP_RATIOS) == (0.0, [])
     p, terms = drop_probability({**HARD, "num_turns": 1}, REFERENCE_DROP_RATIOS)
     assert p == pytest.approx(0.4) and terms == ["num_turns=1 (0.4)"]
-    easy = {**HARD, "num_turns": 1, "tool_calls_total": 1, "num_candidate_tools": 1, "num_selected_tools": 1,
-            "max_assistant_steps": 1, "num_assistant_messages": 2}
+    easy = {
+        **HARD,
+        "num_turns": 1,
+        "tool_calls_total": 1,
+        "num_candidate_tools": 1,
+        "num_selected_tools": 1,
+        "max_assistant_steps": 1,
+        "num_assistant_messages": 2,
+    }
     p, terms = drop_probability(easy, REFERENCE_DROP_RATIOS)
     assert p == pytest.approx(1 - 0.6 * 0.7 * 0.3 * 0.6 * 0.7 * 0.7)
     assert len(terms) == 6
@@ -30,11 +44,14 @@ def test_drop_probability_formula():
     assert drop_probability({"num_turns": 1}, {"num_turns": {1: 1.0}})[0] == 1.0
 
 
-@pytest.mark.parametrize("stats", [
-    {**HARD, "num_turns": 1},
-    {**HARD, "num_turns": 1, "tool_calls_total": 2, "num_candidate_tools": 2},
-    {**HARD, "num_candidate_tools": 1, "num_selected_tools": 1, "tool_calls_total": 1, "num_assistant_messages": 1},
-])
+@pytest.mark.parametrize(
+    "stats",
+    [
+        {**HARD, "num_turns": 1},
+        {**HARD, "num_turns": 1, "tool_calls_total": 2, "num_candidate_tools": 2},
+        {**HARD, "num_candidate_tools": 1, "num_selected_tools": 1, "tool_calls_total": 1, "num_assistant_messages": 1},
+    ],
+)
 def test_drop_rate_matches_the_probability(stats):
     p, _ = drop_probability(stats, REFERENCE_DROP_RATIOS)
     n = 4000

@@ -25,42 +25,61 @@ from cm2data.simulator import (
 )
 from cm2data.validate.rules import RuleConfig, tool_schema
 
-TOOL = Tool(name="book", description="Book a room", parameters={
-    "type": "object",
-    "properties": {"hotel_id": {"type": "string"}, "nights": {"type": "integer"},
-                   "price": {"type": "number"}, "breakfast": {"type": "boolean"},
-                   "room": {"type": "string", "enum": ["single", "double"]},
-                   "guests": {"type": "array", "items": {"type": "string"}}},
-    "required": ["hotel_id", "nights"],
-})
+TOOL = Tool(
+    name="book",
+    description="Book a room",
+    parameters={
+        "type": "object",
+        "properties": {
+            "hotel_id": {"type": "string"},
+            "nights": {"type": "integer"},
+            "price": {"type": "number"},
+            "breakfast": {"type": "boolean"},
+            "room": {"type": "string", "enum": ["single", "double"]},
+            "guests": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["hotel_id", "nights"],
+    },
+)
 
 
-@pytest.mark.parametrize(("name", "args", "code"), [
-    ("book", {"hotel_id": "H1", "nights": 2}, None),
-    ("book", {"hotel_id": "H1", "nights": 2.0}, None),                       # 2.0 is an integer
-    ("book", {"hotel_id": "H1", "nights": 2, "price": 3}, None),              # an int is a number
-    ("book", {"hotel_id": "H1", "nights": True}, "SCHEMA_VALIDATION_FAILED"),  # a bool is not an integer
-    ("book", {"hotel_id": "H1", "nights": 2, "price": False}, "SCHEMA_VALIDATION_FAILED"),
-    ("book", {"hotel_id": "H1", "nights": "2"}, "SCHEMA_VALIDATION_FAILED"),
-    ("book", {"hotel_id": "H1"}, "SCHEMA_VALIDATION_FAILED"),                 # missing required
-    ("book", {"hotel_id": "H1", "nights": 1, "room": "suite"}, "SCHEMA_VALIDATION_FAILED"),  # enum
-    ("book", {"hotel_id": "H1", "nights": 1, "pets": 1}, "SCHEMA_VALIDATION_FAILED"),        # unexpected
-    ("book", {"hotel_id": "H1", "nights": 1, "guests": ["a", 2]}, "SCHEMA_VALIDATION_FAILED"),
-    ("book", "[1, 2]", "INVALID_PARAMETERS"),
-    ("book", "{not json", "INVALID_PARAMETERS"),
-    ("cancel", {"id": 1}, "TOOL_NOT_AVAILABLE"),
-])
+@pytest.mark.parametrize(
+    ("name", "args", "code"),
+    [
+        ("book", {"hotel_id": "H1", "nights": 2}, None),
+        ("book", {"hotel_id": "H1", "nights": 2.0}, None),  # 2.0 is an integer
+        ("book", {"hotel_id": "H1", "nights": 2, "price": 3}, None),  # an int is a number
+        ("book", {"hotel_id": "H1", "nights": True}, "SCHEMA_VALIDATION_FAILED"),  # a bool is not an integer
+        ("book", {"hotel_id": "H1", "nights": 2, "price": False}, "SCHEMA_VALIDATION_FAILED"),
+        ("book", {"hotel_id": "H1", "nights": "2"}, "SCHEMA_VALIDATION_FAILED"),
+        ("book", {"hotel_id": "H1"}, "SCHEMA_VALIDATION_FAILED"),  # missing required
+        ("book", {"hotel_id": "H1", "nights": 1, "room": "suite"}, "SCHEMA_VALIDATION_FAILED"),  # enum
+        ("book", {"hotel_id": "H1", "nights": 1, "pets": 1}, "SCHEMA_VALIDATION_FAILED"),  # unexpected
+        ("book", {"hotel_id": "H1", "nights": 1, "guests": ["a", 2]}, "SCHEMA_VALIDATION_FAILED"),
+        ("book", "[1, 2]", "INVALID_PARAMETERS"),
+        ("book", "{not json", "INVALID_PARAMETERS"),
+        ("cancel", {"id": 1}, "TOOL_NOT_AVAILABLE"),
+    ],
+)
 def test_check_call_codes_agree_with_the_gate(name, args, code):
     error = check_call([TOOL], name, args if isinstance(args, str) else json.dumps(args))
     assert (error or {}).get("code") == code
     if error is not None:
         assert set(error) == {"code", "message", "details"}
     # the gate's tool_schema rule says the same thing about the same call
-    d = Dialogue(id="x", tools=[TOOL], messages=[
-        Message(role="user", content="hi"),
-        Message(role="assistant", tool_calls=[ToolCall(id="c", name=name,
-                                                       arguments=args if isinstance(args, str) else json.dumps(args))]),
-        Message(role="tool", content="{}", tool_call_id="c"), Message(role="assistant", content="done")])
+    d = Dialogue(
+        id="x",
+        tools=[TOOL],
+        messages=[
+            Message(role="user", content="hi"),
+            Message(
+                role="assistant",
+                tool_calls=[ToolCall(id="c", name=name, arguments=args if isinstance(args, str) else json.dumps(args))],
+            ),
+            Message(role="tool", content="{}", tool_call_id="c"),
+            Message(role="assistant", content="done"),
+        ],
+    )
     assert bool(tool_schema(d, RuleConfig())) == (code is not None)
 
 
@@ -115,8 +134,9 @@ def test_concurrent_identical_calls_share_one_mock(tmp_path: Path):
     async def go(server: ScriptedOpenAI):
         async with LLMClient(_config(server)) as llm:
             sim = ToolSimulator(llm, tmp_path / "c.sqlite")
-            results = await asyncio.gather(*(sim.call("d", [TOOL], "book", {"hotel_id": "H", "nights": 3})
-                                             for _ in range(5)))
+            results = await asyncio.gather(
+                *(sim.call("d", [TOOL], "book", {"hotel_id": "H", "nights": 3}) for _ in range(5))
+            )
             return [r.content for r in results]
 
     with ScriptedOpenAI(owned_by="vllm", default=_mock({"n": 1})) as server:
@@ -128,8 +148,9 @@ def test_concurrent_identical_calls_share_one_mock(tmp_path: Path):
 def test_invalid_mock_answers_become_simulation_failed(tmp_path: Path):
     async def go(server: ScriptedOpenAI):
         async with LLMClient(_config(server).with_(max_invalid_retries=1)) as llm:
-            return await ToolSimulator(llm, tmp_path / "c.sqlite").call("d", [TOOL], "book",
-                                                                       {"hotel_id": "H", "nights": 3})
+            return await ToolSimulator(llm, tmp_path / "c.sqlite").call(
+                "d", [TOOL], "book", {"hotel_id": "H", "nights": 3}
+            )
 
     with ScriptedOpenAI(owned_by="vllm") as server:
         server.push(Reply("not json at all"), Reply(json.dumps({"analysis": "x", "execution_result": 5})))
@@ -143,7 +164,8 @@ def test_mock_schema_is_the_one_sent(tmp_path: Path, schema):
     async def go(server: ScriptedOpenAI):
         async with LLMClient(_config(server)) as llm:
             return await ToolSimulator(llm, tmp_path / "c.sqlite", schema=schema).call(
-                "d", [TOOL], "book", {"hotel_id": "H", "nights": 3})
+                "d", [TOOL], "book", {"hotel_id": "H", "nights": 3}
+            )
 
     with ScriptedOpenAI(owned_by="vllm") as server:
         server.push(Reply(json.dumps({"analysis": "x", "execution_result": {"booking_id": "B1"}})))
@@ -159,8 +181,9 @@ def test_mock_schema_is_the_one_sent(tmp_path: Path, schema):
 
 def test_recorded_calls_pair_calls_with_responses(reference_record):
     calls = recorded_calls(reference_record)
-    assert calls and all(c.arguments == json.dumps(json.loads(c.arguments), sort_keys=True, separators=(",", ":"))
-                         for c in calls)
+    assert calls and all(
+        c.arguments == json.dumps(json.loads(c.arguments), sort_keys=True, separators=(",", ":")) for c in calls
+    )
 
 
 # ------------------------------------------------------------------------------------------ across processes
@@ -191,8 +214,10 @@ def test_cache_is_consistent_across_processes(tmp_path: Path):
             server.push(_mock({"answer": i}))
         ctx = mp.get_context("fork")
         start, out = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(server.base_url, str(tmp_path / "m.sqlite"), start, out))
-                 for _ in range(4)]
+        procs = [
+            ctx.Process(target=_worker, args=(server.base_url, str(tmp_path / "m.sqlite"), start, out))
+            for _ in range(4)
+        ]
         for p in procs:
             p.start()
         start.set()

@@ -85,9 +85,11 @@ def test_terminate_kills_the_group_and_what_ignores_sigterm(tmp_path: Path) -> N
 
 def test_die_with_parent(tmp_path: Path) -> None:
     # an intermediate process launches `sleep` with die_with_parent and exits: the kernel ends the sleep
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; from cm2data import supervisor;"
-            f"p = supervisor.launch(['sleep', '30'], log=Path({str(tmp_path / 'orphan.log')!r}), "
-            "die_with_parent=True); print(p.pid)")
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; from cm2data import supervisor;"
+        f"p = supervisor.launch(['sleep', '30'], log=Path({str(tmp_path / 'orphan.log')!r}), "
+        "die_with_parent=True); print(p.pid)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
     pid = int(out.stdout.strip())
     assert _wait_until(lambda: _gone(pid)), "the orphan outlived its parent"

@@ -104,8 +104,9 @@ def test_reference_parquet_is_ingestible_and_exportable(tmp_path: Path) -> None:
 def verl_python() -> Path:
     if os.environ.get("CM2DATA_SKIP_VERL") == "1":
         pytest.skip("CM2DATA_SKIP_VERL=1")
-    venv = subprocess.run(["bash", str(ROOT / "recipes" / "install_verl.sh")], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    venv = subprocess.run(
+        ["bash", str(ROOT / "recipes" / "install_verl.sh")], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return Path(venv) / "bin" / "python"
 
 
@@ -114,8 +115,12 @@ def verl_inputs(verl_python: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     base = tmp_path_factory.mktemp("verl")
     export_verl(_sample(), base / "data", val_size=4)
     tok = base / "tiny-qwen3"
-    subprocess.run([str(verl_python), str(ROOT / "cm2data" / "export" / "tiny_model.py"), "--out", str(tok),
-                    "--family", "qwen3"], check=True, capture_output=True, env={**os.environ, **OFFLINE})
+    subprocess.run(
+        [str(verl_python), str(ROOT / "cm2data" / "export" / "tiny_model.py"), "--out", str(tok), "--family", "qwen3"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **OFFLINE},
+    )
     return base / "data" / "train.parquet", tok
 
 
@@ -123,11 +128,16 @@ def probe(python: Path, *args: str, timeout: int = 600, env: dict[str, str] | No
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT), **(env or {})}
     for k in ("CM2DATA_JUDGE_BASE_URL", "CM2DATA_LLM_BASE_URL", "CM2DATA_SIM_BASE_URL"):
         env.pop(k, None)
-    proc = subprocess.run([str(python), str(ROOT / "tests" / "verl_probe.py"), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    proc = subprocess.run(
+        [str(python), str(ROOT / "tests" / "verl_probe.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")), None)
     assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(line[len("PROBE "):])
+    return json.loads(line[len("PROBE ") :])
 
 
 @pytest.mark.slow
@@ -184,8 +194,9 @@ def test_agent_loop_with_the_embedded_judge(verl_python: Path, verl_inputs: tupl
 
 def _dry_run(python: Path, *extra: str, tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, **OFFLINE, "DRY_RUN": "1", "VERL_PYTHON": str(python), "DATA": str(tmp)}
-    return subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh"), *extra], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        ["bash", str(ROOT / "recipes" / "rl_qwen.sh"), *extra], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -197,9 +208,13 @@ def test_rl_recipe_dry_run(verl_python: Path, tmp_path: Path) -> None:
     assert summary["adv_estimator"] == "grpo" and summary["norm_adv_by_std_in_grpo"] is False
     assert summary["credit"] == {"level": "trajectory"}
     assert summary["rollout"]["n"] == 48 and summary["rollout"]["multi_turn"] is True
-    env_sized = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True,
-                               env={**os.environ, **OFFLINE, "DRY_RUN": "1", "VERL_PYTHON": str(verl_python),
-                                    "GROUP": "8", "GPUS": "2"}, timeout=300)
+    env_sized = subprocess.run(
+        ["bash", str(ROOT / "recipes" / "rl_qwen.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **OFFLINE, "DRY_RUN": "1", "VERL_PYTHON": str(verl_python), "GROUP": "8", "GPUS": "2"},
+        timeout=300,
+    )
     assert env_sized.returncode == 0 and '"n": 8' in env_sized.stdout
     bad = _dry_run(verl_python, "actor_rollout_ref.rollout.nn=4", tmp=tmp_path)
     assert bad.returncode != 0 and "invalid" in bad.stderr
@@ -210,8 +225,10 @@ def test_turn_and_step_credit_through_verl(verl_python: Path, verl_inputs: tuple
     out = probe(verl_python, "credit", *verl_inputs)
     # registered by loading the dataset class file the way the trainer does (data.custom_cls.path)
     assert out["registered_before"] == []
-    assert out["registered"] == {"cm2_turn": "adapters.verl.credit.compute_turn_advantage",
-                                 "cm2_step": "adapters.verl.credit.compute_step_advantage"}
+    assert out["registered"] == {
+        "cm2_turn": "adapters.verl.credit.compute_turn_advantage",
+        "cm2_step": "adapters.verl.credit.compute_step_advantage",
+    }
     # VeRL's compute_advantage on hand-built rows: per-turn advantages on the turn's policy tokens, 0 on tool/user
     # tokens and padding, 0 for a turn not reached, 0 where 4 or fewer samples reached a turn, 0 without a record
     turn = out["turn"]
@@ -238,10 +255,17 @@ def test_turn_and_step_credit_through_verl(verl_python: Path, verl_inputs: tuple
 @pytest.mark.slow
 @pytest.mark.parametrize(("credit", "estimator"), [("turn", "cm2_turn"), ("step", "cm2_step")])
 def test_rl_recipe_dry_run_credit_levels(verl_python: Path, tmp_path: Path, credit: str, estimator: str) -> None:
-    env = {**os.environ, **OFFLINE, "DRY_RUN": "1", "VERL_PYTHON": str(verl_python), "DATA": str(tmp_path),
-           "CREDIT": credit}
-    ok = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True, env=env,
-                        timeout=300)
+    env = {
+        **os.environ,
+        **OFFLINE,
+        "DRY_RUN": "1",
+        "VERL_PYTHON": str(verl_python),
+        "DATA": str(tmp_path),
+        "CREDIT": credit,
+    }
+    ok = subprocess.run(
+        ["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True, env=env, timeout=300
+    )
     assert ok.returncode == 0, ok.stderr[-3000:]
     summary = json.loads(ok.stdout.split("ppo_trainer\n", 1)[1].split("\nDRY_RUN: would run", 1)[0])
     assert summary["adv_estimator"] == estimator
@@ -250,14 +274,16 @@ def test_rl_recipe_dry_run_credit_levels(verl_python: Path, tmp_path: Path, cred
     assert f"algorithm.adv_estimator={estimator}" in ok.stdout
     # what the estimators cannot work with is refused before launching anything
     bad = {"turn": {"GROUP": "4"}, "step": {"ETA": "1.5"}}[credit]
-    refused = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True,
-                             env={**env, **bad}, timeout=300)
+    refused = subprocess.run(
+        ["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True, env={**env, **bad}, timeout=300
+    )
     assert refused.returncode != 0 and "invalid" in refused.stderr
     assert ("rollout.n=4" if credit == "turn" else "CM2DATA_CREDIT_ETA") in refused.stderr
 
 
 def test_rl_recipe_refuses_unknown_credit_level(tmp_path: Path) -> None:
     env = {**os.environ, "DRY_RUN": "1", "VERL_PYTHON": "/nonexistent/python", "CREDIT": "token"}
-    out = subprocess.run(["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True, env=env,
-                         timeout=60)
+    out = subprocess.run(
+        ["bash", str(ROOT / "recipes" / "rl_qwen.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
     assert out.returncode == 2 and "trajectory, turn or step" in out.stderr

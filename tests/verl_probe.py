@@ -43,20 +43,32 @@ def dataset(parquet: str, tokenizer_dir: str) -> dict:
     from verl.utils.dataset.rl_dataset import get_dataset_class
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 8192, "filter_overlong_prompts": True,
-                            "filter_overlong_prompts_workers": 1, "return_raw_chat": True,
-                            "custom_cls": {"path": str(ROOT / "adapters/verl/dataset.py"), "name": "CM2RLDataset"},
-                            "tool_config_path": str(ROOT / "adapters/verl/tool_config.yaml")})
+    cfg = OmegaConf.create(
+        {
+            "prompt_key": "prompt",
+            "max_prompt_length": 8192,
+            "filter_overlong_prompts": True,
+            "filter_overlong_prompts_workers": 1,
+            "return_raw_chat": True,
+            "custom_cls": {"path": str(ROOT / "adapters/verl/dataset.py"), "name": "CM2RLDataset"},
+            "tool_config_path": str(ROOT / "adapters/verl/tool_config.yaml"),
+        }
+    )
     cls = get_dataset_class(cfg)
     ds = cls(data_files=[parquet], tokenizer=tok, config=cfg)
     item = ds[0]
     text = ds.render_prompt(0)
     tools = item["extra_info"]["tools"]
-    return {"class": cls.__name__, "len": len(ds), "rows": len(rows(parquet)),
-            "raw_prompt_roles": [m["role"] for m in item["raw_prompt"]],
-            "tools_decoded": isinstance(tools, list), "tools_kwargs_decoded": isinstance(item["tools_kwargs"], dict),
-            "tool_in_prompt": bool(tools) and tools[0]["function"]["name"] in text and "<tools>" in text,
-            "ends_with_generation_prompt": text.rstrip().endswith("<|im_start|>assistant")}
+    return {
+        "class": cls.__name__,
+        "len": len(ds),
+        "rows": len(rows(parquet)),
+        "raw_prompt_roles": [m["role"] for m in item["raw_prompt"]],
+        "tools_decoded": isinstance(tools, list),
+        "tools_kwargs_decoded": isinstance(item["tools_kwargs"], dict),
+        "tool_in_prompt": bool(tools) and tools[0]["function"]["name"] in text and "<tools>" in text,
+        "ends_with_generation_prompt": text.rstrip().endswith("<|im_start|>assistant"),
+    }
 
 
 def code_of(text: str) -> str:
@@ -136,8 +148,9 @@ def reward(parquet: str, tokenizer_dir: str) -> dict:
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = OmegaConf.create({"reward": {"custom_reward_function": {"path": str(ROOT / "adapters/verl/reward.py"),
-                                                                   "name": "compute_score"}}})
+    cfg = OmegaConf.create(
+        {"reward": {"custom_reward_function": {"path": str(ROOT / "adapters/verl/reward.py"), "name": "compute_score"}}}
+    )
     fn = get_custom_reward_fn(cfg)
     row = pick(parquet)
     convo = json.loads(row["extra_info"]["messages"])
@@ -145,10 +158,12 @@ def reward(parquet: str, tokenizer_dir: str) -> dict:
     def item(extra_fields: dict) -> DataProto:
         ids = torch.tensor([tok.encode("hello")], dtype=torch.int64)
         batch = {"responses": ids, "attention_mask": torch.ones_like(ids), "prompts": ids}
-        nt = {"data_source": np.array([row["data_source"]], dtype=object),
-              "reward_model": np.array([row["reward_model"]], dtype=object),
-              "extra_info": np.array([dict(row["extra_info"])], dtype=object),
-              "tool_extra_fields": np.array([extra_fields], dtype=object)}
+        nt = {
+            "data_source": np.array([row["data_source"]], dtype=object),
+            "reward_model": np.array([row["reward_model"]], dtype=object),
+            "extra_info": np.array([dict(row["extra_info"])], dtype=object),
+            "tool_extra_fields": np.array([extra_fields], dtype=object),
+        }
         return DataProto.from_dict(tensors=batch, non_tensors=nt)
 
     out: dict = {}
@@ -156,8 +171,10 @@ def reward(parquet: str, tokenizer_dir: str) -> dict:
     async def go() -> None:
         mgr = NaiveRewardManager(cfg, tok, fn)
         r = await mgr.run_single(item({"cm2_messages": json.dumps(convo)}))
-        out["all_true"] = {k: r["reward_extra_info"][k] for k in ("score", "judge_failures", "items_passed",
-                                                                   "items_total", "turn_scores", "error")}
+        out["all_true"] = {
+            k: r["reward_extra_info"][k]
+            for k in ("score", "judge_failures", "items_passed", "items_total", "turn_scores", "error")
+        }
         out["all_true_reward"] = r["reward_score"]
 
     async def go_garbage() -> None:
@@ -192,8 +209,10 @@ class ScriptedPolicy:
 
         self.prompts.append(len(prompt_ids))
         async with httpx.AsyncClient() as client:
-            r = await client.post(f"{self.server.base_url}/chat/completions",
-                                  json={"model": "policy", "messages": [{"role": "user", "content": "(tokens)"}]})
+            r = await client.post(
+                f"{self.server.base_url}/chat/completions",
+                json={"model": "policy", "messages": [{"role": "user", "content": "(tokens)"}]},
+            )
         text = r.json()["choices"][0]["message"]["content"]
         ids = self.tokenizer.encode(text + "<|im_end|>", add_special_tokens=False)
         return TokenOutput(token_ids=ids, log_probs=[0.0] * len(ids), stop_reason="completed")
@@ -211,7 +230,7 @@ def policy_script(convo: list[dict], unknown_tool: bool = False) -> list[str]:
                 fn = c["function"]
                 args = json.loads(fn["arguments"]) if isinstance(fn["arguments"], str) else fn["arguments"]
                 name = "no_such_tool" if unknown_tool else fn["name"]
-                calls.append(f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call>')
+                calls.append(f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>")
             out.append("\n".join(calls))
         else:
             content = m["content"]
@@ -224,10 +243,17 @@ def policy_script(convo: list[dict], unknown_tool: bool = False) -> list[str]:
 def loop_config(tokenizer_dir: str, *extra: str):
     from adapters.verl.dry_run import compose
 
-    return compose([f"actor_rollout_ref.model.path={tokenizer_dir}", "actor_rollout_ref.rollout.response_length=6000",
-                    "actor_rollout_ref.rollout.prompt_length=4096", "actor_rollout_ref.rollout.multi_turn.enable=True",
-                    "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=30", "data.max_response_length=6000",
-                    *extra])
+    return compose(
+        [
+            f"actor_rollout_ref.model.path={tokenizer_dir}",
+            "actor_rollout_ref.rollout.response_length=6000",
+            "actor_rollout_ref.rollout.prompt_length=4096",
+            "actor_rollout_ref.rollout.multi_turn.enable=True",
+            "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=30",
+            "data.max_response_length=6000",
+            *extra,
+        ]
+    )
 
 
 def run_loop(cfg, tok, row: dict, script: list[str]):
@@ -245,13 +271,25 @@ def run_loop(cfg, tok, row: dict, script: list[str]):
         policy = ScriptedPolicy(policy_server, tok)
 
         async def go():
-            loop = CM2AgentLoop(trainer_config=DictConfigWrap(cfg), server_manager=policy, tokenizer=tok,
-                                processor=None, dataset_cls=CM2RLDataset, data_config=DictConfigWrap(cfg.data),
-                                hf_model_type="qwen3", tools=ToolListWrap(tool_list))
+            loop = CM2AgentLoop(
+                trainer_config=DictConfigWrap(cfg),
+                server_manager=policy,
+                tokenizer=tok,
+                processor=None,
+                dataset_cls=CM2RLDataset,
+                data_config=DictConfigWrap(cfg.data),
+                hf_model_type="qwen3",
+                tools=ToolListWrap(tool_list),
+            )
             r = decode_row(dict(row))
             raw_prompt = decode_arguments(list(r["prompt"]))
-            return await loop.run({"temperature": 1.0}, raw_prompt=raw_prompt, extra_info=row["extra_info"],
-                                  reward_model=row["reward_model"], tools_kwargs=r["extra_info"].get("tools_kwargs"))
+            return await loop.run(
+                {"temperature": 1.0},
+                raw_prompt=raw_prompt,
+                extra_info=row["extra_info"],
+                reward_model=row["reward_model"],
+                tools_kwargs=r["extra_info"].get("tools_kwargs"),
+            )
 
         return asyncio.run(go())
 
@@ -275,15 +313,20 @@ def agent(parquet: str, tokenizer_dir: str, judge_url: str | None) -> dict:
         # every masked-in token is the policy's; user/tool tokens are masked out
         decoded_policy = tok.decode([t for t, m in zip(out.response_ids, mask, strict=True) if m == 1])
         decoded_context = tok.decode([t for t, m in zip(out.response_ids, mask, strict=True) if m == 0])
-        return {"stop": ef["cm2_stop_reason"], "roles": [m["role"] for m in messages],
-                "judged_turns": len(judgements), "turn_scores": ef["turn_scores"],
-                "judge_failures": sum(j["failures"] for j in judgements),
-                "mask_ones": sum(mask), "mask_zeros": len(mask) - sum(mask),
-                "len_ok": len(mask) == len(out.response_ids),
-                "policy_tokens_have_tool_call": "<tool_call>" in decoded_policy,
-                "context_has_tool_response": "<tool_response>" in decoded_context,
-                "context_has_user": "<|im_start|>user" in decoded_context,
-                "num_turns": out.num_turns}
+        return {
+            "stop": ef["cm2_stop_reason"],
+            "roles": [m["role"] for m in messages],
+            "judged_turns": len(judgements),
+            "turn_scores": ef["turn_scores"],
+            "judge_failures": sum(j["failures"] for j in judgements),
+            "mask_ones": sum(mask),
+            "mask_zeros": len(mask) - sum(mask),
+            "len_ok": len(mask) == len(out.response_ids),
+            "policy_tokens_have_tool_call": "<tool_call>" in decoded_policy,
+            "context_has_tool_response": "<tool_response>" in decoded_context,
+            "context_has_user": "<|im_start|>user" in decoded_context,
+            "num_turns": out.num_turns,
+        }
 
     script = policy_script(convo)
     if judge_url is None:
@@ -328,8 +371,9 @@ def credit_row(mode: str, turn_scores: list[float], step_verdicts=(), checklist=
     rm[-1] = sum(turn_scores) / 2
     if record:
         spans = [sp for sp in SPANS if sp[3] <= length]
-        assert credit.write_record(rm, credit.build_record(mode, spans, length, turn_scores, list(step_verdicts),
-                                                           list(checklist)))
+        assert credit.write_record(
+            rm, credit.build_record(mode, spans, length, turn_scores, list(step_verdicts), list(checklist))
+        )
     return torch.cat([rm, torch.zeros(WIDTH - length)]), mask
 
 
@@ -348,16 +392,18 @@ def batch(rows: list, uids: list[str]):
 
     rm = torch.stack([r[0] for r in rows])
     mask = torch.stack([r[1] for r in rows])
-    return DataProto.from_dict(tensors={"token_level_rewards": rm, "response_mask": mask},
-                               non_tensors={"uid": np.array(uids, dtype=object)})
+    return DataProto.from_dict(
+        tensors={"token_level_rewards": rm, "response_mask": mask}, non_tensors={"uid": np.array(uids, dtype=object)}
+    )
 
 
 def advantages(data, name: str) -> list[list[float]]:
     from omegaconf import OmegaConf
     from verl.trainer.ppo.ray_trainer import compute_advantage
 
-    out = compute_advantage(data, adv_estimator=name, norm_adv_by_std_in_grpo=False,
-                            config=OmegaConf.create({"adv_estimator": name}))
+    out = compute_advantage(
+        data, adv_estimator=name, norm_adv_by_std_in_grpo=False, config=OmegaConf.create({"adv_estimator": name})
+    )
     assert (out.batch["advantages"] == out.batch["returns"]).all()
     return out.batch["advantages"].tolist()
 
@@ -375,29 +421,33 @@ def credit_probe(parquet: str, tokenizer_dir: str) -> dict:
     out: dict = {}
     # 1. registered through the dataset class file, loaded by path as the trainer does
     out["registered_before"] = sorted(n for n in ("cm2_turn", "cm2_step") if n in core_algos.ADV_ESTIMATOR_REGISTRY)
-    get_dataset_class(OmegaConf.create({"custom_cls": {"path": str(ROOT / "adapters/verl/dataset.py"),
-                                                       "name": "CM2RLDataset"}}))
-    out["registered"] = {n: f"{f.__module__}.{f.__name__}" for n in ("cm2_turn", "cm2_step")
-                         for f in [core_algos.get_adv_estimator_fn(n)]}
+    get_dataset_class(
+        OmegaConf.create({"custom_cls": {"path": str(ROOT / "adapters/verl/dataset.py"), "name": "CM2RLDataset"}})
+    )
+    out["registered"] = {
+        n: f"{f.__module__}.{f.__name__}"
+        for n in ("cm2_turn", "cm2_step")
+        for f in [core_algos.get_adv_estimator_fn(n)]
+    }
 
     # 2. turn level through VeRL's compute_advantage
     rows, uids, expected = [], [], []
     # group a: six samples, five reach turn 1.  A_0 = R_0 − 0.5; A_1 = R_1 − 0.5
-    for r0, r1, a0, a1 in [(1, 1, .5, .5), (0, 0, -.5, -.5), (.5, 1, 0, .5), (.5, 0, 0, -.5), (1, .5, .5, 0)]:
+    for r0, r1, a0, a1 in [(1, 1, 0.5, 0.5), (0, 0, -0.5, -0.5), (0.5, 1, 0, 0.5), (0.5, 0, 0, -0.5), (1, 0.5, 0.5, 0)]:
         rows.append(credit_row("turn", [r0, r1]))
         expected.append(expected_row([a0, a0, a1, a1]))
     rows.append(credit_row("turn", [0.0]))
-    expected.append(expected_row([-.5, -.5]))
+    expected.append(expected_row([-0.5, -0.5]))
     uids += ["a"] * 6
     # group b: three samples: 4 or fewer reached every turn → 0
-    for scores in ([1, 1], [0, 1], [.5, 0]):
+    for scores in ([1, 1], [0, 1], [0.5, 0]):
         rows.append(credit_row("turn", scores))
         expected.append([0.0] * WIDTH)
     uids += ["b"] * 3
     # group c: six samples, exactly four reach turn 1 (→ 0 there); turn 0 mean 0.5; plus a row without a record
-    for k, r0 in enumerate([.2, .4, .6, .8, 1.0, 0.0]):
+    for k, r0 in enumerate([0.2, 0.4, 0.6, 0.8, 1.0, 0.0]):
         rows.append(credit_row("turn", [r0, 1.0] if k < 4 else [r0]))
-        expected.append(expected_row([r0 - .5, r0 - .5, 0.0, 0.0]))
+        expected.append(expected_row([r0 - 0.5, r0 - 0.5, 0.0, 0.0]))
     rows.append(credit_row("turn", [1.0, 1.0], record=False))
     expected.append([0.0] * WIDTH)
     uids += ["c"] * 7
@@ -406,22 +456,31 @@ def credit_probe(parquet: str, tokenizer_dir: str) -> dict:
     mask = data.batch["response_mask"]
     out["turn"] = {
         "max_error": close(got, expected),
-        "context_tokens_zero": all(v == 0 for row, m in zip(got, mask.tolist(), strict=True)
-                                   for v, mm in zip(row, m, strict=True) if mm == 0),
+        "context_tokens_zero": all(
+            v == 0 for row, m in zip(got, mask.tolist(), strict=True) for v, mm in zip(row, m, strict=True) if mm == 0
+        ),
         # the record adds next to nothing to a row's reward sum, and GRPO (CREDIT=trajectory) does not see it
-        "reward_sum_error": max(abs(r[0].double().sum().item() - r[0].double()[r[0].abs() > 1e-12].sum().item())
-                                for r in rows),
-        "grpo_unchanged": close(advantages(batch(rows, uids), "grpo"),
-                                advantages(batch([(torch.where(r[0].abs() > 1e-12, r[0], 0.0), r[1]) for r in rows],
-                                                 uids), "grpo")),
+        "reward_sum_error": max(
+            abs(r[0].double().sum().item() - r[0].double()[r[0].abs() > 1e-12].sum().item()) for r in rows
+        ),
+        "grpo_unchanged": close(
+            advantages(batch(rows, uids), "grpo"),
+            advantages(batch([(torch.where(r[0].abs() > 1e-12, r[0], 0.0), r[1]) for r in rows], uids), "grpo"),
+        ),
     }
 
     # 3. step level: turn 0 has item A; turn 1 has C0 and C1 (C1 depends on C0); sample 2 stops after turn 0
     from cm2data.schema import ChecklistItem
 
     def ci(cid: str, weight: float, deps=()) -> ChecklistItem:
-        return ChecklistItem(id=cid, focus_on="assistant.tool_calls", question="q", pass_condition="p",
-                             weight=weight, depends_on=list(deps))
+        return ChecklistItem(
+            id=cid,
+            focus_on="assistant.tool_calls",
+            question="q",
+            pass_condition="p",
+            weight=weight,
+            depends_on=list(deps),
+        )
 
     checklist = [[ci("A", 1.0)], [ci("C0", 0.5), ci("C1", 0.5, ["C0"])]]
     step_rows = [
@@ -431,18 +490,30 @@ def credit_probe(parquet: str, tokenizer_dir: str) -> dict:
     ]
     # b_A = 2/3, b_C0 = b_C1 = 1/3 (over the three samples)
     want = {
-        "plain": [expected_row([1 / 3, 0.0, 1 / 3, 1 / 3]), expected_row([1 / 3, 1 / 3, -1 / 6, -1 / 6]),
-                  expected_row([-2 / 3, -2 / 3])],
+        "plain": [
+            expected_row([1 / 3, 0.0, 1 / 3, 1 / 3]),
+            expected_row([1 / 3, 1 / 3, -1 / 6, -1 / 6]),
+            expected_row([-2 / 3, -2 / 3]),
+        ],
         # eta = 0.5: a step k steps before the satisfying one gets 0.5^k instead of 1
-        "eta": [expected_row([1 / 3, 0.0, 1 / 3, 1 / 3]), expected_row([0.5 - 2 / 3, 1 / 3, -1 / 6, -1 / 6]),
-                expected_row([-2 / 3, -2 / 3])],
+        "eta": [
+            expected_row([1 / 3, 0.0, 1 / 3, 1 / 3]),
+            expected_row([0.5 - 2 / 3, 1 / 3, -1 / 6, -1 / 6]),
+            expected_row([-2 / 3, -2 / 3]),
+        ],
         # normalized by the eligible weight (A: 1; C0 or C1: 0.5)
-        "normalize": [expected_row([1 / 3, 0.0, 2 / 3, 2 / 3]), expected_row([1 / 3, 1 / 3, -1 / 3, -1 / 3]),
-                      expected_row([-2 / 3, -2 / 3])],
+        "normalize": [
+            expected_row([1 / 3, 0.0, 2 / 3, 2 / 3]),
+            expected_row([1 / 3, 1 / 3, -1 / 3, -1 / 3]),
+            expected_row([-2 / 3, -2 / 3]),
+        ],
     }
     out["step"] = {}
-    for case, env in (("plain", {}), ("eta", {"CM2DATA_CREDIT_ETA": "0.5"}),
-                      ("normalize", {"CM2DATA_CREDIT_NORMALIZE": "1"})):
+    for case, env in (
+        ("plain", {}),
+        ("eta", {"CM2DATA_CREDIT_ETA": "0.5"}),
+        ("normalize", {"CM2DATA_CREDIT_NORMALIZE": "1"}),
+    ):
         os.environ.pop("CM2DATA_CREDIT_ETA", None)
         os.environ.pop("CM2DATA_CREDIT_NORMALIZE", None)
         os.environ.update(env)
@@ -453,8 +524,9 @@ def credit_probe(parquet: str, tokenizer_dir: str) -> dict:
     # a record longer than the response does not fit: that row carries none (advantage 0)
     from adapters.verl import credit
 
-    out["overflow"] = credit.write_record(torch.zeros(12), credit.build_record(
-        "step", SPANS[:1], 12, [1.0], [[{"C0": True}]], checklist[1:]))
+    out["overflow"] = credit.write_record(
+        torch.zeros(12), credit.build_record("step", SPANS[:1], 12, [1.0], [[{"C0": True}]], checklist[1:])
+    )
     for name, bad in (("step_on_turn_records", rows[:6]), ("no_records", [credit_row("turn", [1.0], record=False)])):
         try:
             advantages(batch(bad, ["a"] * len(bad)), "cm2_step")
@@ -487,8 +559,14 @@ def credit_loop(parquet: str, tokenizer_dir: str) -> dict:
             os.environ["CM2DATA_JUDGE_RETRIES"] = "0"
             output = run_loop(cfg, tok, row, policy_script(convo))
             # what VeRL's worker does after the loop: the reward (naive manager: extra_info + the loop's fields)
-            info = asyncio.run(compute_score(row["data_source"], "", row["reward_model"]["ground_truth"],
-                                             {**row["extra_info"], **output.extra_fields}))
+            info = asyncio.run(
+                compute_score(
+                    row["data_source"],
+                    "",
+                    row["reward_model"]["ground_truth"],
+                    {**row["extra_info"], **output.extra_fields},
+                )
+            )
             output.reward_score = info["score"]
             output.extra_fields["reward_extra_info"] = info
             d = output.as_dict()
@@ -498,36 +576,44 @@ def credit_loop(parquet: str, tokenizer_dir: str) -> dict:
         for tc in record.turns:
             for start, end in tc.spans:
                 covered[start:end] = 1
-        policy_text = tok.decode([t for t, c, m in zip(d["responses"].tolist(), covered.tolist(), mask.tolist(),
-                                                       strict=True) if c and m])
+        policy_text = tok.decode(
+            [t for t, c, m in zip(d["responses"].tolist(), covered.tolist(), mask.tolist(), strict=True) if c and m]
+        )
         results[name] = {
-            "status": d["extra_fields"]["cm2_credit"], "mode": record.mode, "turns": len(record.turns),
+            "status": d["extra_fields"]["cm2_credit"],
+            "mode": record.mode,
+            "turns": len(record.turns),
             "judged_turns": len(json.loads(info["turn_scores"])),
             "scores_match": [tc.score for tc in record.turns] == pytest_round(json.loads(info["turn_scores"])),
             "steps": [len(tc.spans) for tc in record.turns],
             "verdict_steps": [len(v) for v in json.loads(info["step_verdicts"])],
             "policy_tokens_covered": not bool((mask.bool() & ~covered.bool()).any()),
             "spans_hold_tool_calls": "<tool_call>" in policy_text,
-            "reward": info["score"], "rm_sum_error": abs(float(rm.sum()) - info["score"]),
+            "reward": info["score"],
+            "rm_sum_error": abs(float(rm.sum()) - info["score"]),
         }
         outputs[name] = (rm, mask)
     # the two rollouts as one group: the step-level estimator credits the passing one, debits the failing one
     width = max(len(rm) for rm, _ in outputs.values())
-    rows = [(torch.cat([rm, torch.zeros(width - len(rm))]), torch.cat([m, torch.zeros(width - len(m), dtype=m.dtype)]))
-            for rm, m in outputs.values()]
+    rows = [
+        (torch.cat([rm, torch.zeros(width - len(rm))]), torch.cat([m, torch.zeros(width - len(m), dtype=m.dtype)]))
+        for rm, m in outputs.values()
+    ]
     adv = np.array(advantages(batch(rows, ["u", "u"]), "cm2_step"))
     masks = np.array([r[1].tolist() for r in rows])
-    results["group"] = {"passing_min": float(adv[0][masks[0] == 1].min()),
-                        "passing_max": float(adv[0][masks[0] == 1].max()),
-                        "failing_max": float(adv[1][masks[1] == 1].max()),
-                        "failing_min": float(adv[1][masks[1] == 1].min()),
-                        "context_zero": bool((adv[masks == 0] == 0).all())}
+    results["group"] = {
+        "passing_min": float(adv[0][masks[0] == 1].min()),
+        "passing_max": float(adv[0][masks[0] == 1].max()),
+        "failing_max": float(adv[1][masks[1] == 1].max()),
+        "failing_min": float(adv[1][masks[1] == 1].min()),
+        "context_zero": bool((adv[masks == 0] == 0).all()),
+    }
     return results
 
 
 def pytest_round(values: list[float]) -> list[float]:
     """The record keeps reals to 2**-20: compare at that resolution."""
-    return [round(v * 2 ** 20) / 2 ** 20 for v in values]
+    return [round(v * 2**20) / 2**20 for v in values]
 
 
 def main() -> None:

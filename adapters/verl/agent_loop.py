@@ -58,8 +58,9 @@ class CM2AgentLoopOutput(AgentLoopOutput):
 class CM2AgentLoop(ToolAgentLoop):
     def __init__(self, *args: Any, tools: Any = None, **kwargs: Any):
         super().__init__(*args, tools=tools, **kwargs)
-        self.factory = next((t for t in self.tools.values() if isinstance(t, CM2SimulatedTool)), None) \
-            or CM2SimulatedTool({}, None)
+        self.factory = next(
+            (t for t in self.tools.values() if isinstance(t, CM2SimulatedTool)), None
+        ) or CM2SimulatedTool({}, None)
 
     async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs: Any) -> AgentLoopOutput:
         extra = decode_row({"extra_info": kwargs.get("extra_info")})["extra_info"]
@@ -69,17 +70,23 @@ class CM2AgentLoop(ToolAgentLoop):
         users = [m for m in reference if m.get("role") == "user"]
         num_turns = num_turns or len(users)
 
-        agent_data = AgentData(messages=decode_arguments(list(kwargs["raw_prompt"])), image_data=None,
-                               video_data=None, audio_data=None, mm_processor_kwargs=None, metrics={},
-                               request_id=uuid4().hex, tools_kwargs=decode(kwargs.get("tools_kwargs"), {}) or {})
+        agent_data = AgentData(
+            messages=decode_arguments(list(kwargs["raw_prompt"])),
+            image_data=None,
+            video_data=None,
+            audio_data=None,
+            mm_processor_kwargs=None,
+            metrics={},
+            request_id=uuid4().hex,
+            tools_kwargs=decode(kwargs.get("tools_kwargs"), {}) or {},
+        )
         active = {}
         for schema in row_tools:
             tool = self.factory.for_schema(schema)
             active[tool.name] = tool
         agent_data._active_tools = active
         agent_data._active_tool_schemas = row_tools
-        agent_data.extra_fields["cm2_reference"] = {"id": extra.get("uuid"), "messages": reference,
-                                                    "tools": row_tools}
+        agent_data.extra_fields["cm2_reference"] = {"id": extra.get("uuid"), "messages": reference, "tools": row_tools}
 
         client = judge_client()
         options = judge_options()
@@ -134,14 +141,16 @@ class CM2AgentLoop(ToolAgentLoop):
         output._cm2_checklist = checklist
         output.extra_fields.pop("cm2_reference", None)
         output.extra_fields.pop("cm2_tool_error", None)
-        output.extra_fields.update({
-            "cm2_messages": json.dumps(agent_data.messages, ensure_ascii=False, default=str),
-            "cm2_judgements": json.dumps(judgements, ensure_ascii=False),
-            "cm2_stop_reason": reason,
-            "turn_scores": turn_reward_placement(scores, num_turns),
-            "tool_rewards": agent_data.tool_rewards,
-            "cm2_spans": spans,
-        })
+        output.extra_fields.update(
+            {
+                "cm2_messages": json.dumps(agent_data.messages, ensure_ascii=False, default=str),
+                "cm2_judgements": json.dumps(judgements, ensure_ascii=False),
+                "cm2_stop_reason": reason,
+                "turn_scores": turn_reward_placement(scores, num_turns),
+                "tool_rewards": agent_data.tool_rewards,
+                "cm2_spans": spans,
+            }
+        )
         return output
 
     async def _add_user(self, agent_data: AgentData, message: dict[str, Any]) -> bool:
@@ -149,8 +158,13 @@ class CM2AgentLoop(ToolAgentLoop):
         previous = list(agent_data.messages)
         agent_data.messages.append({"role": "user", "content": message.get("content") or ""})
         merge, mask, logprobs = await self.ct_merge_context_msg(
-            previous, agent_data.messages, agent_data.prompt_ids, agent_data.response_mask,
-            agent_data.response_logprobs or None, tools=agent_data._active_tool_schemas)
+            previous,
+            agent_data.messages,
+            agent_data.prompt_ids,
+            agent_data.response_mask,
+            agent_data.response_logprobs or None,
+            tools=agent_data._active_tool_schemas,
+        )
         if len(mask) >= self.response_length:
             return False
         agent_data.prompt_ids = merge.token_ids
@@ -170,7 +184,8 @@ class CM2AgentLoop(ToolAgentLoop):
             response_mask=agent_data.response_mask[: self.response_length],
             multi_modal_data={},
             response_logprobs=agent_data.response_logprobs[: self.response_length]
-            if agent_data.response_logprobs else None,
+            if agent_data.response_logprobs
+            else None,
             num_turns=agent_data.user_turns + agent_data.assistant_turns + 1,
             metrics=agent_data.metrics,
             extra_fields=agent_data.extra_fields,

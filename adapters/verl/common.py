@@ -75,8 +75,10 @@ def checklist_from_ground_truth(ground_truth: Any, variant: int = 0) -> tuple[li
     for block in chosen:
         if isinstance(block, dict):  # labeller block form {turn, checklist, dependence, weight}
             deps, weights = block.get("dependence") or {}, block.get("weight") or {}
-            block = [{**i, "dependence": deps.get(i.get("id"), []), "weight": weights.get(i.get("id"), 0.0)}
-                     for i in block.get("checklist", [])]
+            block = [
+                {**i, "dependence": deps.get(i.get("id"), []), "weight": weights.get(i.get("id"), 0.0)}
+                for i in block.get("checklist", [])
+            ]
         turns.append([ChecklistItem.model_validate(i) for i in block])
     return turns, int(gt.get("num_turns") or len(turns))
 
@@ -103,15 +105,18 @@ def judge_client(reward_router_address: str | None = None, environ: dict[str, st
         client = _clients.get(key)
         if client is None:
             concurrency = int(env.get(JUDGE_ENV["concurrency"]) or 64)
-            client = _clients[key] = LLMClient(LLMConfig(base_url=base, model=model, timeout=timeout,
-                                                         max_retries=retries, max_concurrency=concurrency))
+            client = _clients[key] = LLMClient(
+                LLMConfig(base_url=base, model=model, timeout=timeout, max_retries=retries, max_concurrency=concurrency)
+            )
         return client
 
 
 def judge_options(environ: dict[str, str] | None = None) -> JudgeOptions:
     env = os.environ if environ is None else environ
     order = env.get(JUDGE_ENV["order"]) or "prefix"
-    return JudgeOptions(order="reference" if order == "reference" else "prefix",
-                        grouped=(env.get(JUDGE_ENV["grouped"]) or "0") in ("1", "true", "yes"),
-                        grouped_answer="letters" if env.get(JUDGE_ENV["grouped_answer"]) == "letters" else "object",
-                        max_concurrency=int(env.get(JUDGE_ENV["concurrency"]) or 16))
+    return JudgeOptions(
+        order="reference" if order == "reference" else "prefix",
+        grouped=(env.get(JUDGE_ENV["grouped"]) or "0") in ("1", "true", "yes"),
+        grouped_answer="letters" if env.get(JUDGE_ENV["grouped_answer"]) == "letters" else "object",
+        max_concurrency=int(env.get(JUDGE_ENV["concurrency"]) or 16),
+    )

@@ -58,9 +58,9 @@ ESTIMATORS = {"cm2_turn": "turn", "cm2_step": "step"}
 MODES = {"turn": 1, "step": 2}
 MAGIC = 0xC2C2D0
 VERSION = 1
-SCALE = 2.0 ** -100  # a record integer k is stored as k * SCALE
-FRACTION = 2 ** 20  # reals: round(x * FRACTION)
-LIMIT = 2 ** 24  # |k| < LIMIT: exact in float32
+SCALE = 2.0**-100  # a record integer k is stored as k * SCALE
+FRACTION = 2**20  # reals: round(x * FRACTION)
+LIMIT = 2**24  # |k| < LIMIT: exact in float32
 BITS = 24  # items per mask integer
 ENV_ETA = "CM2DATA_CREDIT_ETA"
 ENV_NORMALIZE = "CM2DATA_CREDIT_NORMALIZE"
@@ -93,6 +93,7 @@ def credit_mode(config: Any) -> str | None:
 
 # ------------------------------------------------------------------------------------------------- the record
 
+
 def _real(x: float) -> int:
     if not math.isfinite(float(x)) or abs(round(float(x) * FRACTION)) >= LIMIT:
         raise ValueError(f"value {x} out of the record's range")
@@ -123,8 +124,11 @@ def encode(record: CreditRecord) -> list[int]:
             ids = [item.id for item in tc.items]
             body.append(len(ids))
             for item in tc.items:
-                body += [_real(item.weight), int(any(d not in ids for d in item.depends_on)),
-                         *_masks(ids, set(item.depends_on))]
+                body += [
+                    _real(item.weight),
+                    int(any(d not in ids for d in item.depends_on)),
+                    *_masks(ids, set(item.depends_on)),
+                ]
             for s in range(len(tc.spans)):
                 verdicts = tc.verdicts[s] if s < len(tc.verdicts) else {}
                 body += _masks(ids, {cid for cid, ok in verdicts.items() if ok})
@@ -141,7 +145,7 @@ class _Reader:
     def take(self, n: int = 1) -> list[int]:
         if n < 0 or self.pos + n > len(self.values):
             raise ValueError("truncated record")
-        out = list(self.values[self.pos:self.pos + n])
+        out = list(self.values[self.pos : self.pos + n])
         self.pos += n
         return out
 
@@ -173,8 +177,11 @@ def decode(values: Sequence[int]) -> CreditRecord | None:
                 for cid in ids:
                     weight, unknown = r.one() / FRACTION, r.one()
                     deps = _unmask(ids, r.take(chunks)) + (["?"] if unknown else [])
-                    tc.items.append(ChecklistItem.model_construct(id=cid, weight=weight, depends_on=deps,
-                                                                  required_for_next_turn=False))
+                    tc.items.append(
+                        ChecklistItem.model_construct(
+                            id=cid, weight=weight, depends_on=deps, required_for_next_turn=False
+                        )
+                    )
                 for _ in range(n_steps):
                     tc.verdicts.append(dict.fromkeys(_unmask(ids, r.take(chunks)), True))
             turns.append(tc)
@@ -193,7 +200,7 @@ def write_record(rm_scores: torch.Tensor, record: CreditRecord) -> bool:
         return False
     if len(values) > rm_scores.numel() - 1:
         return False
-    rm_scores[:len(values)] = (torch.tensor(values, dtype=torch.float64) * SCALE).to(rm_scores.dtype)
+    rm_scores[: len(values)] = (torch.tensor(values, dtype=torch.float64) * SCALE).to(rm_scores.dtype)
     return True
 
 
@@ -209,16 +216,22 @@ def read_records(token_level_rewards: torch.Tensor) -> list[CreditRecord | None]
         if magic != MAGIC or not 5 <= length <= width or length != int(length):
             out.append(None)
             continue
-        row = (rewards[i, :int(length)].to(torch.float64) / SCALE).numpy()
+        row = (rewards[i, : int(length)].to(torch.float64) / SCALE).numpy()
         out.append(decode([int(v) for v in row]) if np.all(row == np.round(row)) else None)
     return out
 
 
 # ------------------------------------------------------------------------------------- from the agent loop's data
 
-def build_record(mode: str, spans: Sequence[Sequence[int]], length: int, turn_scores: Sequence[float],
-                 step_verdicts: Sequence[Sequence[Mapping[str, bool]]],
-                 checklist: Sequence[Sequence[ChecklistItem]]) -> CreditRecord:
+
+def build_record(
+    mode: str,
+    spans: Sequence[Sequence[int]],
+    length: int,
+    turn_scores: Sequence[float],
+    step_verdicts: Sequence[Sequence[Mapping[str, bool]]],
+    checklist: Sequence[Sequence[ChecklistItem]],
+) -> CreditRecord:
     """The record of one rollout. ``spans``: ``[turn, step, start, end]`` per policy generation (offsets into the
     response before truncation to ``length``); ``turn_scores[t]`` = R_t and ``step_verdicts[t]`` the judge's per-step
     verdicts of each judged turn; ``checklist[t]`` the items of turn t. A turn counts as reached when it was judged or
@@ -235,8 +248,9 @@ def build_record(mode: str, spans: Sequence[Sequence[int]], length: int, turn_sc
         verdicts = [dict(v) for v in step_verdicts[t]] if t < len(step_verdicts) else []
         steps = by_turn.get(t, {})
         n_steps = max(max(steps, default=-1) + 1, len(verdicts) if mode == "step" else 0)
-        tc = TurnCredit(float(turn_scores[t]) if t < len(turn_scores) else 0.0,
-                        [steps.get(s, (0, 0)) for s in range(n_steps)])
+        tc = TurnCredit(
+            float(turn_scores[t]) if t < len(turn_scores) else 0.0, [steps.get(s, (0, 0)) for s in range(n_steps)]
+        )
         if mode == "step":
             tc.verdicts = verdicts + [{} for _ in range(n_steps - len(verdicts))]
             tc.items = list(checklist[t]) if t < len(checklist) else []
@@ -248,8 +262,9 @@ def _decoded(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def attach_record(output: dict[str, Any], extra_fields: Mapping[str, Any],
-                  checklist: Sequence[Sequence[ChecklistItem]], mode: str) -> str:
+def attach_record(
+    output: dict[str, Any], extra_fields: Mapping[str, Any], checklist: Sequence[Sequence[ChecklistItem]], mode: str
+) -> str:
     """Write the credit record into ``output["rm_scores"]`` (an ``AgentLoopOutput.as_dict()``). R_t and the step
     verdicts come from the reward's ``reward_extra_info`` (``turn_scores``, ``step_verdicts`` of
     :func:`adapters.verl.reward.compute_score`), else from the loop's own judgements. Returns the status the loop
@@ -262,10 +277,10 @@ def attach_record(output: dict[str, Any], extra_fields: Mapping[str, Any],
     judged = _decoded(extra_fields.get("cm2_judgements")) or []
     try:
         scores = _decoded(info["turn_scores"]) if "turn_scores" in info else [j["score"] for j in judged]
-        verdicts = (_decoded(info["step_verdicts"]) if "step_verdicts" in info
-                    else [j["step_verdicts"] for j in judged])
-        record = build_record(mode, extra_fields.get("cm2_spans") or [], rm.numel(), scores or [], verdicts or [],
-                              checklist)
+        verdicts = _decoded(info["step_verdicts"]) if "step_verdicts" in info else [j["step_verdicts"] for j in judged]
+        record = build_record(
+            mode, extra_fields.get("cm2_spans") or [], rm.numel(), scores or [], verdicts or [], checklist
+        )
     except (KeyError, TypeError, ValueError) as exc:
         logger.warning("cm2 credit: no record (%s)", exc)
         return "bad_input"
@@ -274,14 +289,16 @@ def attach_record(output: dict[str, Any], extra_fields: Mapping[str, Any],
 
 # ------------------------------------------------------------------------------------------------- estimators
 
+
 def _options() -> tuple[float | None, bool]:
     eta = os.environ.get(ENV_ETA, "").strip()
     normalize = os.environ.get(ENV_NORMALIZE, "0").strip().lower() in ("1", "true", "yes")
     return (float(eta) if eta else None), normalize
 
 
-def _compute(level: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
-             index: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _compute(
+    level: str, token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     if index is None:
         raise ValueError(f"cm2_{level}: needs the group index (uid)")
     records = read_records(token_level_rewards)
@@ -290,7 +307,8 @@ def _compute(level: str, token_level_rewards: torch.Tensor, response_mask: torch
         raise RuntimeError(
             f"cm2_{level}: no row carries a CM2 credit record of the {level} level in its reward tensor. It needs "
             "the cm2_agent loop with algorithm.adv_estimator set before the rollout, VeRL's V1 trainer, the async "
-            "reward loop (not a colocated reward model) and algorithm.use_kl_in_reward=False (docs/rl.md)")
+            "reward loop (not a colocated reward model) and algorithm.use_kl_in_reward=False (docs/rl.md)"
+        )
     missing = len(records) - sum(usable)
     if missing:
         logger.warning("cm2_%s: %d of %d rows carry no credit record: advantage 0", level, missing, len(records))
@@ -304,13 +322,16 @@ def _compute(level: str, token_level_rewards: torch.Tensor, response_mask: torch
         turns = [records[i].turns for i in rows]  # type: ignore[union-attr]
         if level == "turn":
             per_turn = turn_advantages([[tc.score for tc in sample] for sample in turns])
-            values = [[[a] * len(tc.spans) for a, tc in zip(row, sample, strict=True)]
-                      for row, sample in zip(per_turn, turns, strict=True)]
+            values = [
+                [[a] * len(tc.spans) for a, tc in zip(row, sample, strict=True)]
+                for row, sample in zip(per_turn, turns, strict=True)
+            ]
         else:
             depth = max(len(sample) for sample in turns)
             checklist = [next(sample[t].items for sample in turns if len(sample) > t) for t in range(depth)]
-            values = group_step_advantages(checklist, [[tc.verdicts for tc in sample] for sample in turns], eta=eta,
-                                           normalize=normalize)
+            values = group_step_advantages(
+                checklist, [[tc.verdicts for tc in sample] for sample in turns], eta=eta, normalize=normalize
+            )
         for i, sample, row in zip(rows, turns, values, strict=True):
             for tc, steps in zip(sample, row, strict=True):
                 for (start, end), value in zip(tc.spans, steps, strict=True):
@@ -320,16 +341,24 @@ def _compute(level: str, token_level_rewards: torch.Tensor, response_mask: torch
     return adv, adv
 
 
-def compute_turn_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
-                           index: np.ndarray | None = None, config: Any = None, **kwargs: Any
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_turn_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``cm2_turn``: ``A_t = R_t − mean_{reached t} R_t`` on the policy tokens of turn t (0 when ≤ 4 reached t)."""
     return _compute("turn", token_level_rewards, response_mask, index)
 
 
-def compute_step_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
-                           index: np.ndarray | None = None, config: Any = None, **kwargs: Any
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_step_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``cm2_step``: ``A_{t,s} = Σ_{c∈E_s} w_c (r̃_{s,c} − b_{t,c})`` on the policy tokens of assistant step s."""
     return _compute("step", token_level_rewards, response_mask, index)
 

@@ -33,14 +33,18 @@ class CM2RLDataset(RLHFDataset):
         if not self.filter_overlong_prompts or dataframe is None:
             return dataframe
         tokenizer, key, limit = self.tokenizer, self.prompt_key, self.max_prompt_length
-        kwargs = {k: v for k, v in dict(self.apply_chat_template_kwargs).items()
-                  if k not in ("tokenize", "return_dict", "return_tensors", "tools")}
+        kwargs = {
+            k: v
+            for k, v in dict(self.apply_chat_template_kwargs).items()
+            if k not in ("tokenize", "return_dict", "return_tensors", "tools")
+        }
 
         def length(doc: dict[str, Any]) -> int:
             try:
                 tools = decode(decode(doc.get("extra_info"), {}).get("tools"), []) or None
-                ids = tokenizer.apply_chat_template(decode_arguments(list(doc[key])), tools=tools,
-                                                    add_generation_prompt=True, tokenize=True, **kwargs)
+                ids = tokenizer.apply_chat_template(
+                    decode_arguments(list(doc[key])), tools=tools, add_generation_prompt=True, tokenize=True, **kwargs
+                )
                 if isinstance(ids, dict) or hasattr(ids, "keys"):
                     ids = ids["input_ids"]
                 return len(ids)
@@ -65,5 +69,6 @@ class CM2RLDataset(RLHFDataset):
     def render_prompt(self, item: int) -> str:
         """The prompt text the policy sees for row ``item`` (its own tools included)."""
         row = self[item]
-        return self.tokenizer.apply_chat_template(row["raw_prompt"], tools=row["extra_info"].get("tools") or None,
-                                                  add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            row["raw_prompt"], tools=row["extra_info"].get("tools") or None, add_generation_prompt=True, tokenize=False
+        )

@@ -60,8 +60,10 @@ def check_credit(config) -> dict | None:
     if config.algorithm.use_kl_in_reward:
         problems.append("algorithm.use_kl_in_reward must be False (a KL penalty rewrites the reward tensor)")
     if level == "turn" and a.rollout.n <= 4:
-        problems.append(f"rollout.n={a.rollout.n}: turn-level advantages are 0 wherever 4 or fewer samples reach a "
-                        "turn, so every advantage would be 0")
+        problems.append(
+            f"rollout.n={a.rollout.n}: turn-level advantages are 0 wherever 4 or fewer samples reach a "
+            "turn, so every advantage would be 0"
+        )
     eta = os.environ.get("CM2DATA_CREDIT_ETA", "").strip()
     try:
         eta_value = float(eta) if eta else None
@@ -71,8 +73,13 @@ def check_credit(config) -> dict | None:
         problems.append(f"CM2DATA_CREDIT_ETA={eta!r} is not a number in (0, 1]")
     if problems:
         raise ValueError("; ".join(problems))
-    return {"level": level, "estimator": f"{fn.__module__}.{fn.__name__}", "registered_by": dataset_cls.__name__,
-            "eta": eta_value, "normalize": os.environ.get("CM2DATA_CREDIT_NORMALIZE", "0") in ("1", "true", "yes")}
+    return {
+        "level": level,
+        "estimator": f"{fn.__module__}.{fn.__name__}",
+        "registered_by": dataset_cls.__name__,
+        "eta": eta_value,
+        "normalize": os.environ.get("CM2DATA_CREDIT_NORMALIZE", "0") in ("1", "true", "yes"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     a = config.actor_rollout_ref
     summary = {
-        "model": a.model.path, "adv_estimator": config.algorithm.adv_estimator,
+        "model": a.model.path,
+        "adv_estimator": config.algorithm.adv_estimator,
         "norm_adv_by_std_in_grpo": config.algorithm.norm_adv_by_std_in_grpo,
-        "rollout": {"name": a.rollout.name, "n": a.rollout.n, "multi_turn": a.rollout.multi_turn.enable,
-                    "agent_loop_config_path": a.rollout.agent.agent_loop_config_path},
-        "train_batch_size": config.data.train_batch_size, "ppo_mini_batch_size": a.actor.ppo_mini_batch_size,
-        "lr": a.actor.optim.lr, "kl_loss": [a.actor.use_kl_loss, a.actor.kl_loss_coef, a.actor.kl_loss_type],
+        "rollout": {
+            "name": a.rollout.name,
+            "n": a.rollout.n,
+            "multi_turn": a.rollout.multi_turn.enable,
+            "agent_loop_config_path": a.rollout.agent.agent_loop_config_path,
+        },
+        "train_batch_size": config.data.train_batch_size,
+        "ppo_mini_batch_size": a.actor.ppo_mini_batch_size,
+        "lr": a.actor.optim.lr,
+        "kl_loss": [a.actor.use_kl_loss, a.actor.kl_loss_coef, a.actor.kl_loss_type],
         "reward_function": dict(config.reward.custom_reward_function),
         "gpus": [config.trainer.nnodes, config.trainer.n_gpus_per_node],
         "credit": credit or {"level": "trajectory"},

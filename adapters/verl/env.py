@@ -27,8 +27,9 @@ class ToolResult:
 
 
 class ToolEnvironment(Protocol):
-    async def call(self, dialogue_id: str, reference: list[dict[str, Any]], tools: list[dict[str, Any]], name: str,
-                   arguments: Any) -> ToolResult: ...
+    async def call(
+        self, dialogue_id: str, reference: list[dict[str, Any]], tools: list[dict[str, Any]], name: str, arguments: Any
+    ) -> ToolResult: ...
 
 
 def recorded_calls(reference: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], str]]:
@@ -64,16 +65,20 @@ class SimulatorEnvironment:
     def __init__(self, simulator: ToolSimulator):
         self.simulator = simulator
 
-    async def call(self, dialogue_id: str, reference: list[dict[str, Any]], tools: list[dict[str, Any]], name: str,
-                   arguments: Any) -> ToolResult:
+    async def call(
+        self, dialogue_id: str, reference: list[dict[str, Any]], tools: list[dict[str, Any]], name: str, arguments: Any
+    ) -> ToolResult:
         try:
             recorded = [RecordedCall(n, canonical_json(a), text) for n, a, text in recorded_calls(reference)]
             schemas = [Tool.from_openai(t) for t in tools]
             r = await self.simulator.call(dialogue_id, schemas, name, arguments, recorded)
             return ToolResult(r.content, error=r.error is not None, source=r.source)
         except Exception as exc:  # never an exception into the trainer
-            return ToolResult(json.dumps({"code": "SIMULATION_FAILED", "message": str(exc)[:300], "details": {}}),
-                              error=True, source="error")
+            return ToolResult(
+                json.dumps({"code": "SIMULATION_FAILED", "message": str(exc)[:300], "details": {}}),
+                error=True,
+                source="error",
+            )
 
 
 _default: ToolEnvironment | None = None

@@ -26,13 +26,22 @@ def _verl_schema(schema: dict[str, Any]) -> OpenAIFunctionToolSchema:
         return OpenAIFunctionToolSchema.model_validate({"type": "function", "function": fn})
     except Exception:
         return OpenAIFunctionToolSchema.model_validate(
-            {"type": "function", "function": {"name": fn.get("name", "tool"),
-                                              "description": fn.get("description") or ""}})
+            {
+                "type": "function",
+                "function": {"name": fn.get("name", "tool"), "description": fn.get("description") or ""},
+            }
+        )
 
 
 class CM2SimulatedTool(BaseTool):
-    def __init__(self, config: dict, tool_schema: OpenAIFunctionToolSchema | None, *,
-                 raw_schema: dict[str, Any] | None = None, env: ToolEnvironment | None = None):
+    def __init__(
+        self,
+        config: dict,
+        tool_schema: OpenAIFunctionToolSchema | None,
+        *,
+        raw_schema: dict[str, Any] | None = None,
+        env: ToolEnvironment | None = None,
+    ):
         # BaseTool.__init__ prints every schema; with a tool per row schema that floods the log
         self.config = config or {}
         self.tool_schema = tool_schema or _verl_schema({"name": "cm2_simulated", "description": "CM2 simulator"})
@@ -56,8 +65,9 @@ class CM2SimulatedTool(BaseTool):
         self._instances[instance_id] = dict(kwargs.get("create_kwargs") or {})
         return instance_id, ToolResponse()
 
-    async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs: Any) -> tuple[
-            ToolResponse, float, dict]:
+    async def execute(
+        self, instance_id: str, parameters: dict[str, Any], **kwargs: Any
+    ) -> tuple[ToolResponse, float, dict]:
         agent_data = kwargs.get("agent_data")
         extra = getattr(agent_data, "extra_fields", None) or {}
         ref = extra.get("cm2_reference") or {}

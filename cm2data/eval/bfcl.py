@@ -37,14 +37,20 @@ BENCHMARK = "bfcl-v4-multi-turn"
 CATEGORIES = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
 ALIASES = {"multi_turn": CATEGORIES, "all": CATEGORIES}
 RUNNER = Path(__file__).with_name("runner_bfcl.py")
-RESULTS, OUTCOMES, SUMMARY, RUN, CONFIG, LOG = ("results.jsonl", "outcomes.jsonl", "summary.json", "run.json",
-                                                "config.json", "runner.log")
+RESULTS, OUTCOMES, SUMMARY, RUN, CONFIG, LOG = (
+    "results.jsonl",
+    "outcomes.jsonl",
+    "summary.json",
+    "run.json",
+    "config.json",
+    "runner.log",
+)
 #: cm2data's own error types (the others are BFCL's checker types, e.g. ``multi_turn:instance_state_mismatch``)
 OWN_ERROR_TYPES = {
     "inference_error": "a request failed (endpoint down, timeout, HTTP error): the entry did not run to the end",
     "no_tool_calls": "the model made no tool call in the whole entry",
     "undecodable_tool_call": "a tool call could not be decoded (arguments not a JSON object, a name that is not an "
-                             "identifier); BFCL ends the turn there",
+    "identifier); BFCL ends the turn there",
 }
 #: settings that make two runs different runs: a folder holding results of other settings is not resumed
 IDENTITY = ("model", "temperature", "max_tokens")
@@ -75,6 +81,7 @@ class BfclSettings:
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
+
 
 def parse_categories(values: Iterable[str] | None) -> tuple[str, ...]:
     """``multi_turn_base,multi_turn_miss_func`` (or repeated options; ``multi_turn``/``all`` for the four) → the
@@ -125,8 +132,11 @@ def read_ids(path: Path) -> list[str]:
         raise EvalError(f"{path}: no entry ids")
     foreign = [i for i in ids if i.rsplit("_", 1)[0] not in CATEGORIES or not i.rsplit("_", 1)[-1].isdigit()]
     if foreign:
-        raise EvalError(f"{path}: not BFCL v4 multi-turn entry ids (e.g. multi_turn_base_0): "
-                        + ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else ""))
+        raise EvalError(
+            f"{path}: not BFCL v4 multi-turn entry ids (e.g. multi_turn_base_0): "
+            + ", ".join(foreign[:5])
+            + (" …" if len(foreign) > 5 else "")
+        )
     return list(dict.fromkeys(ids))
 
 
@@ -139,12 +149,16 @@ def served_models(base_url: str, api_key: str = "EMPTY", timeout: float = 5.0) -
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             data = json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        raise EvalError(f"the model server at {base_url} answered GET /models with HTTP {exc.code}: check the URL "
-                        "(it should end in /v1) and the API key") from None
+        raise EvalError(
+            f"the model server at {base_url} answered GET /models with HTTP {exc.code}: check the URL "
+            "(it should end in /v1) and the API key"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise EvalError(f"cannot reach the model server at {base_url}: {reason}. Nothing was run. Start it (cm2data "
-                        "serve, or recipes/eval_bfcl.sh on a GPU machine) or fix --base-url") from None
+        raise EvalError(
+            f"cannot reach the model server at {base_url}: {reason}. Nothing was run. Start it (cm2data "
+            "serve, or recipes/eval_bfcl.sh on a GPU machine) or fix --base-url"
+        ) from None
     except ValueError:
         raise EvalError(f"{url} did not answer with JSON: is {base_url} an OpenAI-compatible server?") from None
     models = [str(m.get("id")) for m in (data.get("data") or []) if isinstance(m, dict) and m.get("id")]
@@ -164,6 +178,7 @@ def check_endpoint(base_url: str, model: str | None, api_key: str = "EMPTY", tim
 
 
 # --------------------------------------------------------------------------------------------------- the run
+
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
@@ -200,10 +215,12 @@ def _prepare(out: Path, settings: BfclSettings, fresh: bool) -> None:
         differs = {k: (before.get(k), v) for k, v in identity.items() if before.get(k) != v}
         if differs and (out / RESULTS).exists():
             said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differs.items())
-            raise EvalError(f"{out} holds results of another run ({said}): choose another --out, or --fresh to "
-                            "discard them")
-    run_file.write_text(json.dumps({"benchmark": BENCHMARK, **identity, "base_url": settings.base_url},
-                                   indent=2), encoding="utf-8")
+            raise EvalError(
+                f"{out} holds results of another run ({said}): choose another --out, or --fresh to discard them"
+            )
+    run_file.write_text(
+        json.dumps({"benchmark": BENCHMARK, **identity, "base_url": settings.base_url}, indent=2), encoding="utf-8"
+    )
     for name in (OUTCOMES, SUMMARY, "report.html"):  # recomputed at the end: never left over from an earlier run
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "bfcl", ignore_errors=True)  # BFCL_PROJECT_ROOT: a fresh one for every run
@@ -214,8 +231,14 @@ def runner_command(python: Path, out: Path) -> list[str]:
     return [str(python), str(RUNNER), "--config", str(out / CONFIG)]
 
 
-def run_bfcl(settings: BfclSettings, out: Path, *, fresh: bool = False, python: Path | None = None,
-             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_bfcl(
+    settings: BfclSettings,
+    out: Path,
+    *,
+    fresh: bool = False,
+    python: Path | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) BFCL v4 multi-turn into ``out``; return the summary (also written to ``summary.json``, with
     ``report.html``). The endpoint is checked first: nothing runs when it does not answer. Error rows (requests
     that failed) are counted in the summary, and a rerun of the same command runs them again."""
@@ -224,34 +247,55 @@ def run_bfcl(settings: BfclSettings, out: Path, *, fresh: bool = False, python: 
     _prepare(out, settings, fresh)
     python = python or ensure_env("bfcl")
     (out / CONFIG).write_text(json.dumps(settings.config(out), indent=2), encoding="utf-8")
-    env = clean_env({"BFCL_PROJECT_ROOT": str(out / "bfcl"), "OPENAI_BASE_URL": settings.base_url,
-                     "OPENAI_API_KEY": settings.api_key or "EMPTY"})
+    env = clean_env(
+        {
+            "BFCL_PROJECT_ROOT": str(out / "bfcl"),
+            "OPENAI_BASE_URL": settings.base_url,
+            "OPENAI_API_KEY": settings.api_key or "EMPTY",
+        }
+    )
     env.pop("OPENAI_DEFAULT_HEADERS", None)
     started = datetime.now(UTC).isoformat()
     t0 = time.monotonic()
     rc, events, stderr = run_runner(runner_command(python, out), env=env, cwd=out / "bfcl", on_event=on_event)
     if rc < 0:
         done = sum(1 for e in events if e.get("event") == "row")
-        raise EvalError(f"the BFCL runner was killed (signal {-rc}) after {done} entries of this run; they are kept "
-                        f"in {out / RESULTS}: run the same command to resume")
+        raise EvalError(
+            f"the BFCL runner was killed (signal {-rc}) after {done} entries of this run; they are kept "
+            f"in {out / RESULTS}: run the same command to resume"
+        )
     if rc != 0:
         said = next((e["message"] for e in reversed(events) if e.get("event") == "error"), None)
         if said and rc == 2:
             raise EvalError(said)
-        raise EvalError(f"the BFCL runner failed (exit {rc}): {said or stderr.strip()[-500:]}\n"
-                        f"{out / LOG} ends:\n{tail(out / LOG)}")
+        raise EvalError(
+            f"the BFCL runner failed (exit {rc}): {said or stderr.strip()[-500:]}\n{out / LOG} ends:\n{tail(out / LOG)}"
+        )
     start = next((e for e in events if e.get("event") == "start"), {})
-    summary = summarize(read_outcomes(out), settings=settings, started_at=started,
-                        seconds=time.monotonic() - t0, start_event=start, out=out)
+    summary = summarize(
+        read_outcomes(out),
+        settings=settings,
+        started_at=started,
+        seconds=time.monotonic() - t0,
+        start_event=start,
+        out=out,
+    )
     write_summary(out, summary)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------------- summary
 
-def summarize(outcomes: Sequence[dict[str, Any]], *, settings: BfclSettings | None = None,
-              started_at: str | None = None, seconds: float | None = None,
-              start_event: dict[str, Any] | None = None, out: Path | None = None) -> dict[str, Any]:
+
+def summarize(
+    outcomes: Sequence[dict[str, Any]],
+    *,
+    settings: BfclSettings | None = None,
+    started_at: str | None = None,
+    seconds: float | None = None,
+    start_event: dict[str, Any] | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Per-category and overall accuracy, error types, errors, tokens. ``overall.accuracy`` is BFCL's multi-turn
     overall: the unweighted mean of the category accuracies (over the categories run); ``overall.micro_accuracy``
     counts entries. Error rows (requests that failed) count as failures, as in BFCL, and are listed."""
@@ -262,10 +306,14 @@ def summarize(outcomes: Sequence[dict[str, Any]], *, settings: BfclSettings | No
     for cat in sorted(by_cat, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else 99):
         rows = by_cat[cat]
         outcome = Counter(o["outcome"] for o in rows)
-        categories[cat] = {"entries": len(rows), "passed": outcome["pass"], "failed": outcome["fail"],
-                           "errors": outcome["error"], "accuracy": round(outcome["pass"] / len(rows), 4),
-                           "error_types": dict(Counter(o["error_type"] for o in rows if o["error_type"])
-                                               .most_common())}
+        categories[cat] = {
+            "entries": len(rows),
+            "passed": outcome["pass"],
+            "failed": outcome["fail"],
+            "errors": outcome["error"],
+            "accuracy": round(outcome["pass"] / len(rows), 4),
+            "error_types": dict(Counter(o["error_type"] for o in rows if o["error_type"]).most_common()),
+        }
     total = len(outcomes)
     passed = sum(c["passed"] for c in categories.values())
     errors = [o["id"] for o in outcomes if o["outcome"] == "error"]
@@ -274,16 +322,22 @@ def summarize(outcomes: Sequence[dict[str, Any]], *, settings: BfclSettings | No
         "model": settings.model if settings else None,
         "base_url": settings.base_url if settings else None,
         "bfcl_eval": (start_event or {}).get("bfcl_eval"),
-        "overall": {"entries": total, "passed": passed,
-                    "accuracy": round(sum(c["accuracy"] for c in categories.values()) / len(categories), 4)
-                    if categories else 0.0,
-                    "micro_accuracy": round(passed / total, 4) if total else 0.0},
+        "overall": {
+            "entries": total,
+            "passed": passed,
+            "accuracy": round(sum(c["accuracy"] for c in categories.values()) / len(categories), 4)
+            if categories
+            else 0.0,
+            "micro_accuracy": round(passed / total, 4) if total else 0.0,
+        },
         "categories": categories,
         "error_types": dict(Counter(o["error_type"] for o in outcomes if o["error_type"]).most_common()),
         "error_rows": errors,
         "complete": not errors,
-        "tokens": {"input": sum(int(o.get("input_tokens") or 0) for o in outcomes),
-                   "output": sum(int(o.get("output_tokens") or 0) for o in outcomes)},
+        "tokens": {
+            "input": sum(int(o.get("input_tokens") or 0) for o in outcomes),
+            "output": sum(int(o.get("output_tokens") or 0) for o in outcomes),
+        },
         "tool_calls": sum(int(o.get("tool_calls") or 0) for o in outcomes),
         "resumed_entries": (start_event or {}).get("done_before", 0),
         "retried_error_rows": (start_event or {}).get("retrying_errors", 0),

@@ -17,11 +17,15 @@ from cm2data.cli_options import ApiKey, BaseUrl, JsonPath, Model, emit_json, fai
 from cm2data.cli_options import console as _out
 from cm2data.cli_options import err as _err
 
-eval_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                       help="Measure a model: BFCL v4 multi-turn, tau2 (inspect-evals), and compare two runs.")
+eval_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Measure a model: BFCL v4 multi-turn, tau2 (inspect-evals), and compare two runs.",
+)
 
-RunOut = Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; an existing run of the same model is "
-                                                           "resumed).")]
+RunOut = Annotated[
+    Path, typer.Option("--out", "-o", help="Run folder (created; an existing run of the same model is resumed).")
+]
 
 
 def _pct(x: float) -> str:
@@ -48,8 +52,15 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.what = what
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=_err, transient=True, disable=not _err.is_terminal)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_err,
+            transient=True,
+            disable=not _err.is_terminal,
+        )
         self.task: Any = None
         self.errors = 0
 
@@ -64,11 +75,15 @@ class _Progress:
         kind = event.get("event")
         if kind == "start":
             if event.get("done_before"):
-                _err.print(f"resuming: {event['done_before']} of {event['total']} entries already done"
-                           + (f", {event['retrying_errors']} error rows run again" if event.get("retrying_errors")
-                              else "")
-                           + (f", {event['torn_lines']} torn line(s) of a killed run dropped" if event.get("torn_lines")
-                              else ""))
+                _err.print(
+                    f"resuming: {event['done_before']} of {event['total']} entries already done"
+                    + (f", {event['retrying_errors']} error rows run again" if event.get("retrying_errors") else "")
+                    + (
+                        f", {event['torn_lines']} torn line(s) of a killed run dropped"
+                        if event.get("torn_lines")
+                        else ""
+                    )
+                )
             self.task = self.progress.add_task(self.what, total=event.get("todo") or 0)
         elif kind == "row" and self.task is not None:
             self.progress.advance(self.task)
@@ -87,19 +102,28 @@ def bfcl(
     base_url: BaseUrl = None,
     model: Model = None,
     api_key: ApiKey = None,
-    categories: Annotated[list[str] | None, typer.Option(
-        "--categories", "-c", help="multi_turn_base, multi_turn_miss_func, multi_turn_miss_param, "
-                                   "multi_turn_long_context (comma-separated or repeated; default: all four).")] = None,
+    categories: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--categories",
+            "-c",
+            help="multi_turn_base, multi_turn_miss_func, multi_turn_miss_param, "
+            "multi_turn_long_context (comma-separated or repeated; default: all four).",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N entries of each category.")] = None,
-    ids: Annotated[Path | None, typer.Option(help="Only these entries: a file of ids (one per line, a JSON list, "
-                                                  "or an outcomes.jsonl).")] = None,
+    ids: Annotated[
+        Path | None,
+        typer.Option(help="Only these entries: a file of ids (one per line, a JSON list, or an outcomes.jsonl)."),
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Entries in flight at once.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (BFCL's default).")] = 0.001,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per answer (default: the server's).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 600.0,
-    retry_errors: Annotated[bool, typer.Option("--retry-errors/--keep-errors",
-                                               help="Run entries whose requests failed in an earlier run "
-                                                    "again.")] = True,
+    retry_errors: Annotated[
+        bool,
+        typer.Option("--retry-errors/--keep-errors", help="Run entries whose requests failed in an earlier run again."),
+    ] = True,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard earlier results in OUT first.")] = False,
 ) -> None:
     """BFCL v4 multi-turn (bfcl-eval 2026.3.23, its data and checker) against an OpenAI-compatible endpoint, in
@@ -119,22 +143,35 @@ def bfcl(
     except EvalError as exc:
         raise fail(str(exc)) from None
     url, served, key = _endpoint(base_url, model, api_key)
-    settings = BfclSettings(base_url=url, model=served, api_key=key, categories=cats, limit=limit, ids=id_list,
-                            concurrency=concurrency, temperature=temperature, max_tokens=max_tokens, timeout=timeout,
-                            retry_errors=retry_errors)
+    settings = BfclSettings(
+        base_url=url,
+        model=served,
+        api_key=key,
+        categories=cats,
+        limit=limit,
+        ids=id_list,
+        concurrency=concurrency,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        retry_errors=retry_errors,
+    )
     try:
         with _Progress("BFCL entries") as progress:
             summary = run_bfcl(settings, out, fresh=fresh, on_event=progress)
     except EvalError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise fail(f"interrupted; the entries done so far are kept in {out}: run the same command to resume",
-                    130) from None
+        raise fail(
+            f"interrupted; the entries done so far are kept in {out}: run the same command to resume", 130
+        ) from None
     print_bfcl_summary(summary, out)
     if summary["error_rows"]:
-        _err.print(f"[yellow]{len(summary['error_rows'])} entries hit request errors[/] (error type inference_error; "
-                   f"counted as failures): run the same command again to retry them; {out / 'runner.log'} has the "
-                   "tracebacks")
+        _err.print(
+            f"[yellow]{len(summary['error_rows'])} entries hit request errors[/] (error type inference_error; "
+            f"counted as failures): run the same command again to retry them; {out / 'runner.log'} has the "
+            "tracebacks"
+        )
         raise typer.Exit(1)
 
 
@@ -143,11 +180,23 @@ def print_bfcl_summary(summary: dict[str, Any], out: Path) -> None:
     for col in ("category", "entries", "passed", "failed", "errors", "accuracy %"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for cat, s in summary["categories"].items():
-        table.add_row(cat, str(s["entries"]), str(s["passed"]), str(s["failed"]),
-                      f"[red]{s['errors']}[/]" if s["errors"] else "0", _pct(s["accuracy"]))
+        table.add_row(
+            cat,
+            str(s["entries"]),
+            str(s["passed"]),
+            str(s["failed"]),
+            f"[red]{s['errors']}[/]" if s["errors"] else "0",
+            _pct(s["accuracy"]),
+        )
     o = summary["overall"]
-    table.add_row("[bold]overall[/] (mean of categories)", str(o["entries"]), str(o["passed"]), "", "",
-                  f"[bold]{_pct(o['accuracy'])}[/]")
+    table.add_row(
+        "[bold]overall[/] (mean of categories)",
+        str(o["entries"]),
+        str(o["passed"]),
+        "",
+        "",
+        f"[bold]{_pct(o['accuracy'])}[/]",
+    )
     _out.print(table)
     if summary["error_types"]:
         types = Table(title="error types")
@@ -161,6 +210,7 @@ def print_bfcl_summary(summary: dict[str, Any], out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------------- tau2
 
+
 @eval_app.command("tau2")
 def tau2(
     out: RunOut,
@@ -168,16 +218,20 @@ def tau2(
     base_url: BaseUrl = None,
     model: Model = None,
     api_key: ApiKey = None,
-    user_base_url: Annotated[str | None, typer.Option(help="Endpoint of the user simulator (default: the model's "
-                                                           "own endpoint).")] = None,
-    user_model: Annotated[str | None, typer.Option(help="The user simulator's model (default: the first the user "
-                                                        "endpoint lists).")] = None,
-    user_api_key: Annotated[str | None, typer.Option(help="The user endpoint's bearer token (default: --api-key)."
-                                                     )] = None,
+    user_base_url: Annotated[
+        str | None, typer.Option(help="Endpoint of the user simulator (default: the model's own endpoint).")
+    ] = None,
+    user_model: Annotated[
+        str | None, typer.Option(help="The user simulator's model (default: the first the user endpoint lists).")
+    ] = None,
+    user_api_key: Annotated[
+        str | None, typer.Option(help="The user endpoint's bearer token (default: --api-key).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N tasks.")] = None,
     tasks: Annotated[list[str] | None, typer.Option("--task", help="Only these task ids (repeat).")] = None,
-    message_limit: Annotated[int | None, typer.Option(min=1, help="Exchanges per task (default: inspect-evals' "
-                                                                  "100).")] = None,
+    message_limit: Annotated[
+        int | None, typer.Option(min=1, help="Exchanges per task (default: inspect-evals' 100).")
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Tasks in flight at once.")] = 4,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens per answer (both models).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 600.0,
@@ -191,11 +245,17 @@ def tau2(
     if limit is not None and tasks:
         raise fail("give --limit or --task, not both")
     url, served, key = _endpoint(base_url, model, api_key)
-    settings = Tau2Settings(domain=domain, agent=Endpoint(url, served, key),
-                            user=Endpoint(user_base_url or url, user_model if user_base_url else user_model or served,
-                                          user_api_key or key),
-                            limit=limit, tasks=tasks or None, message_limit=message_limit, concurrency=concurrency,
-                            max_tokens=max_tokens, timeout=timeout)
+    settings = Tau2Settings(
+        domain=domain,
+        agent=Endpoint(url, served, key),
+        user=Endpoint(user_base_url or url, user_model if user_base_url else user_model or served, user_api_key or key),
+        limit=limit,
+        tasks=tasks or None,
+        message_limit=message_limit,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+        timeout=timeout,
+    )
     try:
         with _Progress("tau2") as progress:
             summary = run_tau2(settings, out, on_event=progress)
@@ -211,12 +271,15 @@ def tau2(
     _out.print(table)
     _out.print(f"above the do-nothing baseline: {100 * summary['above_baseline']:+.2f} points; results in {out}")
     if summary["error_rows"]:
-        _err.print(f"[yellow]{len(summary['error_rows'])} tasks ended in an error[/] (counted as failures): see "
-                   f"{out / 'runner.log'}")
+        _err.print(
+            f"[yellow]{len(summary['error_rows'])} tasks ended in an error[/] (counted as failures): see "
+            f"{out / 'runner.log'}"
+        )
         raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------------------------------- compare
+
 
 @eval_app.command("compare")
 def compare(
@@ -241,16 +304,31 @@ def compare(
     for row in result["categories"]:
         delta = row["delta"]
         colour = "green" if delta > 0 else "red" if delta < 0 else "white"
-        table.add_row(row["category"], str(row["entries"]), _pct(row["a"]), _pct(row["b"]),
-                      f"[{colour}]{100 * delta:+.2f}[/]", str(row["fixed"]), str(row["broken"]))
+        table.add_row(
+            row["category"],
+            str(row["entries"]),
+            _pct(row["a"]),
+            _pct(row["b"]),
+            f"[{colour}]{100 * delta:+.2f}[/]",
+            str(row["fixed"]),
+            str(row["broken"]),
+        )
     o = result["overall"]
-    table.add_row("[bold]overall[/]", str(o["entries"]), _pct(o["a"]), _pct(o["b"]),
-                  f"[bold]{100 * o['delta']:+.2f}[/]", str(len(result["flips"]["fixed"])),
-                  str(len(result["flips"]["broken"])))
+    table.add_row(
+        "[bold]overall[/]",
+        str(o["entries"]),
+        _pct(o["a"]),
+        _pct(o["b"]),
+        f"[bold]{100 * o['delta']:+.2f}[/]",
+        str(len(result["flips"]["fixed"])),
+        str(len(result["flips"]["broken"])),
+    )
     out.print(table)
     if result["only_in_a"] or result["only_in_b"]:
-        _err.print(f"[yellow]compared on the {o['entries']} entries both runs have[/]: {len(result['only_in_a'])} "
-                   f"only in A, {len(result['only_in_b'])} only in B")
+        _err.print(
+            f"[yellow]compared on the {o['entries']} entries both runs have[/]: {len(result['only_in_a'])} "
+            f"only in A, {len(result['only_in_b'])} only in B"
+        )
     for name, label in (("fixed", "fail → pass (B fixed)"), ("broken", "pass → fail (B broke)")):
         rows = result["flips"][name]
         if rows and flips:

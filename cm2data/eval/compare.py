@@ -45,14 +45,20 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     fixed, broken = [], []
     for entry_id in common:
         ra, rb = oa[entry_id], ob[entry_id]
-        c = categories.setdefault(ra["category"], {"category": ra["category"], "entries": 0, "a_passed": 0,
-                                                   "b_passed": 0, "fixed": 0, "broken": 0})
+        c = categories.setdefault(
+            ra["category"],
+            {"category": ra["category"], "entries": 0, "a_passed": 0, "b_passed": 0, "fixed": 0, "broken": 0},
+        )
         pa, pb = ra["outcome"] == "pass", rb["outcome"] == "pass"
         c["entries"] += 1
         c["a_passed"] += pa
         c["b_passed"] += pb
-        flip = {"id": entry_id, "category": ra["category"], "a_error_type": ra.get("error_type"),
-                "b_error_type": rb.get("error_type")}
+        flip = {
+            "id": entry_id,
+            "category": ra["category"],
+            "a_error_type": ra.get("error_type"),
+            "b_error_type": rb.get("error_type"),
+        }
         if pb and not pa:
             c["fixed"] += 1
             fixed.append(flip)
@@ -72,8 +78,12 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
         "a": {"run": str(a), "model": sa.get("model")},
         "b": {"run": str(b), "model": sb.get("model")},
         "categories": rows,
-        "overall": {"entries": len(common), "a": round(mean_a, 4), "b": round(mean_b, 4),
-                    "delta": round(mean_b - mean_a, 4)},
+        "overall": {
+            "entries": len(common),
+            "a": round(mean_a, 4),
+            "b": round(mean_b, 4),
+            "delta": round(mean_b - mean_a, 4),
+        },
         "flips": {"fixed": fixed, "broken": broken},
         "only_in_a": sorted(set(oa) - set(ob), key=_sort_key),
         "only_in_b": sorted(set(ob) - set(oa), key=_sort_key),

@@ -43,14 +43,19 @@ def ensure_env(kind: str) -> Path:
         return Path(override)
     script = install_script()
     if not script.is_file():
-        raise EvalError(f"{script} not found: build the {kind} environment from a cm2data checkout, or set "
-                        f"CM2DATA_EVAL_{kind.upper()}_PYTHON to an interpreter that has it")
-    done = subprocess.run(["bash", str(script), kind], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                          check=False)
+        raise EvalError(
+            f"{script} not found: build the {kind} environment from a cm2data checkout, or set "
+            f"CM2DATA_EVAL_{kind.upper()}_PYTHON to an interpreter that has it"
+        )
+    done = subprocess.run(
+        ["bash", str(script), kind], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, check=False
+    )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        raise EvalError(f"building the {kind} benchmark environment failed (exit {done.returncode}, {script}); see "
-                        "its messages above")
+        raise EvalError(
+            f"building the {kind} benchmark environment failed (exit {done.returncode}, {script}); see "
+            "its messages above"
+        )
     return Path(lines[-1]) / "bin" / "python"
 
 
@@ -60,8 +65,12 @@ def site_packages(python: Path) -> Path:
     found = sorted(venv.glob("lib/python3*/site-packages"))
     if found:
         return found[-1]
-    done = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise EvalError(f"cannot ask {python} where its packages are: {done.stderr.strip()[-300:]}")
     return Path(done.stdout.strip())
@@ -80,8 +89,14 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"):
         env.pop(var, None)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     env.update(extra or {})
     return env
 
@@ -95,14 +110,22 @@ def _die_with_parent() -> Callable[[], None]:
     return lambda: prctl(1, signal.SIGTERM)
 
 
-def run_runner(cmd: list[str], *, env: dict[str, str], cwd: Path,
-               on_event: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, list[dict[str, Any]], str]:
+def run_runner(
+    cmd: list[str], *, env: dict[str, str], cwd: Path, on_event: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[int, list[dict[str, Any]], str]:
     """Run a benchmark runner script; its stdout carries JSON event lines (each passed to ``on_event``). Returns the
     exit status (negative: killed by that signal), the events and what it wrote to stderr. An interrupt (Ctrl-C)
     stops the runner (SIGTERM, then SIGKILL) and is raised again."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            env=env, cwd=str(cwd),
-                            preexec_fn=_die_with_parent() if sys.platform == "linux" else None)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=str(cwd),
+        preexec_fn=_die_with_parent() if sys.platform == "linux" else None,
+    )
     events: list[dict[str, Any]] = []
     try:
         assert proc.stdout is not None

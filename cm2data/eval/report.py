@@ -86,8 +86,13 @@ def plots(summary: Mapping[str, Any], outcomes: Sequence[Mapping[str, Any]]) -> 
         for k, c in enumerate(cats):
             counts = Counter(o["error_type"] for o in outcomes if o["category"] == c and o["error_type"])
             values = [counts.get(t, 0) for t in types][::-1]
-            ax.barh(types[::-1], values, left=left[::-1], color=palette[k % len(palette)],
-                    label=c.replace("multi_turn_", ""))
+            ax.barh(
+                types[::-1],
+                values,
+                left=left[::-1],
+                color=palette[k % len(palette)],
+                label=c.replace("multi_turn_", ""),
+            )
             left = [a + b for a, b in zip(left, values[::-1], strict=True)]
         ax.set_xlabel("entries")
         ax.legend(fontsize=8)
@@ -106,36 +111,60 @@ def render_bfcl(summary: Mapping[str, Any], outcomes: Sequence[Mapping[str, Any]
     figs = plots(summary, outcomes)
     o = summary["overall"]
     title = f"BFCL v4 multi-turn: {summary.get('model')}"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p class='note'>endpoint <code>{html.escape(str(summary.get('base_url')))}</code> · bfcl-eval "
-             f"{html.escape(str(summary.get('bfcl_eval')))} · {html.escape(str(summary.get('started_at')))} · "
-             f"{summary.get('seconds')} s</p>",
-             f"<p>Overall accuracy <b>{_pct(o['accuracy'])}</b> (unweighted mean over the categories run, as BFCL "
-             f"reports it); {o['passed']} of {o['entries']} entries passed ({_pct(o['micro_accuracy'])}).</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p class='note'>endpoint <code>{html.escape(str(summary.get('base_url')))}</code> · bfcl-eval "
+        f"{html.escape(str(summary.get('bfcl_eval')))} · {html.escape(str(summary.get('started_at')))} · "
+        f"{summary.get('seconds')} s</p>",
+        f"<p>Overall accuracy <b>{_pct(o['accuracy'])}</b> (unweighted mean over the categories run, as BFCL "
+        f"reports it); {o['passed']} of {o['entries']} entries passed ({_pct(o['micro_accuracy'])}).</p>",
+    ]
     if summary.get("error_rows"):
-        parts.append(f"<p class='note'><b>{len(summary['error_rows'])} entries did not run to the end</b> (a request "
-                     "failed: <code>inference_error</code>); they count as failures here, and running the same "
-                     "command again runs them again.</p>")
-    parts += ["<h2>Per category</h2>",
-              _table(["category", "entries", "passed", "failed", "errors", "accuracy"],
-                     [[c, s["entries"], s["passed"], s["failed"], s["errors"], _pct(s["accuracy"])]
-                      for c, s in summary["categories"].items()]),
-              _img(figs["accuracy"], "accuracy per category"),
-              "<h2>Error types</h2>",
-              _table(["error type", "entries", "what it means"],
-                     [[t, n, OWN_ERROR_TYPES.get(t, "BFCL's multi-turn checker")]
-                      for t, n in summary["error_types"].items()]) if summary["error_types"] else
-              "<p>No failures.</p>",
-              _img(figs["errors"], "error types"),
-              "<h2>Entries</h2>",
-              _table(["id", "outcome", "error type", "turns", "steps", "tool calls", "undecodable steps",
-                      "message"],
-                     [[r["id"], r["outcome"], r.get("error_type"), r.get("turns"), r.get("steps"),
-                       r.get("tool_calls"), r.get("undecodable_steps"), (r.get("error_message") or "")[:160]]
-                      for r in outcomes], classes=[None, "outcome", None, None, None, None, None, None]),
-              "<h2>Settings</h2><pre>" + html.escape(json.dumps(summary.get("settings"), indent=2)) + "</pre>",
-              "</body></html>"]
+        parts.append(
+            f"<p class='note'><b>{len(summary['error_rows'])} entries did not run to the end</b> (a request "
+            "failed: <code>inference_error</code>); they count as failures here, and running the same "
+            "command again runs them again.</p>"
+        )
+    parts += [
+        "<h2>Per category</h2>",
+        _table(
+            ["category", "entries", "passed", "failed", "errors", "accuracy"],
+            [
+                [c, s["entries"], s["passed"], s["failed"], s["errors"], _pct(s["accuracy"])]
+                for c, s in summary["categories"].items()
+            ],
+        ),
+        _img(figs["accuracy"], "accuracy per category"),
+        "<h2>Error types</h2>",
+        _table(
+            ["error type", "entries", "what it means"],
+            [[t, n, OWN_ERROR_TYPES.get(t, "BFCL's multi-turn checker")] for t, n in summary["error_types"].items()],
+        )
+        if summary["error_types"]
+        else "<p>No failures.</p>",
+        _img(figs["errors"], "error types"),
+        "<h2>Entries</h2>",
+        _table(
+            ["id", "outcome", "error type", "turns", "steps", "tool calls", "undecodable steps", "message"],
+            [
+                [
+                    r["id"],
+                    r["outcome"],
+                    r.get("error_type"),
+                    r.get("turns"),
+                    r.get("steps"),
+                    r.get("tool_calls"),
+                    r.get("undecodable_steps"),
+                    (r.get("error_message") or "")[:160],
+                ]
+                for r in outcomes
+            ],
+            classes=[None, "outcome", None, None, None, None, None, None],
+        ),
+        "<h2>Settings</h2><pre>" + html.escape(json.dumps(summary.get("settings"), indent=2)) + "</pre>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
 
 

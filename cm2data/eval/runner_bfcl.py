@@ -69,6 +69,7 @@ def _redirect_output(log_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ results file
 
+
 def read_rows(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     """The rows of a JSONL file, last one per id, and the number of unreadable lines (a torn write)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -104,6 +105,7 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 # ----------------------------------------------------------------------------------------------------- handler
 
+
 def make_handler_class(cfg: dict[str, Any]) -> type:
     from bfcl_eval.model_handler.api_inference.openai_completion import OpenAICompletionsHandler
     from bfcl_eval.model_handler.utils import convert_to_function_call
@@ -114,11 +116,16 @@ def make_handler_class(cfg: dict[str, Any]) -> type:
         and ``max_tokens`` when set; tool calls whose name or argument keys are not plain identifiers are refused at
         decoding (BFCL would paste them into the string it ``eval()``s)."""
 
-        def __init__(self, model_name: str, temperature: float, registry_name: str, is_fc_model: bool,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self, model_name: str, temperature: float, registry_name: str, is_fc_model: bool, **kwargs: Any
+        ) -> None:
             super().__init__(model_name, temperature, registry_name, is_fc_model, **kwargs)
-            self.client = OpenAI(base_url=cfg["base_url"], api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
-                                 timeout=float(cfg.get("timeout", 600)), max_retries=int(cfg.get("max_retries", 2)))
+            self.client = OpenAI(
+                base_url=cfg["base_url"],
+                api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                timeout=float(cfg.get("timeout", 600)),
+                max_retries=int(cfg.get("max_retries", 2)),
+            )
 
         def _query_FC(self, inference_data: dict[str, Any]):  # type: ignore[no-untyped-def]
             # The request BFCL's handler sends (model, messages, tools, temperature), plus max_tokens when set. The
@@ -132,8 +139,12 @@ def make_handler_class(cfg: dict[str, Any]) -> type:
             body: dict[str, Any] = {"messages": [_plain(m) for m in message]}
             if tools:
                 body["tools"] = tools
-            kwargs: dict[str, Any] = {"messages": [], "model": self.model_name, "temperature": self.temperature,
-                                      "extra_body": body}
+            kwargs: dict[str, Any] = {
+                "messages": [],
+                "model": self.model_name,
+                "temperature": self.temperature,
+                "extra_body": body,
+            }
             if cfg.get("max_tokens"):
                 kwargs["max_tokens"] = int(cfg["max_tokens"])
             return self.generate_with_backoff(**kwargs)
@@ -164,9 +175,14 @@ def check_calls(result: Any) -> None:
     for call in result:
         if not isinstance(call, dict) or len(call) != 1:
             raise ValueError(f"not a tool call: {call!r:.200}")
-        (name, args), = call.items()
-        if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
-                and not name.startswith("_") and name not in _BUILTIN_NAMES):
+        ((name, args),) = call.items()
+        if not (
+            isinstance(name, str)
+            and name.isidentifier()
+            and not keyword.iskeyword(name)
+            and not name.startswith("_")
+            and name not in _BUILTIN_NAMES
+        ):
             raise ValueError(f"refused tool name {name!r:.200}")
         if isinstance(args, str):
             args = json.loads(args)
@@ -213,9 +229,17 @@ def register(cfg: dict[str, Any]) -> str:
 
     registry = REGISTRY_PREFIX + cfg["model"]
     MODEL_CONFIG_MAPPING[registry] = ModelConfig(
-        model_name=cfg["model"], display_name=f"{cfg['model']} (FC, cm2data)", url=cfg["base_url"],
-        org="cm2data", license="unknown", model_handler=make_handler_class(cfg), input_price=None,
-        output_price=None, is_fc_model=True, underscore_to_dot=False)
+        model_name=cfg["model"],
+        display_name=f"{cfg['model']} (FC, cm2data)",
+        url=cfg["base_url"],
+        org="cm2data",
+        license="unknown",
+        model_handler=make_handler_class(cfg),
+        input_price=None,
+        output_price=None,
+        is_fc_model=True,
+        underscore_to_dot=False,
+    )
     return registry
 
 
@@ -223,11 +247,13 @@ def build_handler(registry: str, temperature: float) -> Any:
     from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
 
     config = MODEL_CONFIG_MAPPING[registry]
-    return config.model_handler(model_name=config.model_name, temperature=temperature, registry_name=registry,
-                                is_fc_model=config.is_fc_model)
+    return config.model_handler(
+        model_name=config.model_name, temperature=temperature, registry_name=registry, is_fc_model=config.is_fc_model
+    )
 
 
 # --------------------------------------------------------------------------------------------------- selection
+
 
 def select(cfg: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The selected ids (in :func:`order`) and their entries as BFCL's generation loads them."""
@@ -270,6 +296,7 @@ def order(entry_id: str) -> tuple[int, int]:
 
 # -------------------------------------------------------------------------------------------------- generation
 
+
 def infer_one(handler: Any, entry: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     t0 = time.monotonic()
@@ -283,13 +310,27 @@ def infer_one(handler: Any, entry: dict[str, Any]) -> dict[str, Any]:
         error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
     from bfcl_eval.utils import make_json_serializable
 
-    row = {"id": entry["id"], "category": entry["id"].rsplit("_", 1)[0], "result": result, "error": error,
-           "seconds": round(time.monotonic() - t0, 3), "started_at": started, "finished_at": time.time(), **metadata}
+    row = {
+        "id": entry["id"],
+        "category": entry["id"].rsplit("_", 1)[0],
+        "result": result,
+        "error": error,
+        "seconds": round(time.monotonic() - t0, 3),
+        "started_at": started,
+        "finished_at": time.time(),
+        **metadata,
+    }
     return make_json_serializable(row)
 
 
-def generate(cfg: dict[str, Any], handler: Any, todo: list[str], entries: dict[str, dict[str, Any]],
-             results_path: Path, on_row: Any = None) -> int:
+def generate(
+    cfg: dict[str, Any],
+    handler: Any,
+    todo: list[str],
+    entries: dict[str, dict[str, Any]],
+    results_path: Path,
+    on_row: Any = None,
+) -> int:
     """Run ``todo`` through the model, appending one row per entry to ``results.jsonl`` (and passing it to
     ``on_row`` while the other entries are in flight); the number of error rows."""
     errors = 0
@@ -323,6 +364,7 @@ def generate(cfg: dict[str, Any], handler: Any, todo: list[str], entries: dict[s
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
+
 
 def _count_steps(handler: Any, result: Any) -> tuple[dict[str, int], str | None]:
     """Turns, steps, tool calls and undecodable steps of an entry's result, and the first decoding error."""
@@ -379,20 +421,39 @@ class Evaluator:
 
         category = entry_id.rsplit("_", 1)[0]
         counts, decode_error = _count_steps(self.handler, row.get("result"))
-        base = {"id": entry_id, "category": category, **counts,
-                "input_tokens": int(_sum_nested(row.get("input_token_count"))),
-                "output_tokens": int(_sum_nested(row.get("output_token_count"))),
-                "latency_s": round(_sum_nested(row.get("latency")), 3), "seconds": row.get("seconds")}
+        base = {
+            "id": entry_id,
+            "category": category,
+            **counts,
+            "input_tokens": int(_sum_nested(row.get("input_token_count"))),
+            "output_tokens": int(_sum_nested(row.get("output_token_count"))),
+            "latency_s": round(_sum_nested(row.get("latency")), 3),
+            "seconds": row.get("seconds"),
+        }
         if row.get("error"):
-            return {**base, "outcome": "error", "error_type": "inference_error", "checker_error_type": None,
-                    "error_message": f"{row['error']['type']}: {row['error']['message'][:500]}"}
+            return {
+                **base,
+                "outcome": "error",
+                "error_type": "inference_error",
+                "checker_error_type": None,
+                "error_message": f"{row['error']['type']}: {row['error']['message'][:500]}",
+            }
         try:
-            checked = _evaluate_single_multi_turn_entry(self.handler, entry_id, row["result"], self.truths[entry_id],
-                                                        deepcopy(self.prompts[entry_id]), self.model_dir, category)
+            checked = _evaluate_single_multi_turn_entry(
+                self.handler,
+                entry_id,
+                row["result"],
+                self.truths[entry_id],
+                deepcopy(self.prompts[entry_id]),
+                self.model_dir,
+                category,
+            )
         except Exception as exc:  # the checker itself failed on this entry: a failure with its reason, not a crash
             traceback.print_exc()
-            checked = {"valid": False, "error": {"error_type": "multi_turn:checker_error",
-                                                 "error_message": f"{type(exc).__name__}: {exc}"}}
+            checked = {
+                "valid": False,
+                "error": {"error_type": "multi_turn:checker_error", "error_message": f"{type(exc).__name__}: {exc}"},
+            }
         if checked.get("valid"):
             return {**base, "outcome": "pass", "error_type": None, "checker_error_type": None, "error_message": None}
         err = checked.get("error") or {}
@@ -402,17 +463,25 @@ class Evaluator:
             message = " ".join(str(m) for m in message)
         if counts["undecodable_steps"]:
             error_type = "undecodable_tool_call"
-            message = f"{counts['undecodable_steps']} undecodable tool-call step(s), the first: {decode_error}; " \
-                      f"then the checker: {message}"
+            message = (
+                f"{counts['undecodable_steps']} undecodable tool-call step(s), the first: {decode_error}; "
+                f"then the checker: {message}"
+            )
         elif counts["tool_calls"] == 0:
             error_type = "no_tool_calls"
         else:
             error_type = checker_type
-        return {**base, "outcome": "fail", "error_type": error_type, "checker_error_type": checker_type,
-                "error_message": str(message)[:500] if message else None}
+        return {
+            **base,
+            "outcome": "fail",
+            "error_type": error_type,
+            "checker_error_type": checker_type,
+            "error_message": str(message)[:500] if message else None,
+        }
 
 
 # -------------------------------------------------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -439,9 +508,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.pop(i)
         write_rows(results_path, list(rows.values()))  # compacted: one row per id, no torn line
         todo = [i for i in chosen if i not in rows]
-        emit("start", total=len(chosen), done_before=len(chosen) - len(todo), todo=len(todo),
-             torn_lines=torn, retrying_errors=len(retried), bfcl_eval=version("bfcl-eval"),
-             import_seconds=round(time.monotonic() - t0, 2))
+        emit(
+            "start",
+            total=len(chosen),
+            done_before=len(chosen) - len(todo),
+            todo=len(todo),
+            torn_lines=torn,
+            retrying_errors=len(retried),
+            bfcl_eval=version("bfcl-eval"),
+            import_seconds=round(time.monotonic() - t0, 2),
+        )
         evaluator = Evaluator(handler, registry, chosen)
         errors = generate(cfg, handler, todo, entries, results_path, on_row=evaluator) if todo else 0
         rows, _ = read_rows(results_path)

@@ -86,10 +86,15 @@ def lighter_transcripts() -> None:
 def _model(spec: dict[str, Any], service: str) -> Any:
     from inspect_ai.model import GenerateConfig, get_model
 
-    config = GenerateConfig(max_tokens=spec.get("max_tokens"), timeout=spec.get("timeout"),
-                            max_connections=spec.get("concurrency"))
-    return get_model(f"openai-api/{service}/{spec['model']}", base_url=spec["base_url"],
-                     api_key=os.environ.get(f"{service.upper()}_API_KEY") or "EMPTY", config=config)
+    config = GenerateConfig(
+        max_tokens=spec.get("max_tokens"), timeout=spec.get("timeout"), max_connections=spec.get("concurrency")
+    )
+    return get_model(
+        f"openai-api/{service}/{spec['model']}",
+        base_url=spec["base_url"],
+        api_key=os.environ.get(f"{service.upper()}_API_KEY") or "EMPTY",
+        config=config,
+    )
 
 
 def _task(cfg: dict[str, Any]) -> Any:
@@ -106,17 +111,24 @@ def _outcomes(log: Any, domain: str) -> list[dict[str, Any]]:
         score = next(iter(scores.values()), None)
         value = getattr(score, "value", None)
         usage = sample.model_usage or {}
-        row = {"id": f"tau2_{domain}_{sample.id}", "task": str(sample.id), "category": domain,
-               "messages": len(sample.messages or []),
-               "input_tokens": sum(getattr(u, "input_tokens", 0) or 0 for u in usage.values()),
-               "output_tokens": sum(getattr(u, "output_tokens", 0) or 0 for u in usage.values())}
+        row = {
+            "id": f"tau2_{domain}_{sample.id}",
+            "task": str(sample.id),
+            "category": domain,
+            "messages": len(sample.messages or []),
+            "input_tokens": sum(getattr(u, "input_tokens", 0) or 0 for u in usage.values()),
+            "output_tokens": sum(getattr(u, "output_tokens", 0) or 0 for u in usage.values()),
+        }
         if sample.error is not None:
             row.update(outcome="error", error_type="sample_error", error_message=str(sample.error.message)[:500])
         elif value == "C":
             row.update(outcome="pass", error_type=None, error_message=None)
         else:
-            row.update(outcome="fail", error_type="task_not_solved",
-                       error_message=(getattr(score, "explanation", None) or "")[:500] or None)
+            row.update(
+                outcome="fail",
+                error_type="task_not_solved",
+                error_message=(getattr(score, "explanation", None) or "")[:500] or None,
+            )
         rows.append(row)
     rows.sort(key=lambda r: (int(r["task"]) if r["task"].isdigit() else 10**9, r["task"]))
     return rows
@@ -130,16 +142,32 @@ def run_one(cfg: dict[str, Any], which: str, run: Path) -> dict[str, Any]:
     user = _model(cfg["user"], "cm2user")
     emit("phase", which=which)
     t0 = time.monotonic()
-    logs = inspect_eval(_task(cfg), model=agent, model_roles={"user": user}, limit=cfg.get("limit"),
-                        sample_id=cfg.get("tasks"), log_dir=str(run / "logs" / which), display="none",
-                        max_samples=cfg.get("concurrency"), fail_on_error=False, log_level="warning",
-                        score_display=False, log_realtime=False)
+    logs = inspect_eval(
+        _task(cfg),
+        model=agent,
+        model_roles={"user": user},
+        limit=cfg.get("limit"),
+        sample_id=cfg.get("tasks"),
+        log_dir=str(run / "logs" / which),
+        display="none",
+        max_samples=cfg.get("concurrency"),
+        fail_on_error=False,
+        log_level="warning",
+        score_display=False,
+        log_realtime=False,
+    )
     log = logs[0]
     rows = _outcomes(log, cfg["domain"])
     write_rows(run / which / "outcomes.jsonl", rows)
     status = getattr(log, "status", None)
-    emit("phase_done", which=which, status=status, tasks=len(rows), seconds=round(time.monotonic() - t0, 2),
-         error=str(log.error.message)[:1000] if getattr(log, "error", None) else None)
+    emit(
+        "phase_done",
+        which=which,
+        status=status,
+        tasks=len(rows),
+        seconds=round(time.monotonic() - t0, 2),
+        error=str(log.error.message)[:1000] if getattr(log, "error", None) else None,
+    )
     return {"status": status, "tasks": len(rows)}
 
 
@@ -164,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         for which in ("agent", "baseline") if cfg.get("baseline", True) else ("agent",):
             done = run_one(cfg, which, run)
             if done["status"] != "success":
-                emit("error", message=f"the {which} evaluation ended with status {done['status']}: see "
-                                      f"{run / 'runner.log'}")
+                emit(
+                    "error",
+                    message=f"the {which} evaluation ended with status {done['status']}: see {run / 'runner.log'}",
+                )
                 return 3
         emit("done")
         return 0

@@ -54,8 +54,13 @@ class Tau2Settings:
 
     def config(self, out: Path) -> dict[str, Any]:
         def spec(e: Endpoint) -> dict[str, Any]:
-            return {"base_url": e.base_url, "model": e.model, "max_tokens": self.max_tokens, "timeout": self.timeout,
-                    "concurrency": self.concurrency}
+            return {
+                "base_url": e.base_url,
+                "model": e.model,
+                "max_tokens": self.max_tokens,
+                "timeout": self.timeout,
+                "concurrency": self.concurrency,
+            }
 
         d = {k: v for k, v in asdict(self).items() if k not in ("agent", "user")}
         return {**d, "agent": spec(self.agent), "user": spec(self.user), "out": str(out), "baseline": True}
@@ -63,8 +68,12 @@ class Tau2Settings:
 
 def _score(rows: list[dict[str, Any]]) -> dict[str, Any]:
     passed = sum(r["outcome"] == "pass" for r in rows)
-    return {"tasks": len(rows), "passed": passed, "errors": sum(r["outcome"] == "error" for r in rows),
-            "accuracy": round(passed / len(rows), 4) if rows else 0.0}
+    return {
+        "tasks": len(rows),
+        "passed": passed,
+        "errors": sum(r["outcome"] == "error" for r in rows),
+        "accuracy": round(passed / len(rows), 4) if rows else 0.0,
+    }
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -73,8 +82,13 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_tau2(settings: Tau2Settings, out: Path, *, python: Path | None = None,
-             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_tau2(
+    settings: Tau2Settings,
+    out: Path,
+    *,
+    python: Path | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Evaluate the model and the do-nothing baseline on the domain's tasks; return the summary (also written to
     ``summary.json``, with ``report.html``)."""
     if settings.domain not in DOMAINS:
@@ -87,36 +101,57 @@ def run_tau2(settings: Tau2Settings, out: Path, *, python: Path | None = None,
         (out / name).unlink(missing_ok=True)
     python = python or ensure_env("tau2")
     (out / "config.json").write_text(json.dumps(settings.config(out), indent=2), encoding="utf-8")
-    env = clean_env({"CM2AGENT_API_KEY": settings.agent.api_key or "EMPTY",
-                     "CM2USER_API_KEY": settings.user.api_key or "EMPTY", "INSPECT_LOG_DIR": str(out / "logs"),
-                     "INSPECT_DISPLAY": "none"})
+    env = clean_env(
+        {
+            "CM2AGENT_API_KEY": settings.agent.api_key or "EMPTY",
+            "CM2USER_API_KEY": settings.user.api_key or "EMPTY",
+            "INSPECT_LOG_DIR": str(out / "logs"),
+            "INSPECT_DISPLAY": "none",
+        }
+    )
     started = datetime.now(UTC).isoformat()
     t0 = time.monotonic()
-    rc, events, stderr = run_runner([str(python), str(RUNNER), "--config", str(out / "config.json")], env=env,
-                                    cwd=out, on_event=on_event)
+    rc, events, stderr = run_runner(
+        [str(python), str(RUNNER), "--config", str(out / "config.json")], env=env, cwd=out, on_event=on_event
+    )
     if rc != 0:
         said = next((e["message"] for e in reversed(events) if e.get("event") == "error"), None)
         if rc < 0:
             said = f"the tau2 runner was killed (signal {-rc})"
-        raise EvalError(f"the tau2 run failed (exit {rc}): {said or stderr.strip()[-500:]}\n"
-                        f"{out / 'runner.log'} ends:\n{tail(out / 'runner.log')}")
+        raise EvalError(
+            f"the tau2 run failed (exit {rc}): {said or stderr.strip()[-500:]}\n"
+            f"{out / 'runner.log'} ends:\n{tail(out / 'runner.log')}"
+        )
     agent_rows = _rows(out / "agent" / "outcomes.jsonl")
     base_rows = _rows(out / "baseline" / "outcomes.jsonl")
     (out / "agent" / "outcomes.jsonl").replace(out / "outcomes.jsonl")
     start = next((e for e in events if e.get("event") == "start"), {})
     agent, baseline = _score(agent_rows), _score(base_rows)
     summary = {
-        "benchmark": BENCHMARK, "domain": settings.domain,
-        "model": settings.agent.model, "base_url": settings.agent.base_url,
-        "user_model": settings.user.model, "user_base_url": settings.user.base_url,
-        "inspect_evals": start.get("inspect_evals"), "inspect_ai": start.get("inspect_ai"),
-        "score": agent, "baseline": baseline,
+        "benchmark": BENCHMARK,
+        "domain": settings.domain,
+        "model": settings.agent.model,
+        "base_url": settings.agent.base_url,
+        "user_model": settings.user.model,
+        "user_base_url": settings.user.base_url,
+        "inspect_evals": start.get("inspect_evals"),
+        "inspect_ai": start.get("inspect_ai"),
+        "score": agent,
+        "baseline": baseline,
         "above_baseline": round(agent["accuracy"] - baseline["accuracy"], 4),
-        "categories": {settings.domain: {"entries": agent["tasks"], "passed": agent["passed"],
-                                         "accuracy": agent["accuracy"], "baseline_accuracy": baseline["accuracy"]}},
+        "categories": {
+            settings.domain: {
+                "entries": agent["tasks"],
+                "passed": agent["passed"],
+                "accuracy": agent["accuracy"],
+                "baseline_accuracy": baseline["accuracy"],
+            }
+        },
         "error_rows": [r["id"] for r in agent_rows if r["outcome"] == "error"],
-        "started_at": started, "finished_at": datetime.now(UTC).isoformat(),
-        "seconds": round(time.monotonic() - t0, 2), "settings": settings.config(out),
+        "started_at": started,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "seconds": round(time.monotonic() - t0, 2),
+        "settings": settings.config(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     (out / "report.html").write_text(render(summary, agent_rows, base_rows), encoding="utf-8")
@@ -129,19 +164,32 @@ def render(summary: dict[str, Any], agent_rows: list[dict[str, Any]], base_rows:
     base = {r["id"]: r for r in base_rows}
     title = f"tau2 {summary['domain']}: {summary['model']}"
     s, b = summary["score"], summary["baseline"]
-    return "\n".join([
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1>",
-        f"<p class='note'>agent <code>{html.escape(str(summary['base_url']))}</code> · user simulator "
-        f"<code>{html.escape(str(summary['user_model']))}</code> at <code>{html.escape(str(summary['user_base_url']))}"
-        f"</code> · inspect-evals {html.escape(str(summary['inspect_evals']))}</p>",
-        _table(["", "tasks", "passed", "errors", "pass^1"],
-               [["model", s["tasks"], s["passed"], s["errors"], f"{100 * s['accuracy']:.2f} %"],
-                ["do-nothing baseline", b["tasks"], b["passed"], b["errors"], f"{100 * b['accuracy']:.2f} %"]]),
-        f"<p>Above the do-nothing baseline: <b>{100 * summary['above_baseline']:+.2f}</b> points. The baseline "
-        "never calls a tool and answers with a fixed text; it passes the tasks whose right outcome leaves the "
-        "database unchanged and requires nothing to be said.</p>",
-        _table(["task", "model", "baseline", "why the model failed"],
-               [[r["task"], r["outcome"], base.get(r["id"], {}).get("outcome"), r.get("error_message") or ""]
-                for r in agent_rows], classes=[None, "outcome", "outcome", None]),
-        "</body></html>"])
+    return "\n".join(
+        [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1>",
+            f"<p class='note'>agent <code>{html.escape(str(summary['base_url']))}</code> · user simulator "
+            f"<code>{html.escape(str(summary['user_model']))}</code> at "
+            f"<code>{html.escape(str(summary['user_base_url']))}"
+            f"</code> · inspect-evals {html.escape(str(summary['inspect_evals']))}</p>",
+            _table(
+                ["", "tasks", "passed", "errors", "pass^1"],
+                [
+                    ["model", s["tasks"], s["passed"], s["errors"], f"{100 * s['accuracy']:.2f} %"],
+                    ["do-nothing baseline", b["tasks"], b["passed"], b["errors"], f"{100 * b['accuracy']:.2f} %"],
+                ],
+            ),
+            f"<p>Above the do-nothing baseline: <b>{100 * summary['above_baseline']:+.2f}</b> points. The baseline "
+            "never calls a tool and answers with a fixed text; it passes the tasks whose right outcome leaves the "
+            "database unchanged and requires nothing to be said.</p>",
+            _table(
+                ["task", "model", "baseline", "why the model failed"],
+                [
+                    [r["task"], r["outcome"], base.get(r["id"], {}).get("outcome"), r.get("error_message") or ""]
+                    for r in agent_rows
+                ],
+                classes=[None, "outcome", "outcome", None],
+            ),
+            "</body></html>",
+        ]
+    )

@@ -97,10 +97,13 @@ class ExportOptions:
     call_format: str = "reference"
 
     def __post_init__(self) -> None:
-        for value, allowed, what in ((self.style, STYLES, "style"), (self.template, TEMPLATES, "template"),
-                                     (self.history_thinking, HISTORY_THINKING, "history_thinking"),
-                                     (self.on_broken, ON_BROKEN, "on_broken"),
-                                     (self.call_format, CALL_FORMATS, "call_format")):
+        for value, allowed, what in (
+            (self.style, STYLES, "style"),
+            (self.template, TEMPLATES, "template"),
+            (self.history_thinking, HISTORY_THINKING, "history_thinking"),
+            (self.on_broken, ON_BROKEN, "on_broken"),
+            (self.call_format, CALL_FORMATS, "call_format"),
+        ):
             if value not in allowed:
                 raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
 
@@ -109,9 +112,14 @@ class ExportOptions:
         return self.template in THINKING_TEMPLATES
 
     def as_dict(self) -> dict[str, Any]:
-        return {"style": self.style, "template": self.template, "split_turns": self.split_turns,
-                "history_thinking": self.history_thinking, "on_broken": self.on_broken,
-                "call_format": self.call_format}
+        return {
+            "style": self.style,
+            "template": self.template,
+            "split_turns": self.split_turns,
+            "history_thinking": self.history_thinking,
+            "on_broken": self.on_broken,
+            "call_format": self.call_format,
+        }
 
 
 # ------------------------------------------------------------------------------------------- parsing the dialogue
@@ -151,26 +159,61 @@ def _turns(d: Dialogue) -> tuple[str, list[list[Step]], _Broken | None]:
         role = m.role
         if role == "user":
             if state == "user":
-                return system, turns, _Broken("consecutive_user", f"message {i}: a user message follows the user "
-                                              f"message {i - 1} with no assistant reply between them", i)
+                return (
+                    system,
+                    turns,
+                    _Broken(
+                        "consecutive_user",
+                        f"message {i}: a user message follows the user "
+                        f"message {i - 1} with no assistant reply between them",
+                        i,
+                    ),
+                )
             if state == "call":
-                return system, turns, _Broken("missing_tool_result", f"message {i}: the tool calls of message "
-                                              f"{call_at} have no results", i)
+                return (
+                    system,
+                    turns,
+                    _Broken(
+                        "missing_tool_result", f"message {i}: the tool calls of message {call_at} have no results", i
+                    ),
+                )
             if state == "obs":
-                return system, turns, _Broken("turn_without_reply", f"message {i}: the turn before it ends with tool "
-                                              "results, not an assistant reply", i)
+                return (
+                    system,
+                    turns,
+                    _Broken(
+                        "turn_without_reply",
+                        f"message {i}: the turn before it ends with tool results, not an assistant reply",
+                        i,
+                    ),
+                )
             current = [("user", m)]
             state = "user"
         elif role == "assistant":
             if state == "start":
-                return system, turns, _Broken("first_not_user", f"message {i}: an assistant message before the "
-                                              "first user message", i)
+                return (
+                    system,
+                    turns,
+                    _Broken("first_not_user", f"message {i}: an assistant message before the first user message", i),
+                )
             if state == "reply":
-                return system, turns, _Broken("consecutive_assistant", f"message {i}: an assistant message right "
-                                              f"after the assistant reply {i - 1}", i)
+                return (
+                    system,
+                    turns,
+                    _Broken(
+                        "consecutive_assistant",
+                        f"message {i}: an assistant message right after the assistant reply {i - 1}",
+                        i,
+                    ),
+                )
             if state == "call":
-                return system, turns, _Broken("missing_tool_result", f"message {i}: the tool calls of message "
-                                              f"{call_at} have no results", i)
+                return (
+                    system,
+                    turns,
+                    _Broken(
+                        "missing_tool_result", f"message {i}: the tool calls of message {call_at} have no results", i
+                    ),
+                )
             if m.tool_calls:
                 parsed = []
                 for c in m.tool_calls:
@@ -179,8 +222,15 @@ def _turns(d: Dialogue) -> tuple[str, list[list[Step]], _Broken | None]:
                     except ValueError:
                         args = None
                     if not isinstance(args, dict):
-                        return system, turns, _Broken("tool_call_arguments", f"message {i}: the arguments of "
-                                                      f"{c.name!r} are not a JSON object", i)
+                        return (
+                            system,
+                            turns,
+                            _Broken(
+                                "tool_call_arguments",
+                                f"message {i}: the arguments of {c.name!r} are not a JSON object",
+                                i,
+                            ),
+                        )
                     parsed.append(args)
                 current.append(("call", m, parsed))
                 state = "call"
@@ -188,8 +238,15 @@ def _turns(d: Dialogue) -> tuple[str, list[list[Step]], _Broken | None]:
                 call_at = i
             else:
                 if not m.content.strip():
-                    return system, turns, _Broken("empty_assistant", f"message {i}: an assistant message with no "
-                                                  "tool calls and no visible reply", i)
+                    return (
+                        system,
+                        turns,
+                        _Broken(
+                            "empty_assistant",
+                            f"message {i}: an assistant message with no tool calls and no visible reply",
+                            i,
+                        ),
+                    )
                 current.append(("reply", m))
                 turns.append(current)
                 current = []
@@ -203,25 +260,47 @@ def _turns(d: Dialogue) -> tuple[str, list[list[Step]], _Broken | None]:
                 return system, turns, _Broken("tool_result_without_call", f"message {i}: tool results {where}", i)
             got = j - i
             if got > pending:
-                return system, turns, _Broken("tool_result_without_call", f"messages {i}-{j - 1}: {got} tool "
-                                              f"results answer the {pending} calls of message {call_at}", i)
+                return (
+                    system,
+                    turns,
+                    _Broken(
+                        "tool_result_without_call",
+                        f"messages {i}-{j - 1}: {got} tool results answer the {pending} calls of message {call_at}",
+                        i,
+                    ),
+                )
             if got < pending:
-                return system, turns, _Broken("missing_tool_result", f"messages {i}-{j - 1}: {got} tool results "
-                                              f"for the {pending} calls of message {call_at}", i)
+                return (
+                    system,
+                    turns,
+                    _Broken(
+                        "missing_tool_result",
+                        f"messages {i}-{j - 1}: {got} tool results for the {pending} calls of message {call_at}",
+                        i,
+                    ),
+                )
             current.append(("obs", msgs[i:j]))
             state = "obs"
             i = j
             continue
         else:  # a system message that is not the first
-            return system, turns, _Broken("system_not_first", f"message {i}: a system message after the first "
-                                          "message", i)
+            return (
+                system,
+                turns,
+                _Broken("system_not_first", f"message {i}: a system message after the first message", i),
+            )
         i += 1
     if state == "start":
         return system, turns, _Broken("no_user_turn", "the dialogue has no user message", None)
     if state != "reply":
         last = {"user": "a user message", "call": "tool calls", "obs": "tool results"}[state]
-        return system, turns, _Broken("incomplete_turn", f"message {n - 1}: the dialogue ends with {last}, not an "
-                                      "assistant reply", n - 1)
+        return (
+            system,
+            turns,
+            _Broken(
+                "incomplete_turn", f"message {n - 1}: the dialogue ends with {last}, not an assistant reply", n - 1
+            ),
+        )
     return system, turns, None
 
 
@@ -248,8 +327,10 @@ class _Renderer:
         self.name_prefix = '{"name":' if options.call_format == "reference" else '{"name": '
 
     def inline_call(self, name: str, arguments: str) -> str:
-        return f'<tool_call>\n{self.name_prefix}{json.dumps(name, ensure_ascii=False)}, "arguments": {arguments}}}' \
-               "\n</tool_call>"
+        return (
+            f'<tool_call>\n{self.name_prefix}{json.dumps(name, ensure_ascii=False)}, "arguments": {arguments}}}'
+            "\n</tool_call>"
+        )
 
     def call(self, m: Message, parsed: list[dict[str, Any]], thinking: bool) -> dict[str, str]:
         think = m.thinking if thinking else None
@@ -299,8 +380,9 @@ def _markup_in_calling_text(turns: list[list[Step]]) -> int | None:
     return None
 
 
-def convert(d: Dialogue, options: ExportOptions, renderer: _Renderer | None = None,
-            tools_json: str | None = None) -> tuple[list[dict[str, Any]], Reject | None]:
+def convert(
+    d: Dialogue, options: ExportOptions, renderer: _Renderer | None = None, tools_json: str | None = None
+) -> tuple[list[dict[str, Any]], Reject | None]:
     """One record → its LLaMA-Factory rows (one, or one per user turn with ``split_turns``) and its reject, if any.
 
     The reject says whether the dialogue was truncated (rows still returned) or dropped (no rows).
@@ -310,8 +392,12 @@ def convert(d: Dialogue, options: ExportOptions, renderer: _Renderer | None = No
     if options.style == "native" and turns:
         t = _markup_in_calling_text(turns)
         if t is not None:
-            broken = _Broken("tool_call_markup_in_text", f"turn {t}: a tool-calling step has a literal <tool_call> "
-                             "in its text, which LLaMA-Factory's function formatter would parse as the call", None)
+            broken = _Broken(
+                "tool_call_markup_in_text",
+                f"turn {t}: a tool-calling step has a literal <tool_call> "
+                "in its text, which LLaMA-Factory's function formatter would parse as the call",
+                None,
+            )
             turns = turns[:t]
     if broken is not None and options.on_broken == "drop":
         turns = []
@@ -345,9 +431,14 @@ def convert(d: Dialogue, options: ExportOptions, renderer: _Renderer | None = No
             action = f"truncated: kept the first {len(turns)} of {total} turns"
         else:
             action = "dropped"
-        reject = Reject(d.id, STAGE, broken.rule, f"{broken.message} ({action})",
-                        f"message {broken.index}" if broken.index is not None else None,
-                        d.model_dump(mode="json", by_alias=True))
+        reject = Reject(
+            d.id,
+            STAGE,
+            broken.rule,
+            f"{broken.message} ({action})",
+            f"message {broken.index}" if broken.index is not None else None,
+            d.model_dump(mode="json", by_alias=True),
+        )
     return rows, reject
 
 
@@ -356,12 +447,22 @@ def convert(d: Dialogue, options: ExportOptions, renderer: _Renderer | None = No
 
 def dataset_info_entry(file_name: str, style: str) -> dict[str, Any]:
     """The ``dataset_info.json`` entry LLaMA-Factory needs for a file this exporter wrote."""
-    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-            "system_tag": "system", "observation_tag": "observation"}
+    tags = {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "system_tag": "system",
+        "observation_tag": "observation",
+    }
     if style == "native":
         tags["function_tag"] = "function_call"
-    return {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "messages", "tools": "tools"},
-            "tags": tags}
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "tools": "tools"},
+        "tags": tags,
+    }
 
 
 @dataclass
@@ -384,9 +485,17 @@ class ExportResult:
         return Counter(r.rule for r in self.rejects)
 
     def manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "data_file": self.data_file.name, **self.options.as_dict(),
-                "records": self.records, "exported_records": self.exported_records, "rows": self.rows,
-                "truncated": self.truncated, "dropped": self.dropped, "rejects_by_rule": dict(self.counts)}
+        return {
+            "name": self.name,
+            "data_file": self.data_file.name,
+            **self.options.as_dict(),
+            "records": self.records,
+            "exported_records": self.exported_records,
+            "rows": self.rows,
+            "truncated": self.truncated,
+            "dropped": self.dropped,
+            "rejects_by_rule": dict(self.counts),
+        }
 
 
 class _RowWriter:
@@ -429,10 +538,16 @@ def _merge_dataset_info(path: Path, name: str, entry: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def export_llamafactory(records: Iterable[Dialogue], out: Path, options: ExportOptions | None = None, *,
-                        name: str = "cm2data", indent: int | None = None,
-                        on_progress: Callable[[int], None] | None = None,
-                        extra_rejects: Iterable[Reject] = ()) -> ExportResult:
+def export_llamafactory(
+    records: Iterable[Dialogue],
+    out: Path,
+    options: ExportOptions | None = None,
+    *,
+    name: str = "cm2data",
+    indent: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    extra_rejects: Iterable[Reject] = (),
+) -> ExportResult:
     """Write ``records`` as a LLaMA-Factory dataset folder ``out`` (see the module docstring).
 
     ``extra_rejects`` (for example rows the reader could not parse) are written to ``rejects.jsonl`` too.
@@ -486,8 +601,19 @@ def export_llamafactory(records: Iterable[Dialogue], out: Path, options: ExportO
     return result
 
 
-__all__ = ["CALL_FORMATS", "HISTORY_THINKING", "ON_BROKEN", "RULES", "STYLES", "TEMPLATES", "ExportOptions",
-           "ExportResult", "convert", "dataset_info_entry", "export_llamafactory"]
+__all__ = [
+    "CALL_FORMATS",
+    "HISTORY_THINKING",
+    "ON_BROKEN",
+    "RULES",
+    "STYLES",
+    "TEMPLATES",
+    "ExportOptions",
+    "ExportResult",
+    "convert",
+    "dataset_info_entry",
+    "export_llamafactory",
+]
 
 
 # ------------------------------------------------------------------------------------ the Hub config (publish)
@@ -500,11 +626,13 @@ def hub_table(records: Sequence[Dialogue], split: str) -> pa.Table:
     their complete turns."""
     import pyarrow as pa
 
-    schema = pa.schema([
-        ("dialogue_id", pa.string()),
-        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("tools", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("dialogue_id", pa.string()),
+            ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+            ("tools", pa.string()),
+        ]
+    )
     options = ExportOptions()
     rows = []
     for d in records:

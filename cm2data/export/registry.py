@@ -91,21 +91,40 @@ class Exporter:
 
 #: ``--with`` names → exporters. The built-in ones are imported only when asked for.
 EXPORTERS: dict[str, Exporter] = {
-    "sft": Exporter("sft", "sft_llamafactory", "LLaMA-Factory SFT export", "cm2data export llamafactory",
-                    "cm2data.export.llamafactory:hub_table",
-                    "LLaMA-Factory rows (sharegpt formatting with role/content tags, `messages` + `tools`; "
-                    "inline tool calls, qwen3 template) for the supervised cold start",
-                    requires="cm2data.export.llamafactory"),
-    "rl": Exporter("rl", "rl_verl", "VeRL RL export", "cm2data export verl", "cm2data.export.verl:hub_table",
-                   "rows in VeRL 0.9.1's RL dataset schema (`prompt`, `reward_model` with the checklists as ground "
-                   "truth, `extra_info` with the dialogue and tools as JSON strings) for GRPO with checklist rewards",
-                   requires="cm2data.export.verl", indexed=True),
+    "sft": Exporter(
+        "sft",
+        "sft_llamafactory",
+        "LLaMA-Factory SFT export",
+        "cm2data export llamafactory",
+        "cm2data.export.llamafactory:hub_table",
+        "LLaMA-Factory rows (sharegpt formatting with role/content tags, `messages` + `tools`; "
+        "inline tool calls, qwen3 template) for the supervised cold start",
+        requires="cm2data.export.llamafactory",
+    ),
+    "rl": Exporter(
+        "rl",
+        "rl_verl",
+        "VeRL RL export",
+        "cm2data export verl",
+        "cm2data.export.verl:hub_table",
+        "rows in VeRL 0.9.1's RL dataset schema (`prompt`, `reward_model` with the checklists as ground "
+        "truth, `extra_info` with the dialogue and tools as JSON strings) for GRPO with checklist rewards",
+        requires="cm2data.export.verl",
+        indexed=True,
+    ),
 }
 
 
-def register_exporter(name: str, config: str, build: ConfigTable | IndexedConfigTable | None = None, *,
-                      label: str | None = None, command: str = "", description: str = "",
-                      indexed: bool = False) -> Any:
+def register_exporter(
+    name: str,
+    config: str,
+    build: ConfigTable | IndexedConfigTable | None = None,
+    *,
+    label: str | None = None,
+    command: str = "",
+    description: str = "",
+    indexed: bool = False,
+) -> Any:
     """Register the exporter published by ``--with NAME`` as the config ``config``; a name already registered is
     refused. With ``build`` it returns the :class:`Exporter`; without, it is a decorator of the builder::
 
@@ -115,8 +134,9 @@ def register_exporter(name: str, config: str, build: ConfigTable | IndexedConfig
 
     def add(fn: ConfigTable | IndexedConfigTable) -> Exporter:
         if name in EXPORTERS:
-            raise ValueError(f"exporter {name!r} is already registered (config {EXPORTERS[name].config}); "
-                             "choose another name")
+            raise ValueError(
+                f"exporter {name!r} is already registered (config {EXPORTERS[name].config}); choose another name"
+            )
         exporter = Exporter(name, config, label or name, command, None, description, fn, indexed=indexed)
         EXPORTERS[name] = exporter
         return exporter

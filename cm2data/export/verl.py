@@ -48,8 +48,12 @@ class VerlExportResult:
     rejects: list[Reject] = field(default_factory=list)
 
     def manifest(self) -> dict[str, Any]:
-        return {"records": self.records, "train_rows": self.train_rows, "val_rows": self.val_rows,
-                "rejects_by_rule": dict(Counter(r.rule for r in self.rejects))}
+        return {
+            "records": self.records,
+            "train_rows": self.train_rows,
+            "val_rows": self.val_rows,
+            "rejects_by_rule": dict(Counter(r.rule for r in self.rejects)),
+        }
 
 
 def _dumps(value: Any) -> str:
@@ -64,7 +68,7 @@ def to_verl_row(d: Dialogue, index: int, split: str) -> dict[str, Any]:
     if first_user is None:
         raise ValueError("no user message")
     messages = [message_to_openai(m) for m in d.messages]
-    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:first_user + 1]]
+    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[: first_user + 1]]
     num_turns = sum(1 for m in d.messages if m.role == "user")
     names = [t.name for t in d.tools]
     return {
@@ -72,8 +76,10 @@ def to_verl_row(d: Dialogue, index: int, split: str) -> dict[str, Any]:
         "agent_name": AGENT_NAME,
         "prompt": prompt,
         "ability": ABILITY,
-        "reward_model": {"style": "model",
-                         "ground_truth": _dumps({"checklists": checklists_to_stored(d), "num_turns": num_turns})},
+        "reward_model": {
+            "style": "model",
+            "ground_truth": _dumps({"checklists": checklists_to_stored(d), "num_turns": num_turns}),
+        },
         "extra_info": {
             "index": index,
             "split": split,
@@ -101,8 +107,15 @@ def hub_table(records: Sequence[Dialogue], split: str, *, start: int = 0) -> pa.
     return pa.Table.from_pylist(rows) if rows else pa.table({})
 
 
-def export_verl(records: Iterable[Dialogue], out: Path, *, val_size: int | None = None, val_fraction: float = 0.0,
-                seed: int = 42, extra_rejects: Iterable[Reject] = ()) -> VerlExportResult:
+def export_verl(
+    records: Iterable[Dialogue],
+    out: Path,
+    *,
+    val_size: int | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 42,
+    extra_rejects: Iterable[Reject] = (),
+) -> VerlExportResult:
     """Write ``train.parquet`` and ``val.parquet`` (possibly empty) plus ``rejects.jsonl`` and ``export.json``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -133,6 +146,5 @@ def export_verl(records: Iterable[Dialogue], out: Path, *, val_size: int | None 
     result.train_rows, result.val_rows = len(rows["train"]), len(rows["val"])
     result.rejects.extend(extra_rejects)
     write_rejects(result.rejects, out / "rejects.jsonl")
-    (out / "export.json").write_text(json.dumps({**result.manifest(), "seed": seed}, indent=2) + "\n",
-                                     encoding="utf-8")
+    (out / "export.json").write_text(json.dumps({**result.manifest(), "seed": seed}, indent=2) + "\n", encoding="utf-8")
     return result

@@ -101,10 +101,15 @@ def load_verdict_set(path: Path, *, dataset_items: Mapping[Key, Any] | None = No
         unique = {row_key(r): r for r in matched.current}
     counts["usable"] = len(unique)
     first = next(iter(unique.values()), None) or (rows[0] if rows else {})
-    return VerdictSet(name=path.name, path=str(path), mode=str(run.get("mode") or first.get("mode") or "?"),
-                      judge_model=str(run.get("judge_model") or first.get("judge_model") or "?"),
-                      prompt_version=str(run.get("prompt_version") or first.get("prompt_version") or "?"),
-                      rows=unique, counts=counts)
+    return VerdictSet(
+        name=path.name,
+        path=str(path),
+        mode=str(run.get("mode") or first.get("mode") or "?"),
+        judge_model=str(run.get("judge_model") or first.get("judge_model") or "?"),
+        prompt_version=str(run.get("prompt_version") or first.get("prompt_version") or "?"),
+        rows=unique,
+        counts=counts,
+    )
 
 
 @dataclass
@@ -145,11 +150,17 @@ def load_human(path: Path) -> HumanSet:
         answers[key][who] = dict(row)
     report = path / PULL_REPORT
     pull_report = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
-    counts = {"rows": len(rows), "submitted": statuses.get("submitted", 0), "skipped": statuses.get("discarded", 0),
-              "drafts": statuses.get("draft", 0), "submitted_without_verdict": no_answer,
-              "duplicate_rows": duplicates, "conflicting_duplicates": conflicting,
-              "revised": sum(1 for r in rows if r.get("status") == "submitted" and r.get("revised")),
-              "reviewers": len({str(r.get("reviewer")) for r in rows})}
+    counts = {
+        "rows": len(rows),
+        "submitted": statuses.get("submitted", 0),
+        "skipped": statuses.get("discarded", 0),
+        "drafts": statuses.get("draft", 0),
+        "submitted_without_verdict": no_answer,
+        "duplicate_rows": duplicates,
+        "conflicting_duplicates": conflicting,
+        "revised": sum(1 for r in rows if r.get("status") == "submitted" and r.get("revised")),
+        "reviewers": len({str(r.get("reviewer")) for r in rows}),
+    }
     dataset = next((str(r["dataset"]) for r in rows if r.get("dataset")), None)
     return HumanSet(str(path), dataset, dict(answers), counts, pull_report)
 
@@ -177,17 +188,26 @@ def _fingerprint_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return "same"
 
 
-def compare(reference: Mapping[Key, bool], compared: Mapping[Key, bool], focus: Mapping[Key, str], *,
-            resamples: int, seed: int, level: float) -> dict[str, Any]:
+def compare(
+    reference: Mapping[Key, bool],
+    compared: Mapping[Key, bool],
+    focus: Mapping[Key, str],
+    *,
+    resamples: int,
+    seed: int,
+    level: float,
+) -> dict[str, Any]:
     """Overall and per-focus agreement on the keys both have (the caller has already aligned and checked them)."""
     keys = sorted(k for k in compared if k in reference)
-    overall = binary_agreement([reference[k] for k in keys], [compared[k] for k in keys], resamples=resamples,
-                               seed=seed, level=level)
+    overall = binary_agreement(
+        [reference[k] for k in keys], [compared[k] for k in keys], resamples=resamples, seed=seed, level=level
+    )
     by_focus: dict[str, Any] = {}
     for name in sorted({focus.get(k, "?") for k in keys}):
         sub = [k for k in keys if focus.get(k, "?") == name]
-        by_focus[name] = binary_agreement([reference[k] for k in sub], [compared[k] for k in sub],
-                                          resamples=resamples, seed=seed, level=level)
+        by_focus[name] = binary_agreement(
+            [reference[k] for k in sub], [compared[k] for k in sub], resamples=resamples, seed=seed, level=level
+        )
     return {"overall": overall, "by_focus": by_focus}
 
 
@@ -219,16 +239,30 @@ def judge_summary(v: VerdictSet) -> dict[str, Any]:
     def rate(values: Sequence[bool]) -> float | None:
         return round(sum(values) / len(values), 4) if values else None
 
-    return {"name": v.name, "path": v.path, "mode": v.mode, "judge_model": v.judge_model,
-            "prompt_version": v.prompt_version, "items": len(rows),
-            "pass_rate": rate([bool(r["verdict"]) for r in rows]),
-            "failed_calls_items": sum(1 for r in rows if r.get("failed")),
-            "short_circuit_items": sum(1 for r in rows if r.get("short_circuit")),
-            "by_focus": {f: {"items": len(vals), "pass_rate": rate(vals)} for f, vals in sorted(by_focus.items())}}
+    return {
+        "name": v.name,
+        "path": v.path,
+        "mode": v.mode,
+        "judge_model": v.judge_model,
+        "prompt_version": v.prompt_version,
+        "items": len(rows),
+        "pass_rate": rate([bool(r["verdict"]) for r in rows]),
+        "failed_calls_items": sum(1 for r in rows if r.get("failed")),
+        "short_circuit_items": sum(1 for r in rows if r.get("short_circuit")),
+        "by_focus": {f: {"items": len(vals), "pass_rate": rate(vals)} for f, vals in sorted(by_focus.items())},
+    }
 
 
-def agree(verdicts: Sequence[Path], *, human: Path | None = None, against: Path | None = None,
-          dataset: Path | None = None, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+def agree(
+    verdicts: Sequence[Path],
+    *,
+    human: Path | None = None,
+    against: Path | None = None,
+    dataset: Path | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """The agreement report (JSON-ready; see the module docstring). Raises :class:`VerdictError` on unreadable
     input."""
     if not verdicts:
@@ -250,7 +284,8 @@ def agree(verdicts: Sequence[Path], *, human: Path | None = None, against: Path 
             j.name = j.path
     opts = {"resamples": resamples, "seed": seed, "level": level}
     report: dict[str, Any] = {
-        "kind": KIND, "version": 1,
+        "kind": KIND,
+        "version": 1,
         "bootstrap": {"resamples": resamples, "seed": seed, "level": level, "method": "percentile"},
         "dataset": str(dataset) if dataset is not None else None,
         "judges": [judge_summary(j) for j in judges],
@@ -262,14 +297,31 @@ def agree(verdicts: Sequence[Path], *, human: Path | None = None, against: Path 
     if ref is not None:
         report["bad_input"]["against"] = {ref.name: dict(ref.counts)}
 
-    def add(kind: str, compared: VerdictSet, reference_name: str, reference_mode: str,
-            reference_labels: Mapping[Key, bool], keys: Sequence[Key], alignment: dict[str, int]) -> None:
+    def add(
+        kind: str,
+        compared: VerdictSet,
+        reference_name: str,
+        reference_mode: str,
+        reference_labels: Mapping[Key, bool],
+        keys: Sequence[Key],
+        alignment: dict[str, int],
+    ) -> None:
         focus = {k: str(compared.rows[k].get("focus_on") or "?") for k in keys}
-        figures = compare({k: reference_labels[k] for k in keys}, {k: bool(compared.rows[k]["verdict"]) for k in keys},
-                          focus, **opts)
-        report["comparisons"].append({
-            "kind": kind, "compared": compared.name, "mode": compared.mode, "judge_model": compared.judge_model,
-            "reference": reference_name, "reference_mode": reference_mode, "alignment": alignment, **figures})
+        figures = compare(
+            {k: reference_labels[k] for k in keys}, {k: bool(compared.rows[k]["verdict"]) for k in keys}, focus, **opts
+        )
+        report["comparisons"].append(
+            {
+                "kind": kind,
+                "compared": compared.name,
+                "mode": compared.mode,
+                "judge_model": compared.judge_model,
+                "reference": reference_name,
+                "reference_mode": reference_mode,
+                "alignment": alignment,
+                **figures,
+            }
+        )
 
     # judge vs judge
     if ref is not None:
@@ -284,9 +336,12 @@ def agree(verdicts: Sequence[Path], *, human: Path | None = None, against: Path 
         majority, reviewed_rows, ties = human_majority(people)
         reviewers = sorted({who for by in people.answers.values() for who in by})
         report["bad_input"]["human"] = {**people.counts, "ties": ties, "items_answered": len(people.answers)}
-        inter = question_agreement({"|".join(map(str, k)): {who: ("pass" if r["verdict"] else "fail")
-                                                           for who, r in by.items()}
-                                    for k, by in people.answers.items()})
+        inter = question_agreement(
+            {
+                "|".join(map(str, k)): {who: ("pass" if r["verdict"] else "fail") for who, r in by.items()}
+                for k, by in people.answers.items()
+            }
+        )
         per_reviewer: dict[str, Any] = {}
         for j in [*judges, *([ref] if ref is not None else [])]:
             keys, alignment = _align(j, reviewed_rows)
@@ -297,13 +352,20 @@ def agree(verdicts: Sequence[Path], *, human: Path | None = None, against: Path 
             add("human", j, "people (majority)", "human", majority, keys, alignment)
             for who in reviewers:
                 mine = {k: bool(by[who]["verdict"]) for k, by in people.answers.items() if who in by}
-                shared = [k for k in mine if k in j.rows and _fingerprint_state(j.rows[k],
-                                                                                  people.answers[k][who]) == "same"]
+                shared = [
+                    k for k in mine if k in j.rows and _fingerprint_state(j.rows[k], people.answers[k][who]) == "same"
+                ]
                 per_reviewer.setdefault(who, {})[j.name] = binary_agreement(
-                    [mine[k] for k in shared], [bool(j.rows[k]["verdict"]) for k in shared], **opts)
-        report["human"] = {"path": people.path, "dataset": people.dataset, "reviewers": reviewers,
-                           "items_with_majority": len(majority), "inter_reviewer": inter,
-                           "per_reviewer": per_reviewer}
+                    [mine[k] for k in shared], [bool(j.rows[k]["verdict"]) for k in shared], **opts
+                )
+        report["human"] = {
+            "path": people.path,
+            "dataset": people.dataset,
+            "reviewers": reviewers,
+            "items_with_majority": len(majority),
+            "inter_reviewer": inter,
+            "per_reviewer": per_reviewer,
+        }
     return report
 
 

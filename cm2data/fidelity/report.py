@@ -80,8 +80,9 @@ def plots(report: Mapping[str, Any]) -> dict[str, str]:
     plt.close(fig)
 
     if comps:
-        fig, axes = plt.subplots(len(comps), 1, figsize=(8, sum(0.6 + 0.4 * max(1, len(c["by_focus"]))
-                                                                for c in comps)), squeeze=False)
+        fig, axes = plt.subplots(
+            len(comps), 1, figsize=(8, sum(0.6 + 0.4 * max(1, len(c["by_focus"])) for c in comps)), squeeze=False
+        )
         for ax, c in zip(axes[:, 0], comps, strict=True):
             focus = list(c["by_focus"])
             _kappa_bars(ax, focus, [c["by_focus"][f] for f in focus], comparison_label(c))
@@ -96,8 +97,14 @@ def plots(report: Mapping[str, Any]) -> dict[str, str]:
             top = max(1, *grid[0], *grid[1])
             for i in range(2):
                 for j in range(2):
-                    ax.text(j, i, str(grid[i][j]), ha="center", va="center",
-                            color="white" if grid[i][j] > top / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(grid[i][j]),
+                        ha="center",
+                        va="center",
+                        color="white" if grid[i][j] > top / 2 else "black",
+                    )
             ax.set_xticks([0, 1], ["pass", "fail"])
             ax.set_yticks([0, 1], ["pass", "fail"])
             ax.set_xlabel(f"{c['compared']} ({c['mode']})", fontsize=8)
@@ -112,10 +119,15 @@ def plots(report: Mapping[str, Any]) -> dict[str, str]:
         width = 0.8 / len(judges)
         for i, j in enumerate(judges):
             xs = [k + i * width for k in range(len(focus))]
-            ax.bar(xs, [j["by_focus"].get(f, {}).get("pass_rate") or 0.0 for f in focus], width,
-                   label=f"{j['name']} ({j['mode']})")
-        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(focus))], [f.replace("assistant.", "a.")
-                                                                         for f in focus], fontsize=7)
+            ax.bar(
+                xs,
+                [j["by_focus"].get(f, {}).get("pass_rate") or 0.0 for f in focus],
+                width,
+                label=f"{j['name']} ({j['mode']})",
+            )
+        ax.set_xticks(
+            [k + 0.4 - width / 2 for k in range(len(focus))], [f.replace("assistant.", "a.") for f in focus], fontsize=7
+        )
         ax.set_ylim(0, 1)
         ax.set_ylabel("pass rate on the reference")
         ax.legend(fontsize=7)
@@ -147,28 +159,69 @@ def _img(data: str | None, alt: str) -> str:
 
 def _figure_row(label: str, f: Mapping[str, Any]) -> list[Any]:
     m = f["confusion"]
-    return [label, f["n"], _fmt(f["accuracy"]), _ci(f["accuracy_ci"]), _fmt(f["kappa"]), _ci(f["kappa_ci"]),
-            m["tp"], m["fn"], m["fp"], m["tn"], _fmt(f["false_negative_rate"]), _fmt(f["false_positive_rate"])]
+    return [
+        label,
+        f["n"],
+        _fmt(f["accuracy"]),
+        _ci(f["accuracy_ci"]),
+        _fmt(f["kappa"]),
+        _ci(f["kappa_ci"]),
+        m["tp"],
+        m["fn"],
+        m["fp"],
+        m["tn"],
+        _fmt(f["false_negative_rate"]),
+        _fmt(f["false_positive_rate"]),
+    ]
 
 
-_FIG_HEAD = ["", "n", "accuracy", "95% CI", "κ", "95% CI", "both pass", "ref pass, judge fail", "ref fail, judge pass",
-             "both fail", "false-negative rate", "false-positive rate"]
+_FIG_HEAD = [
+    "",
+    "n",
+    "accuracy",
+    "95% CI",
+    "κ",
+    "95% CI",
+    "both pass",
+    "ref pass, judge fail",
+    "ref fail, judge pass",
+    "both fail",
+    "false-negative rate",
+    "false-positive rate",
+]
 
 
 def render_html(report: Mapping[str, Any]) -> str:
     figs = plots(report)
     boot = report["bootstrap"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>judge agreement</title><style>{_CSS}</style>"
-             "</head><body>", "<h1>Judge agreement</h1>",
-             f"<p class='note'>Cohen's κ and accuracy with {int(boot['level'] * 100)}% percentile-bootstrap intervals "
-             f"({boot['resamples']} resamples, seed {boot['seed']}). The reference of each comparison is the "
-             "standard (people's majority, or the careful judge); the confusion matrix's rows are the reference's "
-             "verdicts.</p>", "<h2>Judges</h2>",
-             _table(["judge", "mode", "model", "prompt", "items", "pass rate", "failed calls", "short-circuit"],
-                    [[j["name"], j["mode"], j["judge_model"], j["prompt_version"], j["items"], _fmt(j["pass_rate"]),
-                      j["failed_calls_items"], j["short_circuit_items"]]
-                     for j in [*report["judges"], *([report["against"]] if report.get("against") else [])]]),
-             _img(figs.get("pass_rates"), "pass rates"), "<h2>Agreement</h2>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>judge agreement</title><style>{_CSS}</style>"
+        "</head><body>",
+        "<h1>Judge agreement</h1>",
+        f"<p class='note'>Cohen's κ and accuracy with {int(boot['level'] * 100)}% percentile-bootstrap intervals "
+        f"({boot['resamples']} resamples, seed {boot['seed']}). The reference of each comparison is the "
+        "standard (people's majority, or the careful judge); the confusion matrix's rows are the reference's "
+        "verdicts.</p>",
+        "<h2>Judges</h2>",
+        _table(
+            ["judge", "mode", "model", "prompt", "items", "pass rate", "failed calls", "short-circuit"],
+            [
+                [
+                    j["name"],
+                    j["mode"],
+                    j["judge_model"],
+                    j["prompt_version"],
+                    j["items"],
+                    _fmt(j["pass_rate"]),
+                    j["failed_calls_items"],
+                    j["short_circuit_items"],
+                ]
+                for j in [*report["judges"], *([report["against"]] if report.get("against") else [])]
+            ],
+        ),
+        _img(figs.get("pass_rates"), "pass rates"),
+        "<h2>Agreement</h2>",
+    ]
     comps = report.get("comparisons") or []
     if comps:
         parts.append(_table(_FIG_HEAD, [_figure_row(comparison_label(c), c["overall"]) for c in comps]))
@@ -185,16 +238,26 @@ def render_html(report: Mapping[str, Any]) -> str:
     h = report.get("human")
     if h:
         inter = h["inter_reviewer"]
-        parts += ["<h2>People</h2>",
-                  f"<p>{len(h['reviewers'])} reviewers ({html.escape(', '.join(h['reviewers']))}); "
-                  f"{h['items_with_majority']} items with a majority verdict. Between reviewers: Krippendorff's α "
-                  f"{_fmt(inter['alpha'])}, mean pairwise κ {_fmt(inter['kappa_mean'])} over {inter['units']} items "
-                  f"with two answers or more (the ceiling a judge can be expected to reach).</p>",
-                  _table(["reviewer", "judge", *_FIG_HEAD[1:]],
-                         [[who, name, *_figure_row("", f)[1:]] for who, by in h["per_reviewer"].items()
-                          for name, f in by.items()])]
-    parts += ["<h2>Bad input (counted, left out)</h2>",
-              "<pre>" + html.escape(json.dumps(report["bad_input"], indent=2)) + "</pre>", "</body></html>"]
+        parts += [
+            "<h2>People</h2>",
+            f"<p>{len(h['reviewers'])} reviewers ({html.escape(', '.join(h['reviewers']))}); "
+            f"{h['items_with_majority']} items with a majority verdict. Between reviewers: Krippendorff's α "
+            f"{_fmt(inter['alpha'])}, mean pairwise κ {_fmt(inter['kappa_mean'])} over {inter['units']} items "
+            f"with two answers or more (the ceiling a judge can be expected to reach).</p>",
+            _table(
+                ["reviewer", "judge", *_FIG_HEAD[1:]],
+                [
+                    [who, name, *_figure_row("", f)[1:]]
+                    for who, by in h["per_reviewer"].items()
+                    for name, f in by.items()
+                ],
+            ),
+        ]
+    parts += [
+        "<h2>Bad input (counted, left out)</h2>",
+        "<pre>" + html.escape(json.dumps(report["bad_input"], indent=2)) + "</pre>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
 
 
@@ -204,37 +267,54 @@ def render_html(report: Mapping[str, Any]) -> str:
 def card_section(report: Mapping[str, Any]) -> list[str]:
     """The dataset card's ``## Judge agreement`` section (Markdown lines): each judge's pass rate on the reference
     dialogues and every comparison's κ and accuracy with their intervals. Deterministic (no dates)."""
+
     def cell(text: Any) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
     boot = report["bootstrap"]
-    lines = ["## Judge agreement", "",
-             "How far the checklist judge agrees with people and with a careful judge on this dataset's items "
-             f"(`cm2data judge agree`; Cohen's κ and accuracy with {int(boot['level'] * 100)}% percentile-bootstrap "
-             f"intervals, {boot['resamples']} resamples).", "",
-             "| judge | mode | model | prompt | items | pass rate on the reference dialogues |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "## Judge agreement",
+        "",
+        "How far the checklist judge agrees with people and with a careful judge on this dataset's items "
+        f"(`cm2data judge agree`; Cohen's κ and accuracy with {int(boot['level'] * 100)}% percentile-bootstrap "
+        f"intervals, {boot['resamples']} resamples).",
+        "",
+        "| judge | mode | model | prompt | items | pass rate on the reference dialogues |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for j in [*report["judges"], *([report["against"]] if report.get("against") else [])]:
-        lines.append(f"| {cell(j['name'])} | `{cell(j['mode'])}` | `{cell(j['judge_model'])}` | "
-                     f"`{cell(j['prompt_version'])}` | {j['items']} | {_fmt(j['pass_rate'])} |")
+        lines.append(
+            f"| {cell(j['name'])} | `{cell(j['mode'])}` | `{cell(j['judge_model'])}` | "
+            f"`{cell(j['prompt_version'])}` | {j['items']} | {_fmt(j['pass_rate'])} |"
+        )
     comps = report.get("comparisons") or []
     if comps:
-        lines += ["", "| judge (mode) | against | n | accuracy | κ | κ 95% CI | false-negative rate |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| judge (mode) | against | n | accuracy | κ | κ 95% CI | false-negative rate |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for c in comps:
             f = c["overall"]
-            lines.append(f"| {cell(c['compared'])} (`{cell(c['mode'])}`) | {cell(c['reference'])} | {f['n']} | "
-                         f"{_fmt(f['accuracy'])} {_ci(f['accuracy_ci'])} | {_fmt(f['kappa'])} | {_ci(f['kappa_ci'])} "
-                         f"| {_fmt(f['false_negative_rate'])} |")
+            lines.append(
+                f"| {cell(c['compared'])} (`{cell(c['mode'])}`) | {cell(c['reference'])} | {f['n']} | "
+                f"{_fmt(f['accuracy'])} {_ci(f['accuracy_ci'])} | {_fmt(f['kappa'])} | {_ci(f['kappa_ci'])} "
+                f"| {_fmt(f['false_negative_rate'])} |"
+            )
     h = report.get("human")
     if h:
         inter = h["inter_reviewer"]
-        lines += ["", f"People: {len(h['reviewers'])} reviewers, {h['items_with_majority']} items with a majority "
-                      f"verdict; between reviewers α {_fmt(inter['alpha'])}, mean κ {_fmt(inter['kappa_mean'])}."]
+        lines += [
+            "",
+            f"People: {len(h['reviewers'])} reviewers, {h['items_with_majority']} items with a majority "
+            f"verdict; between reviewers α {_fmt(inter['alpha'])}, mean κ {_fmt(inter['kappa_mean'])}.",
+        ]
     left_out = left_out_counts(report)
     if left_out:
-        lines += ["", "Left out of the comparisons (counted): " + ", ".join(f"{k} {v}" for k, v in
-                                                                       left_out.items()) + "."]
+        lines += [
+            "",
+            "Left out of the comparisons (counted): " + ", ".join(f"{k} {v}" for k, v in left_out.items()) + ".",
+        ]
     lines.append("")
     return lines
 
@@ -272,8 +352,9 @@ def print_agreement(report: Mapping[str, Any], console: Any) -> None:
     for col in ("judge", "mode", "model", "items", "pass rate", "failed calls"):
         table.add_column(col)
     for j in [*report["judges"], *([report["against"]] if report.get("against") else [])]:
-        table.add_row(j["name"], j["mode"], j["judge_model"], str(j["items"]), _fmt(j["pass_rate"]),
-                      str(j["failed_calls_items"]))
+        table.add_row(
+            j["name"], j["mode"], j["judge_model"], str(j["items"]), _fmt(j["pass_rate"]), str(j["failed_calls_items"])
+        )
     console.print(table)
     comps = report.get("comparisons") or []
     if comps:
@@ -282,13 +363,22 @@ def print_agreement(report: Mapping[str, Any], console: Any) -> None:
             table.add_column(col)
         for c in comps:
             f = c["overall"]
-            table.add_row(f"{c['compared']} ({c['mode']})", c["reference"], str(f["n"]), _fmt(f["accuracy"]),
-                          _fmt(f["kappa"]), _ci(f["kappa_ci"]), _fmt(f["false_negative_rate"]))
+            table.add_row(
+                f"{c['compared']} ({c['mode']})",
+                c["reference"],
+                str(f["n"]),
+                _fmt(f["accuracy"]),
+                _fmt(f["kappa"]),
+                _ci(f["kappa_ci"]),
+                _fmt(f["false_negative_rate"]),
+            )
         console.print(table)
     h = report.get("human")
     if h:
         inter = h["inter_reviewer"]
-        console.print(f"people: {len(h['reviewers'])} reviewers, {h['items_with_majority']} items with a majority; "
-                      f"between reviewers α {_fmt(inter['alpha'])}, mean κ {_fmt(inter['kappa_mean'])}")
+        console.print(
+            f"people: {len(h['reviewers'])} reviewers, {h['items_with_majority']} items with a majority; "
+            f"between reviewers α {_fmt(inter['alpha'])}, mean κ {_fmt(inter['kappa_mean'])}"
+        )
     left_out = left_out_counts(report)
     console.print("left out (counted): " + (", ".join(f"{k} {v}" for k, v in left_out.items()) or "nothing"))

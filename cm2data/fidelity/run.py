@@ -49,15 +49,15 @@ class FidelityError(RuntimeError):
     """A user-facing failure of a fidelity command (bad input, unreachable server)."""
 
 
-def judge_options(mode: str, *, grouped_answer: str = "object", max_concurrency: int = 16,
-                  max_tokens: int = 256) -> JudgeOptions:
+def judge_options(
+    mode: str, *, grouped_answer: str = "object", max_concurrency: int = 16, max_tokens: int = 256
+) -> JudgeOptions:
     """The judge's options for a mode name (``reference``, ``prefix``, ``grouped``). No verdict cache: a fidelity
     run measures the judge, not the cache."""
     if mode not in MODES:
         raise FidelityError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     extra = {"grouped_answer": grouped_answer} if mode == "grouped" else {}
-    return JudgeOptions(**MODES[mode], **extra, max_concurrency=max_concurrency, max_tokens=max_tokens,
-                        stage="judge")
+    return JudgeOptions(**MODES[mode], **extra, max_concurrency=max_concurrency, max_tokens=max_tokens, stage="judge")
 
 
 def sample_records(records: Sequence[Dialogue], n: int | None, seed: int = 0) -> list[Dialogue]:
@@ -72,39 +72,64 @@ def sample_records(records: Sequence[Dialogue], n: int | None, seed: int = 0) ->
     return [d for i, d in enumerate(annotated) if i in chosen]
 
 
-def turn_rows(d: Dialogue, variant: int, block: TurnChecklist, tj: TurnJudgement | None, *, meta: dict[str, Any],
-              unjudged_reason: str | None = None) -> list[dict[str, Any]]:
+def turn_rows(
+    d: Dialogue,
+    variant: int,
+    block: TurnChecklist,
+    tj: TurnJudgement | None,
+    *,
+    meta: dict[str, Any],
+    unjudged_reason: str | None = None,
+) -> list[dict[str, Any]]:
     """The verdict rows of one judged turn (or, with ``tj`` None, rows without a verdict and the reason)."""
     ctx = context_fingerprint(d, block.turn)
     rows = []
     for it in block.items:
         row: dict[str, Any] = {
-            "dialogue_id": d.id, "variant": variant, "turn": block.turn, "item_id": it.id, "focus_on": it.focus_on,
-            "required_for_next_turn": it.required_for_next_turn, "item_fingerprint": item_fingerprint(it),
-            "context_fingerprint": ctx, **meta,
+            "dialogue_id": d.id,
+            "variant": variant,
+            "turn": block.turn,
+            "item_id": it.id,
+            "focus_on": it.focus_on,
+            "required_for_next_turn": it.required_for_next_turn,
+            "item_fingerprint": item_fingerprint(it),
+            "context_fingerprint": ctx,
+            **meta,
         }
         verdicts = [] if tj is None else sorted((v for v in tj.verdicts if v.item_id == it.id), key=lambda v: v.step)
         if tj is None or not verdicts:
             reason = unjudged_reason or "the turn has no assistant step to judge"
-            rows.append({**row, "verdict": None, "failed": False, "short_circuit": False, "satisfied_at_step": None,
-                         "steps": 0 if tj is None else len(tj.step_verdicts), "raw_answer": None, "reason": reason,
-                         "step_verdicts": "[]"})
+            rows.append(
+                {
+                    **row,
+                    "verdict": None,
+                    "failed": False,
+                    "short_circuit": False,
+                    "satisfied_at_step": None,
+                    "steps": 0 if tj is None else len(tj.step_verdicts),
+                    "raw_answer": None,
+                    "reason": reason,
+                    "step_verdicts": "[]",
+                }
+            )
             continue
         satisfied = bool(tj.satisfied.get(it.id, False))
         first = next((v for v in verdicts if v.satisfied), None)
         deciding = first or verdicts[-1]
         failure = next((v.reason for v in verdicts if v.failed or v.short_circuit), None)
-        rows.append({
-            **row,
-            "verdict": satisfied,
-            "failed": not satisfied and any(v.failed for v in verdicts),
-            "short_circuit": any(v.short_circuit for v in verdicts),
-            "satisfied_at_step": first.step if first else None,
-            "steps": len(tj.step_verdicts),
-            "raw_answer": deciding.raw,
-            "reason": failure,
-            "step_verdicts": json.dumps([{**v.to_dict(), "raw": v.raw} for v in verdicts], ensure_ascii=False),
-        })
+        rows.append(
+            {
+                **row,
+                "verdict": satisfied,
+                "failed": not satisfied and any(v.failed for v in verdicts),
+                "short_circuit": any(v.short_circuit for v in verdicts),
+                "satisfied_at_step": first.step if first else None,
+                "steps": len(tj.step_verdicts),
+                "raw_answer": deciding.raw,
+                "reason": failure,
+                "step_verdicts": json.dumps([{**v.to_dict(), "raw": v.raw} for v in verdicts], ensure_ascii=False),
+            }
+        )
     return rows
 
 
@@ -116,13 +141,24 @@ class Job:
 
 
 def jobs_for(records: Sequence[Dialogue], variants: Sequence[int] | None = None) -> list[Job]:
-    return [Job(d, v, block) for d in records for v, blocks in enumerate(d.checklists)
-            if variants is None or v in variants for block in blocks]
+    return [
+        Job(d, v, block)
+        for d in records
+        for v, blocks in enumerate(d.checklists)
+        if variants is None or v in variants
+        for block in blocks
+    ]
 
 
-async def judge_records(client: Any, records: Sequence[Dialogue], options: JudgeOptions, *, meta: dict[str, Any],
-                        variants: Sequence[int] | None = None,
-                        on_turn: Callable[[], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+async def judge_records(
+    client: Any,
+    records: Sequence[Dialogue],
+    options: JudgeOptions,
+    *,
+    meta: dict[str, Any],
+    variants: Sequence[int] | None = None,
+    on_turn: Callable[[], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Judge every (dialogue, variant, turn) of ``records`` concurrently (the client bounds requests in flight);
     returns the verdict rows in dataset order and ``{"calls", "failures", "turns"}``."""
     jobs = jobs_for(records, variants)
@@ -144,8 +180,11 @@ async def judge_records(client: Any, records: Sequence[Dialogue], options: Judge
         if tj is not None:
             calls += tj.calls
             failures += tj.failures
-        why = None if tj is not None else (f"turn {job.block.turn} is not in the dialogue "
-                                           f"({n_turns[job.dialogue.id]} turns)")
+        why = (
+            None
+            if tj is not None
+            else (f"turn {job.block.turn} is not in the dialogue ({n_turns[job.dialogue.id]} turns)")
+        )
         rows.extend(turn_rows(job.dialogue, job.variant, job.block, tj, meta=meta, unjudged_reason=why))
     return rows, {"calls": calls, "failures": failures, "turns": len(jobs)}
 
@@ -153,9 +192,15 @@ async def judge_records(client: Any, records: Sequence[Dialogue], options: Judge
 def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     judged = [r for r in rows if r["verdict"] is not None]
     passed = sum(1 for r in judged if r["verdict"])
-    return {"items": len(rows), "judged": len(judged), "passed": passed, "failed_items": sum(r["failed"] for r in rows),
-            "short_circuit": sum(r["short_circuit"] for r in rows), "unjudged": len(rows) - len(judged),
-            "pass_rate": round(passed / len(judged), 4) if judged else None}
+    return {
+        "items": len(rows),
+        "judged": len(judged),
+        "passed": passed,
+        "failed_items": sum(r["failed"] for r in rows),
+        "short_circuit": sum(r["short_circuit"] for r in rows),
+        "unjudged": len(rows) - len(judged),
+        "pass_rate": round(passed / len(judged), 4) if judged else None,
+    }
 
 
 @dataclass
@@ -176,15 +221,30 @@ def load_dataset_records(src: Path) -> list[Dialogue]:
     except (OSError, ValueError) as exc:
         raise FidelityError(f"cannot read {src}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
     if rejects:
-        raise FidelityError(f"{len(rejects)} rows of {src} cannot be read (first: {rejects[0].rule}: "
-                            f"{rejects[0].message}); filter them out first (cm2data filter)")
+        raise FidelityError(
+            f"{len(rejects)} rows of {src} cannot be read (first: {rejects[0].rule}: "
+            f"{rejects[0].message}); filter them out first (cm2data filter)"
+        )
     return records
 
 
-def run_judge(src: Path, out: Path, *, mode: str, base_url: str | None = None, model: str | None = None,
-              sample: int | None = None, seed: int = 0, variants: Sequence[int] | None = None,
-              grouped_answer: str = "object", concurrency: int = 32, timeout: float = 300.0, max_tokens: int = 256,
-              console: Console | None = None, progress: bool = True) -> RunResult:
+def run_judge(
+    src: Path,
+    out: Path,
+    *,
+    mode: str,
+    base_url: str | None = None,
+    model: str | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    variants: Sequence[int] | None = None,
+    grouped_answer: str = "object",
+    concurrency: int = 32,
+    timeout: float = 300.0,
+    max_tokens: int = 256,
+    console: Console | None = None,
+    progress: bool = True,
+) -> RunResult:
     """Judge the dataset ``src`` in ``mode`` and write the verdict folder ``out`` (see the module docstring).
 
     The endpoint is ``base_url`` (else ``CM2DATA_LLM_BASE_URL``, else the embedded server, started if needed).
@@ -208,15 +268,27 @@ def run_judge(src: Path, out: Path, *, mode: str, base_url: str | None = None, m
         client = LLMClient(config, usage=usage)
         try:
             info = await client.check()
-            meta = {"judge_model": info.model, "mode": mode, "judge_mode": options.mode,
-                    "prompt_version": PROMPT_VERSION}
+            meta = {
+                "judge_model": info.model,
+                "mode": mode,
+                "judge_mode": options.mode,
+                "prompt_version": PROMPT_VERSION,
+            }
             n_jobs = len(jobs_for(chosen, variants))
-            with Progress(TextColumn(f"judge ({mode})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console, disable=not progress, transient=True) as bar:
+            with Progress(
+                TextColumn(f"judge ({mode})"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=not progress,
+                transient=True,
+            ) as bar:
                 task = bar.add_task("turns", total=n_jobs)
                 start = time.perf_counter()
-                rows, calls = await judge_records(client, chosen, options, meta=meta, variants=variants,
-                                                  on_turn=lambda: bar.advance(task))
+                rows, calls = await judge_records(
+                    client, chosen, options, meta=meta, variants=variants, on_turn=lambda: bar.advance(task)
+                )
                 seconds = time.perf_counter() - start
             return rows, calls, client.base_url, seconds
         finally:
@@ -241,9 +313,16 @@ def run_judge(src: Path, out: Path, *, mode: str, base_url: str | None = None, m
         "mode": mode,
         "judge_mode": options.mode,
         "prompt_version": PROMPT_VERSION,
-        "options": {"order": options.order, "grouped": options.grouped, "grouped_answer": options.grouped_answer,
-                    "max_tokens": options.max_tokens, "temperature": options.temperature,
-                    "skip_satisfied": options.skip_satisfied, "concurrency": concurrency, "timeout": timeout},
+        "options": {
+            "order": options.order,
+            "grouped": options.grouped,
+            "grouped_answer": options.grouped_answer,
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+            "skip_satisfied": options.skip_satisfied,
+            "concurrency": concurrency,
+            "timeout": timeout,
+        },
         **summary,
         **calls,
         "seconds": round(seconds, 3),
@@ -251,9 +330,11 @@ def run_judge(src: Path, out: Path, *, mode: str, base_url: str | None = None, m
         "per_item": {
             "seconds": round(seconds / summary["judged"], 4) if summary["judged"] else None,
             "prompt_tokens": round(judge_usage.get("prompt_tokens", 0) / summary["judged"], 1)
-            if summary["judged"] else None,
+            if summary["judged"]
+            else None,
             "completion_tokens": round(judge_usage.get("completion_tokens", 0) / summary["judged"], 2)
-            if summary["judged"] else None,
+            if summary["judged"]
+            else None,
             "calls": round(calls["calls"] / summary["judged"], 3) if summary["judged"] else None,
         },
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -265,10 +346,14 @@ def run_judge(src: Path, out: Path, *, mode: str, base_url: str | None = None, m
 
 def print_run(result: RunResult, console: Console) -> None:
     r = result.run
-    console.print(f"judged {r['judged']} of {r['items']} checklist items ({r['dialogues_judged']} dialogues, "
-                  f"{r['turns']} turns) with {r['judge_model']} in {r['mode']} mode: {r['passed']} pass, "
-                  f"{r['judged'] - r['passed']} fail ({r['failed_items']} of them after failed judge calls, "
-                  f"{r['short_circuit']} short-circuited on tool errors); {r['unjudged']} could not be judged")
+    console.print(
+        f"judged {r['judged']} of {r['items']} checklist items ({r['dialogues_judged']} dialogues, "
+        f"{r['turns']} turns) with {r['judge_model']} in {r['mode']} mode: {r['passed']} pass, "
+        f"{r['judged'] - r['passed']} fail ({r['failed_items']} of them after failed judge calls, "
+        f"{r['short_circuit']} short-circuited on tool errors); {r['unjudged']} could not be judged"
+    )
     u = r["usage"]
-    console.print(f"{r['calls']} calls ({r['failures']} failed), {u.get('prompt_tokens', 0)} prompt + "
-                  f"{u.get('completion_tokens', 0)} completion tokens, {r['seconds']} s → {result.out}")
+    console.print(
+        f"{r['calls']} calls ({r['failures']} failed), {u.get('prompt_tokens', 0)} prompt + "
+        f"{u.get('completion_tokens', 0)} completion tokens, {r['seconds']} s → {result.out}"
+    )

@@ -35,11 +35,21 @@ FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
         Format("cm2", "CM2 reference JSON [{uuid, messages, tools, checklists}]", cm2.read, cm2.write, cm2.LOSSY),
-        Format("nemotron", "uuid, OpenAI messages, metadata JSON string with tools", nemotron.read, nemotron.write,
-               nemotron.LOSSY),
+        Format(
+            "nemotron",
+            "uuid, OpenAI messages, metadata JSON string with tools",
+            nemotron.read,
+            nemotron.write,
+            nemotron.LOSSY,
+        ),
         Format("openai", "OpenAI-messages JSONL {messages, tools}", openai.read, openai.write, openai.LOSSY),
-        Format("sharegpt", "ShareGPT/APIGen-MT {conversations, tools, system}", sharegpt.read, sharegpt.write,
-               sharegpt.LOSSY),
+        Format(
+            "sharegpt",
+            "ShareGPT/APIGen-MT {conversations, tools, system}",
+            sharegpt.read,
+            sharegpt.write,
+            sharegpt.LOSSY,
+        ),
         Format("verl", "VeRL parquet rows (reads the CM2 reference's *_forverl.parquet)", verl.read, None),
     )
 }
@@ -82,18 +92,26 @@ def _check_storable(d: Dialogue) -> None:
     """Raise :class:`RecordError` for what the dataset store cannot hold: strings that are not valid Unicode (a lone
     surrogate decoded from a ``\\udXXX`` escape, for example inside nested JSON such as ``metadata``), free-form
     fields (metadata, tool parameters, extra info) that are not JSON, and integers beyond 64 bits."""
-    free = [d.metadata, [t.parameters for t in d.tools],
-            [it.extra_info for variant in d.checklists for block in variant for it in block.items],
-            d.provenance.history, d.review.decisions, d.review.agreement]
+    free = [
+        d.metadata,
+        [t.parameters for t in d.tools],
+        [it.extra_info for variant in d.checklists for block in variant for it in block.items],
+        d.provenance.history,
+        d.review.decisions,
+        d.review.agreement,
+    ]
     try:
         json.dumps(free, ensure_ascii=False, sort_keys=True).encode("utf-8")  # as the store writes them
         d.model_dump_json()  # the typed string fields
     except (PydanticSerializationError, UnicodeEncodeError):
-        raise RecordError("invalid_unicode", "a string holds a lone surrogate (a \\udXXX escape in nested JSON?), "
-                          "which is not valid Unicode") from None
+        raise RecordError(
+            "invalid_unicode",
+            "a string holds a lone surrogate (a \\udXXX escape in nested JSON?), which is not valid Unicode",
+        ) from None
     except (TypeError, ValueError) as exc:
-        raise RecordError("not_json_value", f"metadata, tool parameters or extra info hold a value that is not "
-                          f"JSON: {exc}") from None
+        raise RecordError(
+            "not_json_value", f"metadata, tool parameters or extra info hold a value that is not JSON: {exc}"
+        ) from None
     for v, variant in enumerate(d.checklists):
         for block in variant:
             if block.turn > _INT64_MAX:
@@ -101,8 +119,10 @@ def _check_storable(d: Dialogue) -> None:
             for it in block.items:
                 for ev in it.evidence:
                     if max(ev.turn, ev.step) > _INT64_MAX:
-                        raise RecordError("value_range", f"checklist variant {v} turn {block.turn} {it.id}: "
-                                          "evidence turn/step is out of range")
+                        raise RecordError(
+                            "value_range",
+                            f"checklist variant {v} turn {block.turn} {it.id}: evidence turn/step is out of range",
+                        )
 
 
 def convert_row(row: dict[str, Any], fmt: str, location: str) -> Dialogue | Reject:
@@ -118,8 +138,7 @@ def convert_row(row: dict[str, Any], fmt: str, location: str) -> Dialogue | Reje
     except ValidationError as exc:
         return Reject(str(rid) if rid else None, "read", "record_schema", _error_summary(exc), location, row)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        return Reject(str(rid) if rid else None, "read", "record_shape", f"{type(exc).__name__}: {exc}", location,
-                      row)
+        return Reject(str(rid) if rid else None, "read", "record_shape", f"{type(exc).__name__}: {exc}", location, row)
 
 
 def input_files(src: Path) -> list[Path]:
@@ -128,8 +147,13 @@ def input_files(src: Path) -> list[Path]:
         return [src]
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist")
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".json", ".jsonl", ".ndjson", ".parquet")
-                   and p.is_file() and p.name not in ("rejects.jsonl", "dataset_info.json"))
+    files = sorted(
+        p
+        for p in src.rglob("*")
+        if p.suffix.lower() in (".json", ".jsonl", ".ndjson", ".parquet")
+        and p.is_file()
+        and p.name not in ("rejects.jsonl", "dataset_info.json")
+    )
     if not files:
         raise FileNotFoundError(f"{src} holds no .json, .jsonl or .parquet files")
     return files
@@ -173,5 +197,13 @@ def write_records(records: Iterable[Dialogue], path: Path, fmt: str) -> int:
     return n
 
 
-__all__ = ["FORMATS", "Format", "convert_row", "get_format", "guess_format", "input_files", "read_records",
-           "write_records"]
+__all__ = [
+    "FORMATS",
+    "Format",
+    "convert_row",
+    "get_format",
+    "guess_format",
+    "input_files",
+    "read_records",
+    "write_records",
+]

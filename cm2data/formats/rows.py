@@ -110,8 +110,7 @@ def _jsonl_rows(name: str, lines: Iterator[str]) -> Iterator[RowItem]:
             row = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as exc:
             # only the last line can lack its newline: a half-written file when the damage is at the line's end
-            truncated = (not line.endswith("\n") and isinstance(exc, json.JSONDecodeError)
-                         and _is_truncation(line, exc))
+            truncated = not line.endswith("\n") and isinstance(exc, json.JSONDecodeError) and _is_truncation(line, exc)
             yield where, _decode_error(exc, truncated)
             continue
         if not isinstance(row, dict):

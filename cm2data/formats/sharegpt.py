@@ -18,8 +18,14 @@ from cm2data.rejects import RecordError
 from cm2data.schema import Dialogue, Message, ToolCall, split_thinking, stable_id
 
 NAME = "sharegpt"
-LOSSY = ("content and thinking of tool-calling steps", "tool call ids", "message names", "source", "provenance",
-         "review")
+LOSSY = (
+    "content and thinking of tool-calling steps",
+    "tool call ids",
+    "message names",
+    "source",
+    "provenance",
+    "review",
+)
 
 #: top-level keys the reader interprets; any other key is metadata
 _KNOWN = ("id", "uuid", "conversations", "system", "tools", "checklists")
@@ -40,8 +46,9 @@ def _parse_calls(value: Any, index: int) -> list[ToolCall]:
     try:
         data = json.loads(value) if isinstance(value, str) else value
     except json.JSONDecodeError as exc:
-        raise RecordError("tool_call_json",
-                          f"conversation entry {index}: function_call is not JSON ({exc.msg})") from exc
+        raise RecordError(
+            "tool_call_json", f"conversation entry {index}: function_call is not JSON ({exc.msg})"
+        ) from exc
     items = data if isinstance(data, list) else [data]
     calls = []
     for item in items:
@@ -113,8 +120,12 @@ def write(dialogue: Dialogue) -> dict[str, Any]:
             conv.append({"from": "human", "value": m.content})
         elif m.role == "assistant" and m.tool_calls:
             calls = [{"name": c.name, "arguments": _args(c)} for c in m.tool_calls]
-            conv.append({"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls,
-                                                                      ensure_ascii=False)})
+            conv.append(
+                {
+                    "from": "function_call",
+                    "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False),
+                }
+            )
         elif m.role == "assistant":
             conv.append({"from": "gpt", "value": m.content_with_thinking()})
         elif m.role == "tool":

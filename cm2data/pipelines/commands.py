@@ -26,8 +26,9 @@ def _table(title: str, stages: list[dict[str, Any]]) -> Table:
     for s in stages:
         rules = ", ".join(f"{k} {v}" for k, v in list((s.get("rejects_by_rule") or {}).items())[:3])
         state = "reused" if s.get("reused") else str(s.get("resumed", 0))
-        table.add_row(s["stage"], str(s["input"]), str(s["accepted"]), str(s["rejected"]), rules, state,
-                      str(s.get("seconds", "")))
+        table.add_row(
+            s["stage"], str(s["input"]), str(s["accepted"]), str(s["rejected"]), rules, state, str(s.get("seconds", ""))
+        )
     return table
 
 
@@ -44,9 +45,21 @@ def read_drop_ratios(text: str | None) -> dict[str, Any] | None:
         raise CommandError(f"--drop-ratios is not YAML/JSON: {exc}") from None
 
 
-def stage_command(name: str, settings: dict[str, Any], *, src: Path | None, out: Path, fmt: str = "auto",
-                  base_url: str | None = None, model: str | None = None, seed: int = 42, batch_size: int = 50,
-                  fresh: bool = False, console: Console, err: Console) -> int:
+def stage_command(
+    name: str,
+    settings: dict[str, Any],
+    *,
+    src: Path | None,
+    out: Path,
+    fmt: str = "auto",
+    base_url: str | None = None,
+    model: str | None = None,
+    seed: int = 42,
+    batch_size: int = 50,
+    fresh: bool = False,
+    console: Console,
+    err: Console,
+) -> int:
     """``cm2data <stage> --in SRC --out OUT``: one stage, its dataset folder, rejects and report."""
     entry = stage(name)
     try:
@@ -60,8 +73,18 @@ def stage_command(name: str, settings: dict[str, Any], *, src: Path | None, out:
         if entry.uses_llm(cfg):
             endpoint = resolve_endpoint(base_url, model, settings=cfg.llm)
             err.print(f"[dim]LLM: {endpoint.config.model} at {endpoint.config.base_url} ({endpoint.kind})[/]")
-        outcome = run_stage(name, cfg, out, src=src, fmt=fmt, endpoint=endpoint, seed=seed, batch_size=batch_size,
-                            fresh=fresh, say=lambda m: err.print(f"[dim]{m}[/]"))
+        outcome = run_stage(
+            name,
+            cfg,
+            out,
+            src=src,
+            fmt=fmt,
+            endpoint=endpoint,
+            seed=seed,
+            batch_size=batch_size,
+            fresh=fresh,
+            say=lambda m: err.print(f"[dim]{m}[/]"),
+        )
     except LLMError as exc:
         raise CommandError(str(exc)) from None
     except (OSError, ValueError) as exc:
@@ -71,8 +94,16 @@ def stage_command(name: str, settings: dict[str, Any], *, src: Path | None, out:
     return 0
 
 
-def run_command(path: Path, *, out: Path | None, base_url: str | None, model: str | None, fresh: bool,
-                console: Console, err: Console) -> int:
+def run_command(
+    path: Path,
+    *,
+    out: Path | None,
+    base_url: str | None,
+    model: str | None,
+    fresh: bool,
+    console: Console,
+    err: Console,
+) -> int:
     """``cm2data run PIPELINE.yaml``."""
     try:
         config = load_pipeline_config(path)
@@ -82,16 +113,27 @@ def run_command(path: Path, *, out: Path | None, base_url: str | None, model: st
     return run_config(config, target, base_url=base_url, model=model, fresh=fresh, console=console, err=err)
 
 
-def run_config(config: PipelineConfig, out: Path, *, base_url: str | None, model: str | None, fresh: bool,
-               console: Console, err: Console) -> int:
+def run_config(
+    config: PipelineConfig,
+    out: Path,
+    *,
+    base_url: str | None,
+    model: str | None,
+    fresh: bool,
+    console: Console,
+    err: Console,
+) -> int:
     try:
-        result = run_pipeline(config, out, base_url=base_url, model=model, fresh=fresh,
-                              say=lambda m: err.print(f"[dim]{m}[/]"))
+        result = run_pipeline(
+            config, out, base_url=base_url, model=model, fresh=fresh, say=lambda m: err.print(f"[dim]{m}[/]")
+        )
     except LLMError as exc:
         raise CommandError(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise CommandError(f"{type(exc).__name__}: {exc}") from None
     console.print(_table(f"pipeline {config.name} → {out}", result.stages))
-    console.print(f"{result.records} records in {out}; {result.rejects} rejects in {out / 'rejects.jsonl'}; "
-                  f"report → {out / REPORT_HTML} ({result.seconds:.0f} s)")
+    console.print(
+        f"{result.records} records in {out}; {result.rejects} rejects in {out / 'rejects.jsonl'}; "
+        f"report → {out / REPORT_HTML} ({result.seconds:.0f} s)"
+    )
     return 0

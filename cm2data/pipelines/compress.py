@@ -8,7 +8,6 @@ is blank is refused (``empty_thinking``); one that is not shorter than the origi
 never makes a record longer; counted in the report). Dialogues without thinking pass unchanged.
 """
 
-
 import json
 from typing import Any
 
@@ -28,9 +27,19 @@ STAGE = "compress"
 def compress_schema(count: int) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"thinking": {"type": "array", "minItems": count, "maxItems": count, "items": {
-            "type": "object", "properties": {"thinking": {"type": "string", "minLength": 1, "maxLength": 4000}},
-            "required": ["thinking"], "additionalProperties": False}}},
+        "properties": {
+            "thinking": {
+                "type": "array",
+                "minItems": count,
+                "maxItems": count,
+                "items": {
+                    "type": "object",
+                    "properties": {"thinking": {"type": "string", "minLength": 1, "maxLength": 4000}},
+                    "required": ["thinking"],
+                    "additionalProperties": False,
+                },
+            }
+        },
         "required": ["thinking"],
         "additionalProperties": False,
     }
@@ -74,9 +83,11 @@ class CompressThinking(JSONTask):
         if not isinstance(entries, list):
             raise ValueError('expected {"thinking": [{"thinking": "..."}, ...]}')
         if len(entries) != len(positions):
-            raise RecordError("thinking_count_mismatch",
-                              f"{len(entries)} thinkings returned for {len(positions)} assistant messages with "
-                              "thinking; return exactly one per input, in order")
+            raise RecordError(
+                "thinking_count_mismatch",
+                f"{len(entries)} thinkings returned for {len(positions)} assistant messages with "
+                "thinking; return exactly one per input, in order",
+            )
         before = after = kept = 0
         for i, entry in zip(positions, entries, strict=True):
             text = entry.get("thinking") if isinstance(entry, dict) else None
@@ -89,10 +100,18 @@ class CompressThinking(JSONTask):
             else:
                 kept += 1
             after += len(d.messages[i].thinking or "")
-        return {"record": encode_record(d),
-                "meta": merge_meta(row.get("meta", "{}"), compress={"chars_before": before, "chars_after": after,
-                                                                    "kept_original": kept,
-                                                                    "thinkings": len(positions)})}
+        return {
+            "record": encode_record(d),
+            "meta": merge_meta(
+                row.get("meta", "{}"),
+                compress={
+                    "chars_before": before,
+                    "chars_after": after,
+                    "kept_original": kept,
+                    "thinkings": len(positions),
+                },
+            ),
+        }
 
 
 @register_stage("compress", config=CompressConfig, llm=True)
@@ -102,13 +121,25 @@ def run_compress(records: list[Dialogue], cfg: CompressConfig, ctx: StageContext
     by_id = {d.id: d for d in records}
 
     def build() -> list[Any]:
-        return [CompressThinking(name="compress_thinking", stage=STAGE, work_dir=str(ctx.work),
-                                 llm=openai_llm(ctx.llm_settings, ctx.api_key), llm_settings=ctx.llm_settings,
-                                 schema_form=ctx.schema_form, max_new_tokens=cfg.max_tokens,
-                                 temperature=cfg.temperature, seed=ctx.seed, send_seed=ctx.request_seeds,
-                                 invalid_retries=cfg.invalid_retries,
-                                 min_chars=cfg.min_chars, prompt_tag=tag, settings={"min_chars": cfg.min_chars},
-                                 input_batch_size=ctx.batch_size)]
+        return [
+            CompressThinking(
+                name="compress_thinking",
+                stage=STAGE,
+                work_dir=str(ctx.work),
+                llm=openai_llm(ctx.llm_settings, ctx.api_key),
+                llm_settings=ctx.llm_settings,
+                schema_form=ctx.schema_form,
+                max_new_tokens=cfg.max_tokens,
+                temperature=cfg.temperature,
+                seed=ctx.seed,
+                send_seed=ctx.request_seeds,
+                invalid_retries=cfg.invalid_retries,
+                min_chars=cfg.min_chars,
+                prompt_tag=tag,
+                settings={"min_chars": cfg.min_chars},
+                input_batch_size=ctx.batch_size,
+            )
+        ]
 
     run = run_rows(STAGE, rows, build, ctx.work, batch_size=ctx.batch_size, api_key=ctx.api_key)
     accepted, rejects, usage, resumed = collect(STAGE, run.rows, by_id)

@@ -68,7 +68,8 @@ class SynthesizeConfig(StageConfig):
     distractors: int = Field(1, ge=0, description="tools from other domains added to each subset")
     max_assistant_steps: int = Field(3, ge=1, description="assistant actions per turn before a reply is forced")
     first_step_tool_choice: Literal["required", "auto"] = Field(
-        "required", description="tool_choice of each turn's first assistant step (later steps: auto)")
+        "required", description="tool_choice of each turn's first assistant step (later steps: auto)"
+    )
     strict_tools: bool = Field(True, description='send tools with "strict": true (schema-valid arguments)')
     reply_retries: int = Field(2, ge=0, description="re-sample a reply that is empty or holds tool/template markup")
     temperature: float = 0.7
@@ -76,8 +77,10 @@ class SynthesizeConfig(StageConfig):
     scenario_max_tokens: int = Field(400, ge=64)
     mock_max_tokens: int = Field(300, ge=32)
     mock_schema: Literal["free", "bounded"] = Field(
-        "free", description="the tool mock's result schema: free JSON, or bounded (2 levels, 8 keys/items, short "
-                            "strings; for small mock models that loop)")
+        "free",
+        description="the tool mock's result schema: free JSON, or bounded (2 levels, 8 keys/items, short "
+        "strings; for small mock models that loop)",
+    )
     invalid_retries: int = Field(1, ge=0, description="extra tries for invalid JSON answers (scenario, user, mock)")
     today: str = Field("2026-03-02", description="the date the assistant is told")
 
@@ -117,8 +120,9 @@ class SelectConfig(StageConfig):
     """Hard-sample selection (method §2.6)."""
 
     seed: int | None = None
-    drop_ratios: dict[str, dict[int, float]] = Field(default_factory=lambda: {
-        k: dict(v) for k, v in REFERENCE_DROP_RATIOS.items()})
+    drop_ratios: dict[str, dict[int, float]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in REFERENCE_DROP_RATIOS.items()}
+    )
 
     @field_validator("drop_ratios")
     @classmethod
@@ -143,20 +147,32 @@ class AnnotateConfig(StageConfig):
     max_tokens: int = 2000
     max_items_per_turn: int = Field(6, ge=1)
     max_chars_per_message: int = 600
-    strict_schema: bool = Field(True, description="the answer's JSON schema guarantees the block form (turns in "
-                                                  "order, ids C0…, dependence/weight keys == ids, acyclic "
-                                                  "dependence) under constrained decoding; false: the loose schema")
-    quote_choices: bool = Field(True, description="with strict_schema: each evidence snippet is chosen from quotes "
-                                                  "of the step it points at (sentences, tool-call arguments, tool "
-                                                  "result fields), enumerated in the schema, so a constrained model "
-                                                  "cannot invent one; false: free text, checked after the answer")
+    strict_schema: bool = Field(
+        True,
+        description="the answer's JSON schema guarantees the block form (turns in "
+        "order, ids C0…, dependence/weight keys == ids, acyclic "
+        "dependence) under constrained decoding; false: the loose schema",
+    )
+    quote_choices: bool = Field(
+        True,
+        description="with strict_schema: each evidence snippet is chosen from quotes "
+        "of the step it points at (sentences, tool-call arguments, tool "
+        "result fields), enumerated in the schema, so a constrained model "
+        "cannot invent one; false: free text, checked after the answer",
+    )
     max_quotes_per_part: int = Field(10, ge=1, description="quotes offered per step part with quote_choices")
-    show_example: bool = Field(True, description="show the prompt's worked example (annotate.yaml example_section); "
-                                                 "a small model tends to copy it, which checklist_copied_from_prompt "
-                                                 "then rejects")
-    weight_grid: float | None = Field(None, description="with strict_schema: weights are positive multiples of this "
-                                                        "step summing to 1, enumerated in the schema (e.g. 0.25, "
-                                                        "0.1; at most 1/step items per turn); None: free numbers")
+    show_example: bool = Field(
+        True,
+        description="show the prompt's worked example (annotate.yaml example_section); "
+        "a small model tends to copy it, which checklist_copied_from_prompt "
+        "then rejects",
+    )
+    weight_grid: float | None = Field(
+        None,
+        description="with strict_schema: weights are positive multiples of this "
+        "step summing to 1, enumerated in the schema (e.g. 0.25, "
+        "0.1; at most 1/step items per turn); None: free numbers",
+    )
 
     @field_validator("weight_grid")
     @classmethod
@@ -184,8 +200,11 @@ class PipelineConfig(BaseModel):
     name: str = "cm2data"
     seed: int = 42
     batch_size: int = Field(50, ge=1)
-    request_seeds: bool = Field(False, description="send a seed with each LLM request (where the server makes that "
-                                                   "repeatable; a vLLM-CPU server with chunked prefill dies on it)")
+    request_seeds: bool = Field(
+        False,
+        description="send a seed with each LLM request (where the server makes that "
+        "repeatable; a vLLM-CPU server with chunked prefill dies on it)",
+    )
     input: str | None = None
     input_format: str = "auto"
     llm: dict[str, Any] | None = None

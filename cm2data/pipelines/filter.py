@@ -8,7 +8,6 @@ docs/validation.md); ``llm_quality`` (the judge answered ``"NoError": false``; t
 the judge's answer never valid (``malformed_json``, ``output_schema``, …); ``llm_request_failed``.
 """
 
-
 import json
 from typing import Any
 
@@ -64,8 +63,9 @@ class RuleFilters(Step):
 
         rows = list(inputs)
         live = [(i, decode_record(r["record"])) for i, r in enumerate(rows) if not r.get("reject")]
-        result = run_gate([d for _, d in live], config=RuleConfig(thinking=self.thinking), stages=("rules",),
-                          rules=self.rules)
+        result = run_gate(
+            [d for _, d in live], config=RuleConfig(thinking=self.thinking), stages=("rules",), rules=self.rules
+        )
         by_id: dict[str, list[Any]] = {}
         for rej in result.rejects:
             by_id.setdefault(rej.record_id or "", []).append(rej)
@@ -96,19 +96,24 @@ class QualityJudge(JSONTask):
     def build_messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
         d = decode_record(row["record"])
         return load_prompt("quality_filter").messages(
-            tools=tools_text(d.tools), dialogue=dialogue_text(d, numbered=False, max_chars=self.max_chars_per_message))
+            tools=tools_text(d.tools), dialogue=dialogue_text(d, numbered=False, max_chars=self.max_chars_per_message)
+        )
 
     def schema_for(self, row: dict[str, Any]) -> dict[str, Any]:
         return VERDICT_SCHEMA
 
     def accept(self, row: dict[str, Any], data: Any) -> dict[str, Any]:
         verdict = Verdict.model_validate(data)
-        meta = merge_meta(row.get("meta", "{}"), quality=[{"pass": self.pass_index, "no_error": verdict.NoError,
-                                                           "reasoning": verdict.Reasoning[:500]}])
+        meta = merge_meta(
+            row.get("meta", "{}"),
+            quality=[{"pass": self.pass_index, "no_error": verdict.NoError, "reasoning": verdict.Reasoning[:500]}],
+        )
         if verdict.NoError:
             return {"meta": meta}
-        return {"meta": meta, "reject": reject_json(self.stage, "llm_quality",
-                                                    f"pass {self.pass_index}: {verdict.Reasoning}"[:2000])}
+        return {
+            "meta": meta,
+            "reject": reject_json(self.stage, "llm_quality", f"pass {self.pass_index}: {verdict.Reasoning}"[:2000]),
+        }
 
 
 @register_stage("filter", config=FilterConfig, llm=True)
@@ -119,25 +124,45 @@ def run_filter(records: list[Dialogue], cfg: FilterConfig, ctx: StageContext) ->
     by_id = {d.id: d for d in records}
 
     def build() -> list[Any]:
-        steps: list[Any] = [RuleFilters(name="rule_filters", thinking=cfg.thinking, rules=cfg.rules,
-                                        input_batch_size=ctx.batch_size)]
+        steps: list[Any] = [
+            RuleFilters(name="rule_filters", thinking=cfg.thinking, rules=cfg.rules, input_batch_size=ctx.batch_size)
+        ]
         for k in range(cfg.passes):
-            steps.append(QualityJudge(
-                name=f"quality_judge_{k}", stage=STAGE, usage_stage=f"{STAGE}.quality", work_dir=str(ctx.work),
-                llm=openai_llm(ctx.llm_settings, ctx.api_key), llm_settings=ctx.llm_settings,
-                schema_form=ctx.schema_form,
-                max_new_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=ctx.seed + 1000 * k,
-                send_seed=ctx.request_seeds, invalid_retries=cfg.invalid_retries, pass_index=k,
-                max_chars_per_message=cfg.max_chars_per_message,
-                prompt_tag=prompt_tag, settings={"pass": k}, input_batch_size=ctx.batch_size))
+            steps.append(
+                QualityJudge(
+                    name=f"quality_judge_{k}",
+                    stage=STAGE,
+                    usage_stage=f"{STAGE}.quality",
+                    work_dir=str(ctx.work),
+                    llm=openai_llm(ctx.llm_settings, ctx.api_key),
+                    llm_settings=ctx.llm_settings,
+                    schema_form=ctx.schema_form,
+                    max_new_tokens=cfg.max_tokens,
+                    temperature=cfg.temperature,
+                    seed=ctx.seed + 1000 * k,
+                    send_seed=ctx.request_seeds,
+                    invalid_retries=cfg.invalid_retries,
+                    pass_index=k,
+                    max_chars_per_message=cfg.max_chars_per_message,
+                    prompt_tag=prompt_tag,
+                    settings={"pass": k},
+                    input_batch_size=ctx.batch_size,
+                )
+            )
         return steps
 
-    run = run_rows(STAGE, rows, build, ctx.work, batch_size=ctx.batch_size,
-                   api_key=ctx.api_key if cfg.passes else None)
+    run = run_rows(STAGE, rows, build, ctx.work, batch_size=ctx.batch_size, api_key=ctx.api_key if cfg.passes else None)
     accepted, rejects, usage, resumed = collect(STAGE, run.rows, by_id)
     prompts = [prompt_tag] if cfg.passes else []
-    stamp(accepted, STAGE, prompts, rules=cfg.rules or "all", thinking=cfg.thinking, llm_passes=cfg.passes,
-          **({"model": ctx.model} if cfg.passes else {}))
+    stamp(
+        accepted,
+        STAGE,
+        prompts,
+        rules=cfg.rules or "all",
+        thinking=cfg.thinking,
+        llm_passes=cfg.passes,
+        **({"model": ctx.model} if cfg.passes else {}),
+    )
     verdicts = {"passed": 0, "failed": 0}
     for row in run.rows:
         for q in json.loads(row.get("meta") or "{}").get("quality", []):

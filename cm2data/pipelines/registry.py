@@ -73,14 +73,14 @@ _STAGES: dict[str, Stage] = {}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def register_stage(name: str, *, config: type[StageConfig], llm: bool = False,
-                   source: Callable[[Any], Path] | None = None) -> Callable[[F], F]:
+def register_stage(
+    name: str, *, config: type[StageConfig], llm: bool = False, source: Callable[[Any], Path] | None = None
+) -> Callable[[F], F]:
     """Register the decorated run function as the stage ``name``; a name already registered is refused."""
 
     def decorate(fn: F) -> F:
         if name in _STAGES:
-            raise ValueError(f"stage {name!r} is already registered (by {_STAGES[name].module}); "
-                             "choose another name")
+            raise ValueError(f"stage {name!r} is already registered (by {_STAGES[name].module}); choose another name")
         _STAGES[name] = Stage(name, config, fn, llm, source)
         return fn
 

@@ -36,9 +36,18 @@ def usage_by_stage(stages: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
     return out
 
 
-def build_report(*, name: str, stages: Sequence[Mapping[str, Any]], records: Sequence[Dialogue],
-                 rejects: Sequence[Reject], llm: Mapping[str, Any] | None, started_at: str, seconds: float,
-                 output: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_report(
+    *,
+    name: str,
+    stages: Sequence[Mapping[str, Any]],
+    records: Sequence[Dialogue],
+    rejects: Sequence[Reject],
+    llm: Mapping[str, Any] | None,
+    started_at: str,
+    seconds: float,
+    output: str,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     by_stage_rule = Counter((r.stage, r.rule) for r in rejects)
     examples: dict[str, str] = {}
     for r in rejects:
@@ -59,11 +68,16 @@ def build_report(*, name: str, stages: Sequence[Mapping[str, Any]], records: Seq
         "rejects": {
             "total": len(rejects),
             "by_stage": dict(Counter(r.stage for r in rejects).most_common()),
-            "by_stage_and_rule": [{"stage": s, "rule": rule, "count": n, "example": examples[f"{s}/{rule}"]}
-                                  for (s, rule), n in by_stage_rule.most_common()],
+            "by_stage_and_rule": [
+                {"stage": s, "rule": rule, "count": n, "example": examples[f"{s}/{rule}"]}
+                for (s, rule), n in by_stage_rule.most_common()
+            ],
         },
-        "usage": {"by_stage": usage, "total": dict(total),
-                  "detail": {s["stage"]: s.get("usage") or {} for s in stages}},
+        "usage": {
+            "by_stage": usage,
+            "total": dict(total),
+            "detail": {s["stage"]: s.get("usage") or {} for s in stages},
+        },
         "dataset": dataset_stats(list(records)),
         "config": dict(config) if config else None,
     }
@@ -190,52 +204,110 @@ def _img(data: str, alt: str) -> str:
 def render_html(report: Mapping[str, Any]) -> str:
     figs = plots(report)
     llm = report.get("llm") or {}
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cm2data run {html.escape(report['name'])}"
-             f"</title><style>{_CSS}</style></head><body>",
-             f"<h1>cm2data run: {html.escape(report['name'])}</h1>",
-             f"<p class='note'>{html.escape(report['started_at'])} · {report['seconds']} s · output "
-             f"<code>{html.escape(report['output'])}</code>"
-             + (f" · LLM <code>{html.escape(str(llm.get('model')))}</code> at "
-                f"<code>{html.escape(str(llm.get('base_url')))}</code>" if llm else "") + "</p>",
-             f"<p><b>{report['records']}</b> records in the output; <b>{report['rejects']['total']}</b> rejected "
-             "along the way (every one in <code>rejects.jsonl</code> with its reason and the record).</p>",
-             "<h2>Stages</h2>",
-             _table(["stage", "in", "kept", "rejected", "resumed", "seconds", "requests", "prompt tokens",
-                     "completion tokens"],
-                    [[s["stage"], s["input"], s["accepted"], s["rejected"], s.get("resumed", 0), s.get("seconds", 0),
-                      report["usage"]["by_stage"].get(s["stage"], {}).get("requests", 0),
-                      report["usage"]["by_stage"].get(s["stage"], {}).get("prompt_tokens", 0),
-                      report["usage"]["by_stage"].get(s["stage"], {}).get("completion_tokens", 0)]
-                     for s in report["stages"]]),
-             _img(figs["funnel"], "records per stage"),
-             "<h2>Rejections</h2>",
-             _table(["stage", "rule", "count", "example"],
-                    [[r["stage"], r["rule"], r["count"], r["example"]] for r in report["rejects"]["by_stage_and_rule"]])
-             if report["rejects"]["by_stage_and_rule"] else "<p>Nothing was rejected.</p>",
-             _img(figs["rejects"], "rejections"),
-             "<h2>LLM usage</h2>",
-             _table(["stage", "LLM call kind", "requests", "prompt tokens", "completion tokens", "retries", "invalid",
-                     "failures", "seconds"],
-                    [[stage, kind, c.get("requests", 0), c.get("prompt_tokens", 0), c.get("completion_tokens", 0),
-                      c.get("retries", 0), c.get("invalid", 0), c.get("failures", 0), c.get("seconds", 0)]
-                     for stage, kinds in report["usage"]["detail"].items() for kind, c in kinds.items()]),
-             _img(figs["tokens"], "tokens per stage"),
-             "<p class='note'>requests: answers received (invalid ones included); invalid: answers rejected as "
-             "malformed or failing validation (asked again); failures: calls that finally failed; seconds: summed "
-             "request latency.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cm2data run {html.escape(report['name'])}"
+        f"</title><style>{_CSS}</style></head><body>",
+        f"<h1>cm2data run: {html.escape(report['name'])}</h1>",
+        f"<p class='note'>{html.escape(report['started_at'])} · {report['seconds']} s · output "
+        f"<code>{html.escape(report['output'])}</code>"
+        + (
+            f" · LLM <code>{html.escape(str(llm.get('model')))}</code> at "
+            f"<code>{html.escape(str(llm.get('base_url')))}</code>"
+            if llm
+            else ""
+        )
+        + "</p>",
+        f"<p><b>{report['records']}</b> records in the output; <b>{report['rejects']['total']}</b> rejected "
+        "along the way (every one in <code>rejects.jsonl</code> with its reason and the record).</p>",
+        "<h2>Stages</h2>",
+        _table(
+            ["stage", "in", "kept", "rejected", "resumed", "seconds", "requests", "prompt tokens", "completion tokens"],
+            [
+                [
+                    s["stage"],
+                    s["input"],
+                    s["accepted"],
+                    s["rejected"],
+                    s.get("resumed", 0),
+                    s.get("seconds", 0),
+                    report["usage"]["by_stage"].get(s["stage"], {}).get("requests", 0),
+                    report["usage"]["by_stage"].get(s["stage"], {}).get("prompt_tokens", 0),
+                    report["usage"]["by_stage"].get(s["stage"], {}).get("completion_tokens", 0),
+                ]
+                for s in report["stages"]
+            ],
+        ),
+        _img(figs["funnel"], "records per stage"),
+        "<h2>Rejections</h2>",
+        _table(
+            ["stage", "rule", "count", "example"],
+            [[r["stage"], r["rule"], r["count"], r["example"]] for r in report["rejects"]["by_stage_and_rule"]],
+        )
+        if report["rejects"]["by_stage_and_rule"]
+        else "<p>Nothing was rejected.</p>",
+        _img(figs["rejects"], "rejections"),
+        "<h2>LLM usage</h2>",
+        _table(
+            [
+                "stage",
+                "LLM call kind",
+                "requests",
+                "prompt tokens",
+                "completion tokens",
+                "retries",
+                "invalid",
+                "failures",
+                "seconds",
+            ],
+            [
+                [
+                    stage,
+                    kind,
+                    c.get("requests", 0),
+                    c.get("prompt_tokens", 0),
+                    c.get("completion_tokens", 0),
+                    c.get("retries", 0),
+                    c.get("invalid", 0),
+                    c.get("failures", 0),
+                    c.get("seconds", 0),
+                ]
+                for stage, kinds in report["usage"]["detail"].items()
+                for kind, c in kinds.items()
+            ],
+        ),
+        _img(figs["tokens"], "tokens per stage"),
+        "<p class='note'>requests: answers received (invalid ones included); invalid: answers rejected as "
+        "malformed or failing validation (asked again); failures: calls that finally failed; seconds: summed "
+        "request latency.</p>",
+    ]
     ds = report["dataset"]
     c = ds["checklists"]
-    parts += ["<h2>Output dataset</h2>",
-              _table(["dialogues", "annotated", "checklist items", "must-pass share", "items with dependencies"],
-                     [[ds["dialogues"], c["annotated_dialogues"], c["items_total"], c["must_pass_fraction"],
-                       c["items_with_dependencies"]]]),
-              _table(["statistic", "min", "mean", "median", "max"],
-                     [[k, v["min"], v["mean"], v["median"], v["max"]] for k, v in ds["statistics"].items()]),
-              _img(figs["checklists"], "checklists")]
+    parts += [
+        "<h2>Output dataset</h2>",
+        _table(
+            ["dialogues", "annotated", "checklist items", "must-pass share", "items with dependencies"],
+            [
+                [
+                    ds["dialogues"],
+                    c["annotated_dialogues"],
+                    c["items_total"],
+                    c["must_pass_fraction"],
+                    c["items_with_dependencies"],
+                ]
+            ],
+        ),
+        _table(
+            ["statistic", "min", "mean", "median", "max"],
+            [[k, v["min"], v["mean"], v["median"], v["max"]] for k, v in ds["statistics"].items()],
+        ),
+        _img(figs["checklists"], "checklists"),
+    ]
     for s in report["stages"]:
         if s.get("details"):
-            parts.append(f"<h3>{html.escape(s['stage'])}: details</h3><pre>"
-                         f"{html.escape(json.dumps(s['details'], indent=2, ensure_ascii=False))}</pre>")
+            parts.append(
+                f"<h3>{html.escape(s['stage'])}: details</h3><pre>"
+                f"{html.escape(json.dumps(s['details'], indent=2, ensure_ascii=False))}</pre>"
+            )
     if report.get("config"):
         parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(report["config"], indent=2)) + "</pre>")
     parts.append("</body></html>")

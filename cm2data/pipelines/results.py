@@ -33,8 +33,9 @@ class StageResult:
         return dict(Counter(r.rule for r in self.rejects).most_common())
 
 
-def collect(stage: str, rows: Iterable[dict[str, Any]], inputs: dict[str, Dialogue] | None = None
-            ) -> tuple[list[Dialogue], list[Reject], dict[str, Any], int]:
+def collect(
+    stage: str, rows: Iterable[dict[str, Any]], inputs: dict[str, Dialogue] | None = None
+) -> tuple[list[Dialogue], list[Reject], dict[str, Any], int]:
     """Rows → accepted records, rejects (with the record as raw), summed usage, and how many rows any step took
     from its journal."""
     from cm2data import store
@@ -59,8 +60,9 @@ def collect(stage: str, rows: Iterable[dict[str, Any]], inputs: dict[str, Dialog
             info = json.loads(row["reject"])
             raw_record = record or (inputs or {}).get(row["id"])
             raw = store.to_row(raw_record) if raw_record is not None else json.loads(row.get("spec") or "null")
-            rejects.append(Reject(row["id"], info.get("stage") or stage, info["rule"], info["message"],
-                                  info.get("location"), raw))
+            rejects.append(
+                Reject(row["id"], info.get("stage") or stage, info["rule"], info["message"], info.get("location"), raw)
+            )
         elif record is None:
             rejects.append(Reject(row["id"], stage, "no_output", "the stage produced no record for this row"))
         else:

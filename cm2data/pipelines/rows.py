@@ -47,8 +47,7 @@ def record_row(d: Dialogue) -> dict[str, str]:
 
 
 def reject_json(stage: str, rule: str, message: str, location: str | None = None) -> str:
-    return json.dumps({"stage": stage, "rule": rule, "message": message, "location": location},
-                      ensure_ascii=False)
+    return json.dumps({"stage": stage, "rule": rule, "message": message, "location": location}, ensure_ascii=False)
 
 
 def merge_usage(*parts: str | dict[str, Any]) -> str:
@@ -89,7 +88,7 @@ def reason_of(exc: BaseException) -> str:
 def rule_of(reason: str) -> str:
     """The rule name of an LLM answer's rejection reason (as :mod:`cm2data.llm` words them)."""
     if reason.startswith("[") and "]" in reason:
-        return reason[1:reason.index("]")]
+        return reason[1 : reason.index("]")]
     if reason.startswith("malformed JSON") or reason == "empty answer":
         return "malformed_json"
     if reason.startswith("answer cut off"):

@@ -60,8 +60,13 @@ def _forkserver() -> Iterator[None]:
     # multiprocessing refuses. Swap in the fork-server flavour for the duration of the run.
     previous = mp.get_start_method(allow_none=True)
     previous_context = local._NoDaemonContext
-    mp.set_forkserver_preload(["cm2data.pipelines", "distilabel.pipeline.local",  # first: its warning filter
-                               *dict.fromkeys(s.module for s in stages().values())])  # the stage modules
+    mp.set_forkserver_preload(
+        [
+            "cm2data.pipelines",
+            "distilabel.pipeline.local",  # first: its warning filter
+            *dict.fromkeys(s.module for s in stages().values()),
+        ]
+    )  # the stage modules
     mp.set_start_method("forkserver", force=True)
     local._NoDaemonContext = ForkServerNoDaemonContext  # type: ignore[misc]
     try:
@@ -71,8 +76,15 @@ def _forkserver() -> Iterator[None]:
         mp.set_start_method(previous, force=True)
 
 
-def run_rows(name: str, rows: Sequence[dict[str, Any]], build: Callable[[], Sequence[Any]], work: Path, *,
-             batch_size: int = 50, api_key: str | None = None) -> StageRun:
+def run_rows(
+    name: str,
+    rows: Sequence[dict[str, Any]],
+    build: Callable[[], Sequence[Any]],
+    work: Path,
+    *,
+    batch_size: int = 50,
+    api_key: str | None = None,
+) -> StageRun:
     """Run ``rows`` through a distilabel ``Pipeline``: :class:`ReadRows` → the steps ``build()`` makes (called
     inside the pipeline's context, in order, each connected to the previous one) → back, in input order.
 
@@ -95,8 +107,13 @@ def run_rows(name: str, rows: Sequence[dict[str, Any]], build: Callable[[], Sequ
     size = max(1, batch_size)
     with _forkserver():  # before the pipeline exists: it creates multiprocessing objects of the current context
         with Pipeline(name=f"cm2data-{name}", cache_dir=str(work / "distilabel")) as pipeline:
-            previous: Any = ReadRows(name="read_rows", path=str(path), columns=columns, batch_size=size,
-                                     fingerprint=fingerprint(str(path), len(rows), time.time()))
+            previous: Any = ReadRows(
+                name="read_rows",
+                path=str(path),
+                columns=columns,
+                batch_size=size,
+                fingerprint=fingerprint(str(path), len(rows), time.time()),
+            )
             for step in build():
                 if isinstance(step, RecordStep):
                     step._api_key = api_key
@@ -114,8 +131,10 @@ def run_rows(name: str, rows: Sequence[dict[str, Any]], build: Callable[[], Sequ
     for row in rows:
         new = got.get(row["id"])
         if new is None:
-            new = {**row, "reject": reject_json(name, "lost_in_pipeline",
-                                                "the pipeline returned no row for this input")}
+            new = {
+                **row,
+                "reject": reject_json(name, "lost_in_pipeline", "the pipeline returned no row for this input"),
+            }
         ordered.append({k: ("" if v is None else v) for k, v in new.items()})
     return StageRun(ordered, time.monotonic() - started, pipeline_seconds)
 

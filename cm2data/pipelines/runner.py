@@ -59,18 +59,30 @@ class Endpoint:
     schema_form: str
 
     def describe(self) -> dict[str, Any]:
-        return {"base_url": self.config.base_url, "model": self.config.model, "server": self.kind,
-                "structured_output": self.schema_form}
+        return {
+            "base_url": self.config.base_url,
+            "model": self.config.model,
+            "server": self.kind,
+            "structured_output": self.schema_form,
+        }
 
 
-def resolve_endpoint(base_url: str | None = None, model: str | None = None, *, settings: dict[str, Any] | None = None,
-                     start_embedded: bool = True) -> Endpoint:
+def resolve_endpoint(
+    base_url: str | None = None,
+    model: str | None = None,
+    *,
+    settings: dict[str, Any] | None = None,
+    start_embedded: bool = True,
+) -> Endpoint:
     """``--base-url``/``--model``, then ``CM2DATA_LLM_*``, then ``settings`` (a pipeline's ``llm:``); none of them →
     the embedded server (started or reused). Checks that the server answers (fails fast, naming the URL)."""
     values = dict(settings or {})
-    config = resolve_config(base_url=base_url or values.pop("base_url", None), model=model or values.pop("model", None),
-                            start_embedded=start_embedded,
-                            **{k: v for k, v in values.items() if k not in ("base_url", "model")})
+    config = resolve_config(
+        base_url=base_url or values.pop("base_url", None),
+        model=model or values.pop("model", None),
+        start_embedded=start_embedded,
+        **{k: v for k, v in values.items() if k not in ("base_url", "model")},
+    )
     with SyncLLMClient(config) as client:
         info = client.check()
     return Endpoint(config.with_(model=info.model), info.kind, info.structured_output)
@@ -132,9 +144,20 @@ def load_input(src: Path, fmt: str = "auto") -> tuple[list[Dialogue], list[Rejec
     return records, [*earlier, *read_rejects_], fp
 
 
-def run_stage(name: str, cfg: StageConfig, out: Path, *, src: Path | None = None, fmt: str = "auto",
-              endpoint: Endpoint | None = None, seed: int = 42, batch_size: int = 50, fresh: bool = False,
-              request_seeds: bool = False, say: Say = _quiet) -> StageOutcome:
+def run_stage(
+    name: str,
+    cfg: StageConfig,
+    out: Path,
+    *,
+    src: Path | None = None,
+    fmt: str = "auto",
+    endpoint: Endpoint | None = None,
+    seed: int = 42,
+    batch_size: int = 50,
+    fresh: bool = False,
+    request_seeds: bool = False,
+    say: Say = _quiet,
+) -> StageOutcome:
     """Run one stage from ``src`` (a dataset folder or file; none for ``synthesize``) into the folder ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     work = out / WORK_DIR
@@ -150,17 +173,26 @@ def run_stage(name: str, cfg: StageConfig, out: Path, *, src: Path | None = None
         records, carried, input_fp = load_input(src, fmt)
     fp = stage_fingerprint(name, cfg, input_fp, endpoint, [seed, request_seeds])
     previous = _read_stage(out)
-    if not fresh and previous.get("status") == "complete" and previous.get("fingerprint") == fp \
-            and store.is_dataset_folder(out):
+    if (
+        not fresh
+        and previous.get("status") == "complete"
+        and previous.get("fingerprint") == fp
+        and store.is_dataset_folder(out)
+    ):
         say(f"{name}: up to date in {out} (same input, settings and model); --fresh to run it again")
         return StageOutcome(out, previous, reused=True, rejects=read_rejects(out / store.REJECTS_FILE))
     if endpoint is None and entry.uses_llm(cfg):
         raise LLMError(f"the {name} stage needs an LLM endpoint")
     started_at = datetime.now(UTC).isoformat()
     t0 = time.monotonic()
-    ctx = StageContext(work=work, llm=endpoint.config if endpoint else None,
-                       schema_form=endpoint.schema_form if endpoint else "structured_outputs",
-                       batch_size=batch_size, seed=seed, request_seeds=request_seeds)
+    ctx = StageContext(
+        work=work,
+        llm=endpoint.config if endpoint else None,
+        schema_form=endpoint.schema_form if endpoint else "structured_outputs",
+        batch_size=batch_size,
+        seed=seed,
+        request_seeds=request_seeds,
+    )
     say(f"{name}: {len(records) if entry.takes_input else getattr(cfg, 'n', 0)} records in …")
     result = entry.run(records, cfg, ctx)
     rejects = [*carried, *result.rejects]
@@ -173,22 +205,42 @@ def run_stage(name: str, cfg: StageConfig, out: Path, *, src: Path | None = None
     store.write_dataset(out, result.accepted)
     write_rejects(rejects, out / store.REJECTS_FILE)
     summary = {
-        "stage": name, "status": "complete", "fingerprint": fp, "input": result.input,
-        "accepted": len(result.accepted), "rejected": len(result.rejects), "rejects_by_rule": result.counts,
-        "resumed": result.resumed, "seconds": round(time.monotonic() - t0, 2), "usage": result.usage,
-        "details": result.details, "config": cfg.model_dump(mode="json", exclude_none=True),
-        "input_folder": str(src) if src else None, "started_at": started_at,
+        "stage": name,
+        "status": "complete",
+        "fingerprint": fp,
+        "input": result.input,
+        "accepted": len(result.accepted),
+        "rejected": len(result.rejects),
+        "rejects_by_rule": result.counts,
+        "resumed": result.resumed,
+        "seconds": round(time.monotonic() - t0, 2),
+        "usage": result.usage,
+        "details": result.details,
+        "config": cfg.model_dump(mode="json", exclude_none=True),
+        "input_folder": str(src) if src else None,
+        "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(),
         "llm": endpoint.describe() if endpoint and entry.uses_llm(cfg) else None,
     }
-    report = build_report(name=name, stages=[summary], records=result.accepted, rejects=result.rejects,
-                          llm=summary["llm"], started_at=started_at, seconds=summary["seconds"], output=str(out),
-                          config={name: summary["config"]})
+    report = build_report(
+        name=name,
+        stages=[summary],
+        records=result.accepted,
+        rejects=result.rejects,
+        llm=summary["llm"],
+        started_at=started_at,
+        seconds=summary["seconds"],
+        output=str(out),
+        config={name: summary["config"]},
+    )
     write_report(out, report)
     (out / STAGE_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    say(f"{name}: kept {summary['accepted']} of {summary['input']}, rejected {summary['rejected']}"
+    say(
+        f"{name}: kept {summary['accepted']} of {summary['input']}, rejected {summary['rejected']}"
         + (f" ({', '.join(f'{k} {v}' for k, v in result.counts.items())})" if result.counts else "")
-        + (f"; {result.resumed} from checkpoints" if result.resumed else "") + f" — {summary['seconds']} s")
+        + (f"; {result.resumed} from checkpoints" if result.resumed else "")
+        + f" — {summary['seconds']} s"
+    )
     return StageOutcome(out, summary, reused=False, rejects=result.rejects)
 
 
@@ -212,8 +264,15 @@ class RunResult:
     seconds: float
 
 
-def run_pipeline(config: PipelineConfig, out: Path, *, base_url: str | None = None, model: str | None = None,
-                 fresh: bool = False, say: Say = _quiet) -> RunResult:
+def run_pipeline(
+    config: PipelineConfig,
+    out: Path,
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    fresh: bool = False,
+    say: Say = _quiet,
+) -> RunResult:
     """Run every stage of ``config`` into ``out`` (see the module docstring)."""
     started_at = datetime.now(UTC).isoformat()
     t0 = time.monotonic()
@@ -234,9 +293,18 @@ def run_pipeline(config: PipelineConfig, out: Path, *, base_url: str | None = No
         stage_endpoint = endpoint
         if spec.config.llm and spec.uses_llm():
             stage_endpoint = resolve_endpoint(None, None, settings={**(config.llm or {}), **spec.config.llm})
-        outcome = run_stage(spec.name, spec.config, folder, src=src, fmt=fmt, endpoint=stage_endpoint,
-                            seed=config.seed, batch_size=config.batch_size, request_seeds=config.request_seeds,
-                            say=say)
+        outcome = run_stage(
+            spec.name,
+            spec.config,
+            folder,
+            src=src,
+            fmt=fmt,
+            endpoint=stage_endpoint,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            request_seeds=config.request_seeds,
+            say=say,
+        )
         summaries.append({**outcome.summary, "reused": outcome.reused, "folder": str(folder)})
         src, fmt, final = folder, "dataset", folder
     assert final is not None
@@ -253,11 +321,19 @@ def run_pipeline(config: PipelineConfig, out: Path, *, base_url: str | None = No
     write_rejects(all_rejects, out / store.REJECTS_FILE)
     (out / "pipeline.yaml").write_text(yaml.safe_dump(config.dump(), sort_keys=False), encoding="utf-8")
     seconds = time.monotonic() - t0
-    report = build_report(name=config.name, stages=summaries, records=records,
-                          rejects=[r for r in all_rejects if r.stage in {s.name for s in config.stages}],
-                          llm=endpoint.describe() if endpoint else None, started_at=started_at, seconds=seconds,
-                          output=str(out), config=config.dump())
-    report["rejects"]["carried_from_input"] = sum(1 for r in all_rejects if r.stage not in
-                                                  {s.name for s in config.stages})
+    report = build_report(
+        name=config.name,
+        stages=summaries,
+        records=records,
+        rejects=[r for r in all_rejects if r.stage in {s.name for s in config.stages}],
+        llm=endpoint.describe() if endpoint else None,
+        started_at=started_at,
+        seconds=seconds,
+        output=str(out),
+        config=config.dump(),
+    )
+    report["rejects"]["carried_from_input"] = sum(
+        1 for r in all_rejects if r.stage not in {s.name for s in config.stages}
+    )
     write_report(out, report)
     return RunResult(out, len(records), len(all_rejects), summaries, report, seconds)

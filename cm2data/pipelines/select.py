@@ -10,7 +10,6 @@ which other records are present (a resumed or re-batched run selects the same re
 Rejections (stage ``select``): ``hard_sample_selection``, with the probability and the metrics that raised it.
 """
 
-
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,8 +66,9 @@ def decide(record_id: str, stats: Mapping[str, int], ratios: Mapping[str, Mappin
     return Decision(record_id, draw(seed, record_id) < p, p, tuple(terms))
 
 
-def select_hard(records: Sequence[Dialogue], ratios: Mapping[str, Mapping[int, float]], seed: int
-                ) -> tuple[list[Dialogue], list[tuple[Dialogue, Decision]]]:
+def select_hard(
+    records: Sequence[Dialogue], ratios: Mapping[str, Mapping[int, float]], seed: int
+) -> tuple[list[Dialogue], list[tuple[Dialogue, Decision]]]:
     """Split ``records`` into (kept, [(dropped record, its decision)])."""
     kept: list[Dialogue] = []
     dropped: list[tuple[Dialogue, Decision]] = []
@@ -82,8 +82,11 @@ def select_hard(records: Sequence[Dialogue], ratios: Mapping[str, Mapping[int, f
 
 
 def reason(decision: Decision) -> str:
-    return (f"dropped with probability {decision.probability:.3f} (" + ", ".join(decision.terms) + ")"
-            if decision.terms else f"dropped with probability {decision.probability:.3f}")
+    return (
+        f"dropped with probability {decision.probability:.3f} (" + ", ".join(decision.terms) + ")"
+        if decision.terms
+        else f"dropped with probability {decision.probability:.3f}"
+    )
 
 
 class SelectHardSamples(Step):
@@ -113,8 +116,7 @@ class SelectHardSamples(Step):
                 continue
             d = decode_record(row["record"])
             decision = decide(d.id, dialogue_stats(d).as_dict(), self.drop_ratios, self.seed)
-            row = {**row, "meta": merge_meta(row.get("meta", "{}"),
-                                             select={"p_drop": round(decision.probability, 6)})}
+            row = {**row, "meta": merge_meta(row.get("meta", "{}"), select={"p_drop": round(decision.probability, 6)})}
             if decision.drop:
                 row["reject"] = reject_json(self.stage, RULE, reason(decision))
             out.append(row)
@@ -129,13 +131,20 @@ def run_select(records: list[Dialogue], cfg: SelectConfig, ctx: StageContext) ->
 
     def build() -> list[Any]:
         ratios = {k: {str(v): r for v, r in t.items()} for k, t in cfg.drop_ratios.items()}
-        return [SelectHardSamples(name="select_hard_samples", seed=seed, drop_ratios=ratios,
-                                  input_batch_size=ctx.batch_size)]
+        return [
+            SelectHardSamples(
+                name="select_hard_samples", seed=seed, drop_ratios=ratios, input_batch_size=ctx.batch_size
+            )
+        ]
 
     run = run_rows(STAGE, rows, build, ctx.work, batch_size=ctx.batch_size)
     accepted, rejects, usage, resumed = collect(STAGE, run.rows, by_id)
     stamp(accepted, STAGE, (), seed=seed)
     expected = sum(drop_probability(dialogue_stats(d).as_dict(), cfg.drop_ratios)[0] for d in records)
-    details = {"seed": seed, "drop_ratios": {k: {str(v): r for v, r in t.items()} for k, t in cfg.drop_ratios.items()},
-               "expected_drops": round(expected, 2), "pipeline_seconds": round(run.pipeline_seconds, 2)}
+    details = {
+        "seed": seed,
+        "drop_ratios": {k: {str(v): r for v, r in t.items()} for k, t in cfg.drop_ratios.items()},
+        "expected_drops": round(expected, 2),
+        "pipeline_seconds": round(run.pipeline_seconds, 2),
+    }
     return StageResult(STAGE, len(records), accepted, rejects, usage, run.seconds, resumed, details)

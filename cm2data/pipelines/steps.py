@@ -82,7 +82,7 @@ class ReadRows(GeneratorStep):
             rows = [json.loads(line) for line in fh if line.strip()]
         size = self.batch_size or 50
         for start in range(offset, len(rows), size):
-            yield rows[start:start + size], start + size >= len(rows)
+            yield rows[start : start + size], start + size >= len(rows)
 
 
 # ------------------------------------------------------------------------------------------- LLMClient steps
@@ -205,9 +205,13 @@ def openai_llm(settings: dict[str, Any], api_key: str | None = None):  # type: i
     """distilabel's ``OpenAILLM`` for the configured endpoint (SDK retries and timeout from the config)."""
     from distilabel.models.llms import OpenAILLM
 
-    return OpenAILLM(model=settings["model"], base_url=settings["base_url"],
-                     api_key=api_key or "EMPTY", max_retries=settings.get("max_retries", 3),
-                     timeout=int(settings.get("timeout", 120)))
+    return OpenAILLM(
+        model=settings["model"],
+        base_url=settings["base_url"],
+        api_key=api_key or "EMPTY",
+        max_retries=settings.get("max_retries", 3),
+        timeout=int(settings.get("timeout", 120)),
+    )
 
 
 class JSONTask(_Journaled, Task):
@@ -251,8 +255,16 @@ class JSONTask(_Journaled, Task):
         return [*ROW_COLUMNS, *self.extra_columns]
 
     def step_fingerprint(self) -> str:
-        return fingerprint(type(self).__name__, self.settings, self.llm_settings.get("model"), self.prompt_tag,
-                           self.max_new_tokens, self.temperature, self.seed, self.invalid_retries)
+        return fingerprint(
+            type(self).__name__,
+            self.settings,
+            self.llm_settings.get("model"),
+            self.prompt_tag,
+            self.max_new_tokens,
+            self.temperature,
+            self.seed,
+            self.invalid_retries,
+        )
 
     def load(self) -> None:
         super().load()
@@ -287,8 +299,9 @@ class JSONTask(_Journaled, Task):
     def _with_schema_note(self, row: dict[str, Any], messages: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.schema_form != "prompt":
             return messages
-        note = ("Answer with one JSON value only, no other text, that matches this JSON schema:\n"
-                + json.dumps(self.schema_for(row), ensure_ascii=False))
+        note = "Answer with one JSON value only, no other text, that matches this JSON schema:\n" + json.dumps(
+            self.schema_for(row), ensure_ascii=False
+        )
         return [*messages, {"role": "system", "content": note}]
 
     def process(self, inputs: StepInput):  # type: ignore[override]
@@ -320,23 +333,42 @@ class JSONTask(_Journaled, Task):
             if not pending:
                 break
             started = time.monotonic()
-            results = self.llm.event_loop.run_until_complete(asyncio.gather(*(
-                self.llm.agenerate(input=convos[i], num_generations=1, max_new_tokens=self.max_new_tokens,
-                                   temperature=self.temperature, extra_body=self._body(rows[i], attempt))
-                for i in pending), return_exceptions=True))
+            results = self.llm.event_loop.run_until_complete(
+                asyncio.gather(
+                    *(
+                        self.llm.agenerate(
+                            input=convos[i],
+                            num_generations=1,
+                            max_new_tokens=self.max_new_tokens,
+                            temperature=self.temperature,
+                            extra_body=self._body(rows[i], attempt),
+                        )
+                        for i in pending
+                    ),
+                    return_exceptions=True,
+                )
+            )
             seconds = (time.monotonic() - started) / max(1, len(pending))
             retry = []
             for i, result in zip(pending, results, strict=True):
                 row = rows[i]
                 if isinstance(result, BaseException):
                     usage[i].record(stage, failures=1, seconds=seconds)
-                    update = {"reject": reject_json(self.stage, "llm_request_failed",
-                                                    f"{type(result).__name__}: {result}"[:1000])}
+                    update = {
+                        "reject": reject_json(
+                            self.stage, "llm_request_failed", f"{type(result).__name__}: {result}"[:1000]
+                        )
+                    }
                     out[i] = self._finish(row, update, usage[i])
                     continue
                 stats = result.get("statistics") or {}
-                usage[i].record(stage, requests=1, prompt_tokens=_first(stats.get("input_tokens")),
-                                completion_tokens=_first(stats.get("output_tokens")), seconds=seconds)
+                usage[i].record(
+                    stage,
+                    requests=1,
+                    prompt_tokens=_first(stats.get("input_tokens")),
+                    completion_tokens=_first(stats.get("output_tokens")),
+                    seconds=seconds,
+                )
                 text = (result.get("generations") or [None])[0] or ""
                 produced = _first(stats.get("output_tokens"))
                 try:
@@ -355,12 +387,23 @@ class JSONTask(_Journaled, Task):
                     reasons[i].append(reason)
                     usage[i].record(stage, invalid=1)
                     if reason.startswith("answer cut off"):  # not echoed: it would only lengthen the prompt
-                        convos[i] = [*convos[i], {"role": "user", "content": f"Your answer was cut off: {reason}. "
-                                                                             "Answer again, shorter, JSON only."}]
+                        convos[i] = [
+                            *convos[i],
+                            {
+                                "role": "user",
+                                "content": f"Your answer was cut off: {reason}. Answer again, shorter, JSON only.",
+                            },
+                        ]
                     else:
-                        convos[i] = [*convos[i], {"role": "assistant", "content": text},
-                                     {"role": "user", "content": f"That answer is not valid: {reason}\n"
-                                                                 "Answer again with corrected JSON only."}]
+                        convos[i] = [
+                            *convos[i],
+                            {"role": "assistant", "content": text},
+                            {
+                                "role": "user",
+                                "content": f"That answer is not valid: {reason}\n"
+                                "Answer again with corrected JSON only.",
+                            },
+                        ]
                     retry.append(i)
                     continue
                 out[i] = self._finish(row, update, usage[i], attempts=attempt + 1)
@@ -369,8 +412,7 @@ class JSONTask(_Journaled, Task):
             usage[i].record(stage, failures=1)
             last = reasons[i][-1]
             message = f"{len(reasons[i])} answers rejected; " + " | ".join(reasons[i])
-            out[i] = self._finish(rows[i], {"reject": reject_json(self.stage, rule_of(last), message[:2000])},
-                                  usage[i])
+            out[i] = self._finish(rows[i], {"reject": reject_json(self.stage, rule_of(last), message[:2000])}, usage[i])
         yield out
 
     def _finish(self, row: dict[str, Any], update: dict[str, Any], usage: Usage, attempts: int = 0) -> dict[str, Any]:

@@ -20,7 +20,6 @@ empty reply (``empty_reply``), no reply within ``max_assistant_steps`` (``max_as
 (``llm_request_failed``).
 """
 
-
 import hashlib
 import json
 import random
@@ -83,9 +82,16 @@ def load_catalog(path: str | Path | None = None) -> dict[str, list[Tool]]:
     return out
 
 
-def sample_specs(catalog: dict[str, list[Tool]], n: int, seed: int, *, turns: tuple[int, int] = (1, 2),
-                 tools: tuple[int, int] = (2, 3), distractors: int = 1, domains: list[str] | None = None
-                 ) -> list[dict[str, Any]]:
+def sample_specs(
+    catalog: dict[str, list[Tool]],
+    n: int,
+    seed: int,
+    *,
+    turns: tuple[int, int] = (1, 2),
+    tools: tuple[int, int] = (2, 3),
+    distractors: int = 1,
+    domains: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """The tool subset, distractors and turn count of each dialogue to synthesize (pure and seeded: the same
     arguments give the same specs). A spec's ``tools`` are OpenAI schemas, the domain's tools first then the
     distractors, in a seeded order."""
@@ -106,9 +112,17 @@ def sample_specs(catalog: dict[str, list[Tool]], n: int, seed: int, *, turns: tu
         subset = chosen + extra
         rng.shuffle(subset)
         digest = hashlib.sha256(json.dumps([domain, [t.name for t in subset]]).encode()).hexdigest()[:6]
-        specs.append({"id": f"syn-{seed}-{i:05d}-{digest}", "index": i, "seed": seed, "domain": domain,
-                      "tools": [t.to_openai() for t in subset], "distractors": [t.name for t in extra],
-                      "num_turns": rng.randint(*turns)})
+        specs.append(
+            {
+                "id": f"syn-{seed}-{i:05d}-{digest}",
+                "index": i,
+                "seed": seed,
+                "domain": domain,
+                "tools": [t.to_openai() for t in subset],
+                "distractors": [t.name for t in extra],
+                "num_turns": rng.randint(*turns),
+            }
+        )
     return specs
 
 
@@ -128,6 +142,7 @@ class Scenario(BaseModel):
 
 def scenario_schema(num_turns: int) -> dict[str, Any]:
     """Bounded lengths: a small model otherwise repeats itself up to ``max_tokens``."""
+
     def text(n: int) -> dict[str, Any]:
         return {"type": "string", "minLength": 1, "maxLength": n}
 
@@ -136,9 +151,17 @@ def scenario_schema(num_turns: int) -> dict[str, Any]:
         "properties": {
             "persona": text(160),
             "goal": text(200),
-            "turns": {"type": "array", "minItems": num_turns, "maxItems": num_turns,
-                      "items": {"type": "object", "properties": {"request": text(240)}, "required": ["request"],
-                                "additionalProperties": False}},
+            "turns": {
+                "type": "array",
+                "minItems": num_turns,
+                "maxItems": num_turns,
+                "items": {
+                    "type": "object",
+                    "properties": {"request": text(240)},
+                    "required": ["request"],
+                    "additionalProperties": False,
+                },
+            },
             "facts": {"type": "array", "maxItems": 5, "items": text(80)},
         },
         "required": ["persona", "goal", "turns", "facts"],
@@ -157,8 +180,9 @@ class WriteScenario(JSONTask):
     def build_messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
         spec = json.loads(row["spec"])
         tools = [Tool.from_openai(t) for t in spec["tools"]]
-        return load_prompt("scenario").messages(domain=spec["domain"], tools=tools_brief(tools),
-                                                num_turns=spec["num_turns"])
+        return load_prompt("scenario").messages(
+            domain=spec["domain"], tools=tools_brief(tools), num_turns=spec["num_turns"]
+        )
 
     def schema_for(self, row: dict[str, Any]) -> dict[str, Any]:
         return scenario_schema(json.loads(row["spec"])["num_turns"])
@@ -175,8 +199,12 @@ class WriteScenario(JSONTask):
 
 # ------------------------------------------------------------------------------------------------ simulation
 
-USER_SCHEMA = {"type": "object", "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 300}},
-               "required": ["message"], "additionalProperties": False}
+USER_SCHEMA = {
+    "type": "object",
+    "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 300}},
+    "required": ["message"],
+    "additionalProperties": False,
+}
 
 _HERMES = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 #: Markup that must not appear in a reply (the rule filter ``no_tool_response_in_assistant_message`` would drop it).
@@ -199,9 +227,12 @@ def bounded_parameters(schema: Any, max_chars: int = ARGUMENT_MAX_CHARS, max_ite
         return [bounded_parameters(s, max_chars, max_items) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: bounded_parameters(v, max_chars, max_items) if k in ("items", "anyOf", "oneOf",
-                                                                     "additionalProperties") else v
-           for k, v in schema.items()}
+    out = {
+        k: bounded_parameters(v, max_chars, max_items)
+        if k in ("items", "anyOf", "oneOf", "additionalProperties")
+        else v
+        for k, v in schema.items()
+    }
     if isinstance(schema.get("properties"), dict):
         out["properties"] = {k: bounded_parameters(v, max_chars, max_items) for k, v in schema["properties"].items()}
     types = schema.get("type")
@@ -226,8 +257,11 @@ def parse_assistant(text: str, tool_calls: list[dict[str, Any]], call_prefix: st
     calls: list[ToolCall] = []
     for k, tc in enumerate(tool_calls):
         fn = tc.get("function") or {}
-        calls.append(ToolCall(id=tc.get("id") or f"{call_prefix}{k}", name=fn.get("name") or "",
-                              arguments=fn.get("arguments") or "{}"))
+        calls.append(
+            ToolCall(
+                id=tc.get("id") or f"{call_prefix}{k}", name=fn.get("name") or "", arguments=fn.get("arguments") or "{}"
+            )
+        )
     body = text or ""
     if not calls and "<tool_call>" in body:
         for k, match in enumerate(_HERMES.finditer(body)):
@@ -241,8 +275,9 @@ def parse_assistant(text: str, tool_calls: list[dict[str, Any]], call_prefix: st
                 if not isinstance(name, str) or not isinstance(args, dict):
                     raise TypeError("name must be a string and arguments an object")
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise RecordError("unparseable_tool_call", f"<tool_call> block is not a call ({exc}): "
-                                                           f"{clip(chunk, 200)!r}") from None
+                raise RecordError(
+                    "unparseable_tool_call", f"<tool_call> block is not a call ({exc}): {clip(chunk, 200)!r}"
+                ) from None
             calls.append(ToolCall(id=f"{call_prefix}{k}", name=name, arguments=json.dumps(args, ensure_ascii=False)))
         body = _HERMES.sub("", body)
     thinking, visible = split_thinking(body.strip())
@@ -286,10 +321,15 @@ class SimulateDialogue(RecordStep):
 
     def setup(self) -> None:
         s = self.settings
-        self._simulator = ToolSimulator(self._client, MockCache(Path(self.work_dir) / "simulator.sqlite"),
-                                        stage=f"{STAGE}.tool_mock", max_tokens=s.get("mock_max_tokens", 400),
-                                        temperature=0.0, seed=0 if s.get("request_seeds") else None,
-                                        schema=BOUNDED_MOCK_SCHEMA if s.get("mock_schema") == "bounded" else None)
+        self._simulator = ToolSimulator(
+            self._client,
+            MockCache(Path(self.work_dir) / "simulator.sqlite"),
+            stage=f"{STAGE}.tool_mock",
+            max_tokens=s.get("mock_max_tokens", 400),
+            temperature=0.0,
+            seed=0 if s.get("request_seeds") else None,
+            schema=BOUNDED_MOCK_SCHEMA if s.get("mock_schema") == "bounded" else None,
+        )
 
     async def handle(self, row: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -301,15 +341,25 @@ class SimulateDialogue(RecordStep):
     async def _user_message(self, scenario: Scenario, t: int, messages: list[Message], seed: int) -> tuple[str, bool]:
         s = self.settings
         prompt = load_prompt("user_simulator")
-        convo = prompt.messages(persona=scenario.persona, goal=scenario.goal,
-                                facts="; ".join(scenario.facts) or "(none)", history=history_text(messages),
-                                request=scenario.turns[t].request)
+        convo = prompt.messages(
+            persona=scenario.persona,
+            goal=scenario.goal,
+            facts="; ".join(scenario.facts) or "(none)",
+            history=history_text(messages),
+            request=scenario.turns[t].request,
+        )
         try:
-            result = await self._client.chat(convo, stage=f"{STAGE}.user", schema=USER_SCHEMA, feedback=True,
-                                             invalid_retries=s.get("invalid_retries", 1),
-                                             max_tokens=s.get("max_tokens", 320),
-                                             temperature=s.get("temperature", 0.7), validate=_user_text,
-                                             **_seed(s, seed))
+            result = await self._client.chat(
+                convo,
+                stage=f"{STAGE}.user",
+                schema=USER_SCHEMA,
+                feedback=True,
+                invalid_retries=s.get("invalid_retries", 1),
+                max_tokens=s.get("max_tokens", 320),
+                temperature=s.get("temperature", 0.7),
+                validate=_user_text,
+                **_seed(s, seed),
+            )
             return result.parsed, False
         except LLMError:
             # the scenario's own request is what the user wants in this turn: use it, and say so in the notes
@@ -325,8 +375,9 @@ class SimulateDialogue(RecordStep):
                 fn["function"]["strict"] = True
                 fn["function"]["parameters"] = bounded_parameters(fn["function"]["parameters"])
             tool_defs.append(fn)
-        system = load_prompt("assistant").messages(domain=spec["domain"].replace("_", " "),
-                                                   today=s.get("today", "2026-03-02"))[0]["content"]
+        system = load_prompt("assistant").messages(
+            domain=spec["domain"].replace("_", " "), today=s.get("today", "2026-03-02")
+        )[0]["content"]
         messages: list[Message] = [Message(role="system", content=system)]
         sources: dict[str, int] = {}
         fallbacks = 0
@@ -349,11 +400,15 @@ class SimulateDialogue(RecordStep):
                 else:
                     choice = "auto"
                 try:
-                    result = await self._client.chat(_openai_messages(messages), stage=f"{STAGE}.assistant",
-                                                     tools=tool_defs, tool_choice=choice,
-                                                     max_tokens=s.get("max_tokens", 320),
-                                                     temperature=s.get("temperature", 0.7),
-                                                     **_seed(s, base_seed + 17 * t + step + 101 * resampled))
+                    result = await self._client.chat(
+                        _openai_messages(messages),
+                        stage=f"{STAGE}.assistant",
+                        tools=tool_defs,
+                        tool_choice=choice,
+                        max_tokens=s.get("max_tokens", 320),
+                        temperature=s.get("temperature", 0.7),
+                        **_seed(s, base_seed + 17 * t + step + 101 * resampled),
+                    )
                 except LLMError as exc:
                     raise _Reject("llm_request_failed", str(exc)[:1000], where) from None
                 try:
@@ -363,18 +418,23 @@ class SimulateDialogue(RecordStep):
                 if action.calls:
                     if choice == "none":
                         raise _Reject("max_assistant_steps", f"still calling tools after {max_steps} steps", where)
-                    messages.append(Message(role="assistant", content=action.content, thinking=action.thinking,
-                                            tool_calls=action.calls))
+                    messages.append(
+                        Message(
+                            role="assistant", content=action.content, thinking=action.thinking, tool_calls=action.calls
+                        )
+                    )
                     recorded = _recorded(messages)
                     for call in action.calls:
                         res = await self._simulator.call(spec["id"], tools, call.name, call.arguments, recorded)
                         sources[res.source] = sources.get(res.source, 0) + 1
                         if not res.ok:
                             err = res.error or {}
-                            raise _Reject(str(err.get("code", "simulation_failed")).lower(),
-                                          f"{err.get('message')}: {json.dumps(err.get('details'))[:500]}", where)
-                        messages.append(Message(role="tool", content=res.content, tool_call_id=call.id,
-                                                name=call.name))
+                            raise _Reject(
+                                str(err.get("code", "simulation_failed")).lower(),
+                                f"{err.get('message')}: {json.dumps(err.get('details'))[:500]}",
+                                where,
+                            )
+                        messages.append(Message(role="tool", content=res.content, tool_call_id=call.id, name=call.name))
                     step += 1
                     continue
                 problem = _reply_problem(action.content)
@@ -387,11 +447,20 @@ class SimulateDialogue(RecordStep):
                 break
         model = self._client.model
         record = Dialogue(
-            id=spec["id"], source=STAGE, tools=tools, messages=messages,
-            metadata={"domain": spec["domain"], "scenario": json.loads(scenario.model_dump_json()),
-                      "distractor_tools": spec["distractors"], "seed": spec["seed"], "index": spec["index"]},
-            provenance=Provenance(source=STAGE, source_id=spec["id"], generator_model=model,
-                                  created_at=datetime.now(UTC).isoformat()),
+            id=spec["id"],
+            source=STAGE,
+            tools=tools,
+            messages=messages,
+            metadata={
+                "domain": spec["domain"],
+                "scenario": json.loads(scenario.model_dump_json()),
+                "distractor_tools": spec["distractors"],
+                "seed": spec["seed"],
+                "index": spec["index"],
+            },
+            provenance=Provenance(
+                source=STAGE, source_id=spec["id"], generator_model=model, created_at=datetime.now(UTC).isoformat()
+            ),
         )
         return record, {"tool_results": sources, "user_fallbacks": fallbacks}
 
@@ -446,26 +515,53 @@ def run_synthesize(records: list[Dialogue], cfg: SynthesizeConfig, ctx: StageCon
     its catalog)."""
     seed = ctx.seed if cfg.seed is None else cfg.seed
     catalog = load_catalog(cfg.catalog)
-    specs = sample_specs(catalog, cfg.n, seed, turns=cfg.turns, tools=cfg.tools, distractors=cfg.distractors,
-                         domains=cfg.domains)
-    rows = [{"id": s["id"], "spec": json.dumps(s, ensure_ascii=False), "scenario": "", "record": "", "reject": "",
-             "usage": "{}", "meta": "{}"} for s in specs]
+    specs = sample_specs(
+        catalog, cfg.n, seed, turns=cfg.turns, tools=cfg.tools, distractors=cfg.distractors, domains=cfg.domains
+    )
+    rows = [
+        {
+            "id": s["id"],
+            "spec": json.dumps(s, ensure_ascii=False),
+            "scenario": "",
+            "record": "",
+            "reject": "",
+            "usage": "{}",
+            "meta": "{}",
+        }
+        for s in specs
+    ]
     settings = {**cfg.model_dump(mode="json", exclude={"llm"}), "request_seeds": ctx.request_seeds}
     scenario_tag = load_prompt("scenario").tag
 
     def build() -> list[Any]:
         return [
-            WriteScenario(name="write_scenario", stage=STAGE, usage_stage=f"{STAGE}.scenario",
-                          work_dir=str(ctx.work), llm=openai_llm(ctx.llm_settings, ctx.api_key),
-                          llm_settings=ctx.llm_settings,
-                          schema_form=ctx.schema_form, max_new_tokens=cfg.scenario_max_tokens,
-                          temperature=cfg.temperature, seed=seed, send_seed=ctx.request_seeds,
-                          invalid_retries=cfg.invalid_retries,
-                          settings={"turns": list(cfg.turns)}, extra_columns=["spec", "scenario"],
-                          prompt_tag=scenario_tag, input_batch_size=ctx.batch_size),
-            SimulateDialogue(name="simulate_dialogue", stage=STAGE, work_dir=str(ctx.work),
-                             llm_settings=ctx.llm_settings, settings=settings, extra_columns=["spec", "scenario"],
-                             input_batch_size=ctx.batch_size),
+            WriteScenario(
+                name="write_scenario",
+                stage=STAGE,
+                usage_stage=f"{STAGE}.scenario",
+                work_dir=str(ctx.work),
+                llm=openai_llm(ctx.llm_settings, ctx.api_key),
+                llm_settings=ctx.llm_settings,
+                schema_form=ctx.schema_form,
+                max_new_tokens=cfg.scenario_max_tokens,
+                temperature=cfg.temperature,
+                seed=seed,
+                send_seed=ctx.request_seeds,
+                invalid_retries=cfg.invalid_retries,
+                settings={"turns": list(cfg.turns)},
+                extra_columns=["spec", "scenario"],
+                prompt_tag=scenario_tag,
+                input_batch_size=ctx.batch_size,
+            ),
+            SimulateDialogue(
+                name="simulate_dialogue",
+                stage=STAGE,
+                work_dir=str(ctx.work),
+                llm_settings=ctx.llm_settings,
+                settings=settings,
+                extra_columns=["spec", "scenario"],
+                input_batch_size=ctx.batch_size,
+            ),
         ]
 
     run = run_rows(STAGE, rows, build, ctx.work, batch_size=ctx.batch_size, api_key=ctx.api_key)
@@ -479,6 +575,11 @@ def run_synthesize(records: list[Dialogue], cfg: SynthesizeConfig, ctx: StageCon
         for k, v in (meta.get("tool_results") or {}).items():
             sources[k] = sources.get(k, 0) + v
         fallbacks += int(meta.get("user_fallbacks") or 0)
-    details = {"seed": seed, "domains": sorted({s["domain"] for s in specs}), "tool_results": sources,
-               "user_fallbacks": fallbacks, "pipeline_seconds": round(run.pipeline_seconds, 2)}
+    details = {
+        "seed": seed,
+        "domains": sorted({s["domain"] for s in specs}),
+        "tool_results": sources,
+        "user_fallbacks": fallbacks,
+        "pipeline_seconds": round(run.pipeline_seconds, 2),
+    }
     return StageResult(STAGE, len(specs), accepted, rejects, usage, run.seconds, resumed, details)

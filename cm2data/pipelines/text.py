@@ -15,8 +15,10 @@ def clip(text: str, limit: int) -> str:
 
 def tools_text(tools: Sequence[Tool]) -> str:
     """One compact JSON function schema per line."""
-    return "\n".join(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters},
-                                ensure_ascii=False) for t in tools)
+    return "\n".join(
+        json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}, ensure_ascii=False)
+        for t in tools
+    )
 
 
 def tools_brief(tools: Sequence[Tool]) -> str:
@@ -63,8 +65,9 @@ def dialogue_text(d: Dialogue, *, numbered: bool = True, max_chars: int = 800, t
 
 def history_text(messages: Sequence[Message], *, last: int = 8, max_chars: int = 400) -> str:
     """What a user sees of the conversation: user messages and assistant replies (no tool traffic)."""
-    shown = [m for m in messages if m.role == "user" or (m.role == "assistant" and m.content.strip()
-                                                          and not m.tool_calls)]
+    shown = [
+        m for m in messages if m.role == "user" or (m.role == "assistant" and m.content.strip() and not m.tool_calls)
+    ]
     if not shown:
         return "(the conversation has not started)"
     return "\n".join(f"{m.role}: {clip(m.content, max_chars)}" for m in shown[-last:])

@@ -81,10 +81,16 @@ def load_prompt(name: str) -> Prompt:
     data = yaml.safe_load(text)
     if data.get("name") != name or not isinstance(data.get("version"), int):
         raise ValueError(f"prompt file {name}.yaml must declare name: {name} and an integer version")
-    return Prompt(name=name, version=data["version"], description=data.get("description", ""),
-                  system=data.get("system", ""), user=data.get("user", ""), example=data.get("example"),
-                  retired_examples=tuple(data.get("retired_examples") or ()),
-                  extras={k: v for k, v in data.items() if k not in _FIELDS})
+    return Prompt(
+        name=name,
+        version=data["version"],
+        description=data.get("description", ""),
+        system=data.get("system", ""),
+        user=data.get("user", ""),
+        example=data.get("example"),
+        retired_examples=tuple(data.get("retired_examples") or ()),
+        extras={k: v for k, v in data.items() if k not in _FIELDS},
+    )
 
 
 def merge_prompt_versions(current: str | None, *tags: str) -> str:

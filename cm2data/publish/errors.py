@@ -23,8 +23,10 @@ class GateFailed(PublishError):
         self.failing = failing
         n_bad = len(result.rejected_ids) + len(read_rejects_)
         rules = ", ".join(f"{rule} ({n})" for rule, n in sorted(failing.items(), key=lambda kv: -kv[1]))
-        super().__init__(f"validation failed: {n_bad} of {result.checked + len(read_rejects_)} records break a rule "
-                         f"— {rules}; nothing was uploaded")
+        super().__init__(
+            f"validation failed: {n_bad} of {result.checked + len(read_rejects_)} records break a rule "
+            f"— {rules}; nothing was uploaded"
+        )
 
     @property
     def rejects(self) -> list[Reject]:

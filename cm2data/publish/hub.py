@@ -67,8 +67,10 @@ def resolve_token(token: str | None = None) -> str:
 
     found = token or get_token()
     if not found:
-        raise PublishError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login` "
-                           "(a token with write access is needed to publish)")
+        raise PublishError(
+            "no Hugging Face token: set HF_TOKEN or log in with `hf auth login` "
+            "(a token with write access is needed to publish)"
+        )
     return found
 
 
@@ -91,8 +93,12 @@ def check_tag(tag: str) -> None:
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+    for module, name in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    ):
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
@@ -101,8 +107,9 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def hub_errors(action: str, repo_id: str, *, user: dict[str, Any] | None = None,
-               committed: bool = False, state: str | None = None) -> Iterator[None]:
+def hub_errors(
+    action: str, repo_id: str, *, user: dict[str, Any] | None = None, committed: bool = False, state: str | None = None
+) -> Iterator[None]:
     """Turn the client's exceptions into :class:`PublishError` messages that say what happened and what to do.
 
     The client wraps some errors (an LFS upload failing inside its thread pool becomes a ``RuntimeError``): the
@@ -120,8 +127,9 @@ def hub_errors(action: str, repo_id: str, *, user: dict[str, Any] | None = None,
         raise translated from None
 
 
-def _translate(exc: BaseException, action: str, repo_id: str, user: dict[str, Any] | None,
-               state: str) -> PublishError | None:
+def _translate(
+    exc: BaseException, action: str, repo_id: str, user: dict[str, Any] | None, state: str
+) -> PublishError | None:
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalTokenNotFoundError,
@@ -146,27 +154,36 @@ def _translate(exc: BaseException, action: str, repo_id: str, user: dict[str, An
         return PublishError(f"{action}: HF_HUB_OFFLINE is set; unset it to talk to the Hub; {state}")
     if isinstance(cause, RepositoryNotFoundError):
         status = cause.response.status_code if cause.response is not None else None
-        return PublishError(f"{action}: repository {repo_id} not found or not accessible"
-                            f"{f' (HTTP {status})' if status else ''}{_namespace_hint(repo_id, user)}{where}; "
-                            f"{state}")
+        return PublishError(
+            f"{action}: repository {repo_id} not found or not accessible"
+            f"{f' (HTTP {status})' if status else ''}{_namespace_hint(repo_id, user)}{where}; "
+            f"{state}"
+        )
     if isinstance(cause, RevisionNotFoundError):
         return PublishError(f"{action}: revision not found in {repo_id}{where}; {state}")
     if isinstance(cause, HfHubHTTPError):
         status = cause.response.status_code if cause.response is not None else None
         server = _server_message(cause)
         if status == 401:
-            return PublishError(f"{action}: the Hub rejected the token (401 Unauthorized{server}){where}; check "
-                                f"HF_TOKEN or log in again with `hf auth login`; {state}")
+            return PublishError(
+                f"{action}: the Hub rejected the token (401 Unauthorized{server}){where}; check "
+                f"HF_TOKEN or log in again with `hf auth login`; {state}"
+            )
         if status == 403:
-            return PublishError(f"{action}: permission denied for {repo_id} (403 Forbidden{server})"
-                                f"{_namespace_hint(repo_id, user)}{where}; the token needs write access to the "
-                                f"namespace {repo_id.split('/')[0]!r}; {state}")
+            return PublishError(
+                f"{action}: permission denied for {repo_id} (403 Forbidden{server})"
+                f"{_namespace_hint(repo_id, user)}{where}; the token needs write access to the "
+                f"namespace {repo_id.split('/')[0]!r}; {state}"
+            )
         if status == 412:
-            return PublishError(f"{action}: {repo_id} changed on the Hub while publishing (412){where}; {state}. "
-                                "Run the command again.")
+            return PublishError(
+                f"{action}: {repo_id} changed on the Hub while publishing (412){where}; {state}. Run the command again."
+            )
         return PublishError(f"{action}: the Hub answered HTTP {status}{server}{where}; {state}")
-    return PublishError(f"{action}: network failure talking to {endpoint()} ({type(cause).__name__}: "
-                        f"{_first_line(cause)}){where}; {state}")
+    return PublishError(
+        f"{action}: network failure talking to {endpoint()} ({type(cause).__name__}: "
+        f"{_first_line(cause)}){where}; {state}"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -235,15 +252,33 @@ def publish(
     token = resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="cm2data-publish-") as tmp:
         say("validating and building the repository tree")
-        tree = build_tree(src, Path(tmp) / "tree", repo_id=repo_id, with_=with_, license=license,
-                          pretty_name=pretty_name, thinking=thinking)
-        say(f"{tree.records} dialogues, {tree.items} checklist items, {len(tree.files)} files "
-            f"({tree.total_bytes() / 2**20:.1f} MiB); contacting {endpoint()}")
+        tree = build_tree(
+            src,
+            Path(tmp) / "tree",
+            repo_id=repo_id,
+            with_=with_,
+            license=license,
+            pretty_name=pretty_name,
+            thinking=thinking,
+        )
+        say(
+            f"{tree.records} dialogues, {tree.items} checklist items, {len(tree.files)} files "
+            f"({tree.total_bytes() / 2**20:.1f} MiB); contacting {endpoint()}"
+        )
         return _upload(tree, repo_id, private=private, tag=tag, message=message, keep=keep, token=token, say=say)
 
 
-def _upload(tree: Tree, repo_id: str, *, private: bool, tag: str | None, message: str | None,
-            keep: Sequence[str], token: str, say: Callable[[str], None]) -> PublishResult:
+def _upload(
+    tree: Tree,
+    repo_id: str,
+    *,
+    private: bool,
+    tag: str | None,
+    message: str | None,
+    keep: Sequence[str],
+    token: str,
+    say: Callable[[str], None],
+) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub import constants as hub_constants
 
@@ -254,8 +289,10 @@ def _upload(tree: Tree, repo_id: str, *, private: bool, tag: str | None, message
         user = api.whoami(token=token)
     role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
-        raise PublishError(f"the token of {user.get('name')!r} is read-only; publishing needs a token with write "
-                           "access (nothing was uploaded)")
+        raise PublishError(
+            f"the token of {user.get('name')!r} is read-only; publishing needs a token with write "
+            "access (nothing was uploaded)"
+        )
     with hub_errors("creating the repository", repo_id, user=user):
         repo_url = api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
     with hub_errors("reading the repository", repo_id, user=user):
@@ -270,18 +307,24 @@ def _upload(tree: Tree, repo_id: str, *, private: bool, tag: str | None, message
     for path, local in tree.files.items():
         sha256, sha1 = _hashes(local)
         sib = remote.get(path)
-        same = sib is not None and ((sib.lfs is not None and sib.lfs.sha256 == sha256)
-                                    or (sib.lfs is None and sib.blob_id == sha1))
+        same = sib is not None and (
+            (sib.lfs is not None and sib.lfs.sha256 == sha256) or (sib.lfs is None and sib.blob_id == sha1)
+        )
         (unchanged if same else added).append(path)
-    deleted = sorted(p for p in remote if p not in tree.files and p not in ALWAYS_KEEP
-                     and not any(fnmatch.fnmatch(p, pat) for pat in keep))
+    deleted = sorted(
+        p
+        for p in remote
+        if p not in tree.files and p not in ALWAYS_KEEP and not any(fnmatch.fnmatch(p, pat) for pat in keep)
+    )
 
     existing_tag = None
     if tag and refs is not None:
         existing_tag = next((r for r in refs.tags if r.name == tag), None)
         if existing_tag is not None and (added or deleted or existing_tag.target_commit != head):
-            raise PublishError(f"tag {tag!r} already exists on {repo_id} (at {existing_tag.target_commit[:12]}); "
-                               "choose a new tag (nothing was uploaded)")
+            raise PublishError(
+                f"tag {tag!r} already exists on {repo_id} (at {existing_tag.target_commit[:12]}); "
+                "choose a new tag (nothing was uploaded)"
+            )
 
     commit = None
     n_bytes = 0
@@ -290,12 +333,22 @@ def _upload(tree: Tree, repo_id: str, *, private: bool, tag: str | None, message
         ops += [CommitOperationDelete(path_in_repo=p) for p in deleted]
         n_bytes = sum(tree.files[p].stat().st_size for p in added)
         summary = message or f"Publish {tree.records} dialogues with cm2data {__version__}"
-        description = (f"{tree.records} dialogues, {tree.items} checklist items; configs: "
-                       + ", ".join(tree.configs) + f". {len(added)} files added or changed, {len(deleted)} deleted.")
+        description = (
+            f"{tree.records} dialogues, {tree.items} checklist items; configs: "
+            + ", ".join(tree.configs)
+            + f". {len(added)} files added or changed, {len(deleted)} deleted."
+        )
         say(f"uploading {len(added)} files ({n_bytes / 2**20:.1f} MiB), deleting {len(deleted)}, in one commit")
         with hub_errors("committing", repo_id, user=user):
-            info_commit = api.create_commit(repo_id, ops, commit_message=summary, commit_description=description,
-                                            repo_type=REPO_TYPE, revision=BRANCH, parent_commit=head)
+            info_commit = api.create_commit(
+                repo_id,
+                ops,
+                commit_message=summary,
+                commit_description=description,
+                repo_type=REPO_TYPE,
+                revision=BRANCH,
+                parent_commit=head,
+            )
         commit = info_commit.oid
         head = commit
     else:
@@ -304,5 +357,6 @@ def _upload(tree: Tree, repo_id: str, *, private: bool, tag: str | None, message
     if tag and existing_tag is None:
         with hub_errors(f"tagging {tag}", repo_id, user=user, committed=commit is not None):
             api.create_tag(repo_id, tag=tag, tag_message=message, revision=head, repo_type=REPO_TYPE)
-    return PublishResult(repo_id, str(repo_url), commit, head, added, deleted, unchanged, tag, n_bytes,
-                         tree.records, tree.items)
+    return PublishResult(
+        repo_id, str(repo_url), commit, head, added, deleted, unchanged, tag, n_bytes, tree.records, tree.items
+    )

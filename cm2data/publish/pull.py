@@ -21,8 +21,14 @@ class PullResult:
     splits: dict[str, int]
 
 
-def pull(repo_id: str, out: Path, *, revision: str | None = None, token: str | None = None,
-         on_step: Callable[[str], None] | None = None) -> PullResult:
+def pull(
+    repo_id: str,
+    out: Path,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> PullResult:
     """Download the ``dialogues`` config of a published dataset into a canonical dataset folder ``out``.
 
     Every downloaded row is parsed back into a record (an unreadable row stops the pull); the folder is written
@@ -47,8 +53,15 @@ def pull(repo_id: str, out: Path, *, revision: str | None = None, token: str | N
     with tempfile.TemporaryDirectory(prefix=".cm2data-pull-", dir=out.parent) as tmp:
         snap = Path(tmp) / "snapshot"
         with hub_errors("downloading", repo_id, state=nothing):
-            snapshot_download(repo_id, repo_type=REPO_TYPE, revision=sha, local_dir=snap, token=token,
-                              endpoint=endpoint(), allow_patterns=["README.md", f"data/{store.DIALOGUES}/*.parquet"])
+            snapshot_download(
+                repo_id,
+                repo_type=REPO_TYPE,
+                revision=sha,
+                local_dir=snap,
+                token=token,
+                endpoint=endpoint(),
+                allow_patterns=["README.md", f"data/{store.DIALOGUES}/*.parquet"],
+            )
         if not store.split_files(snap):
             raise PublishError(f"{repo_id}@{sha[:12]} is not a cm2data dataset: no data/{store.DIALOGUES}/*.parquet")
         staged = Path(tmp) / "dataset"
@@ -57,15 +70,19 @@ def pull(repo_id: str, out: Path, *, revision: str | None = None, token: str | N
             records, rejects = load(snap, "dataset", split=split)
             if rejects:
                 r = rejects[0]
-                raise PublishError(f"{repo_id}@{sha[:12]}: {len(rejects)} rows of split {split} do not read as "
-                                   f"records (first: {r.rule} {r.where()}: {r.message})")
+                raise PublishError(
+                    f"{repo_id}@{sha[:12]}: {len(rejects)} rows of split {split} do not read as "
+                    f"records (first: {r.rule} {r.where()}: {r.message})"
+                )
             store.write_dataset(staged, records, split=split)
             splits[split] = len(records)
         header = {k: v for k, v in store.read_card_header(snap).items() if k not in ("configs", "dataset_info")}
-        body = (f"# {repo_id}\n\nA checklist-reward dataset for multi-turn tool-using agents, pulled from the Hub "
-                f"dataset `{repo_id}` at commit `{sha}` by cm2data {__version__}: the `dialogues` config, "
-                f"{sum(splits.values())} records ({', '.join(f'{s}: {n}' for s, n in splits.items())}).\n\n"
-                "Load it with `datasets.load_dataset(\"<this folder>\", \"dialogues\")`.\n")
+        body = (
+            f"# {repo_id}\n\nA checklist-reward dataset for multi-turn tool-using agents, pulled from the Hub "
+            f"dataset `{repo_id}` at commit `{sha}` by cm2data {__version__}: the `dialogues` config, "
+            f"{sum(splits.values())} records ({', '.join(f'{s}: {n}' for s, n in splits.items())}).\n\n"
+            'Load it with `datasets.load_dataset("<this folder>", "dialogues")`.\n'
+        )
         store.write_card(staged, body=body, extra_header=header)
         if out.exists():
             out.rmdir()

@@ -63,7 +63,8 @@ def resolve_exporters(names: Sequence[str]) -> list[tuple[Exporter, TableBuilder
             raise PublishError(
                 f"--with {name}: the {exporter.label} is not available yet — its exporter"
                 f"{' (`' + exporter.command + '`)' if exporter.command else ''} is not installed in this "
-                f"cm2data{where}; publish without --with {name}, or once the exporter exists")
+                f"cm2data{where}; publish without --with {name}, or once the exporter exists"
+            )
         out.append((exporter, build))
     return out
 
@@ -149,23 +150,40 @@ def _read_chunks(paths: Sequence[Path], size: int) -> Iterator[tuple[list[Dialog
                     try:
                         records.append(store.from_row(row))
                     except (ValidationError, ValueError, KeyError, TypeError) as exc:
-                        rejects.append(Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0],
-                                              f"{path.name}#{offset + i}"))
+                        rejects.append(
+                            Reject(
+                                row.get("id"),
+                                "read",
+                                "record_schema",
+                                str(exc).splitlines()[0],
+                                f"{path.name}#{offset + i}",
+                            )
+                        )
                     pending += 1
                     if pending == size:
                         yield records, rejects
                         records, rejects, pending = [], [], 0
                 offset += batch.num_rows
         except Exception as exc:  # pyarrow raises several types for damaged files
-            rejects.append(Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}",
-                                  f"{path.name}#{offset}"))
+            rejects.append(
+                Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")
+            )
     if pending or rejects:
         yield records, rejects
 
 
-def build_tree(src: Path, out: Path, *, repo_id: str | None = None, with_: Sequence[str] = (),
-               license: str | None = None, pretty_name: str | None = None, thinking: str = "auto",
-               rows_per_file: int = 50_000, chunk: int = 5_000) -> Tree:
+def build_tree(
+    src: Path,
+    out: Path,
+    *,
+    repo_id: str | None = None,
+    with_: Sequence[str] = (),
+    license: str | None = None,
+    pretty_name: str | None = None,
+    thinking: str = "auto",
+    rows_per_file: int = 50_000,
+    chunk: int = 5_000,
+) -> Tree:
     """Validate ``src`` and write into ``out`` (absent or empty) exactly the tree that :func:`publish` uploads.
 
     The folder is streamed ``chunk`` records at a time: each chunk is read, gated and turned into Arrow rows of
@@ -198,8 +216,14 @@ def build_tree(src: Path, out: Path, *, repo_id: str | None = None, with_: Seque
                 fresh = []
                 for d in records:
                     if d.id in seen:
-                        rejects.append(Reject(d.id, "read", "duplicate_id",
-                                              f"record id {d.id!r} appears more than once in the dataset"))
+                        rejects.append(
+                            Reject(
+                                d.id,
+                                "read",
+                                "duplicate_id",
+                                f"record id {d.id!r} appears more than once in the dataset",
+                            )
+                        )
                     else:
                         seen.add(d.id)
                         fresh.append(d)
@@ -213,7 +237,7 @@ def build_tree(src: Path, out: Path, *, repo_id: str | None = None, with_: Seque
                 summary.add(fresh)
                 pos = 0
                 while pos < len(fresh):  # pieces that never straddle a shard boundary
-                    piece = fresh[pos:pos + rows_per_file - in_shard]
+                    piece = fresh[pos : pos + rows_per_file - in_shard]
                     shard.add(store.DIALOGUES, store.records_table(piece))
                     shard.add(CHECKLIST_ITEMS, checklist_items_table(piece))
                     for exporter, build in exporters:
@@ -245,18 +269,31 @@ def build_tree(src: Path, out: Path, *, repo_id: str | None = None, with_: Seque
         title = pretty_name or source_header.get("pretty_name") or (repo_id.split("/")[-1] if repo_id else src.name)
         stats = summary.stats()
         plots = card.write_plots(out, stats, summary.agreement)
-        docs = {store.DIALOGUES: "the canonical records: one dialogue per row, with tools, checklists, provenance "
-                                 "and review", CHECKLIST_ITEMS: "one flat row per checklist item"}
+        docs = {
+            store.DIALOGUES: "the canonical records: one dialogue per row, with tools, checklists, provenance "
+            "and review",
+            CHECKLIST_ITEMS: "one flat row per checklist item",
+        }
         for exporter, _ in exporters:
             docs[exporter.config] = exporter.description or exporter.label
         body = card.card_body(
-            title=title, repo_id=repo_id, summary=summary, stats=stats, configs=configs, config_docs=docs,
-            plots=plots, gate_rules=_gate_rules(), thinking=thinking,
-            rejects=card.rejects_summary(read_rejects(src / store.REJECTS_FILE)), license=license,
-            pipeline_config=card.read_pipeline_config(src), judge_agreement=card.read_judge_agreement(src),
+            title=title,
+            repo_id=repo_id,
+            summary=summary,
+            stats=stats,
+            configs=configs,
+            config_docs=docs,
+            plots=plots,
+            gate_rules=_gate_rules(),
+            thinking=thinking,
+            rejects=card.rejects_summary(read_rejects(src / store.REJECTS_FILE)),
+            license=license,
+            pipeline_config=card.read_pipeline_config(src),
+            judge_agreement=card.read_judge_agreement(src),
         )
-        header = card.card_header(n_dialogues=summary.dialogues, license=license, pretty_name=title,
-                                  source_header=source_header)
+        header = card.card_header(
+            n_dialogues=summary.dialogues, license=license, pretty_name=title, source_header=source_header
+        )
         store.write_card(out, body=body, extra_header=header)
     except BaseException:
         _empty(out, remove=created)

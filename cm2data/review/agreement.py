@@ -105,9 +105,11 @@ def question_agreement(answers: Mapping[str, Mapping[str, Hashable]]) -> dict[st
     }
 
 
-def agreement_report(verdicts: Mapping[str, Mapping[str, str]],
-                     problems: Mapping[str, Mapping[str, Sequence[str]]],
-                     labels: Sequence[str]) -> dict[str, Any]:
+def agreement_report(
+    verdicts: Mapping[str, Mapping[str, str]],
+    problems: Mapping[str, Mapping[str, Sequence[str]]],
+    labels: Sequence[str],
+) -> dict[str, Any]:
     """Per-question agreement of one review round.
 
     ``verdicts``: ``{item: {reviewer: keep|fix|drop}}``; ``problems``: ``{item: {reviewer: [labels ticked]}}`` for
@@ -117,8 +119,9 @@ def agreement_report(verdicts: Mapping[str, Mapping[str, str]],
     out: dict[str, Any] = {"verdict": question_agreement(verdicts), "problems": {}}
     alphas = []
     for label in labels:
-        binary = {unit: {r: (label in ticked) for r, ticked in by_reviewer.items()}
-                  for unit, by_reviewer in problems.items()}
+        binary = {
+            unit: {r: (label in ticked) for r, ticked in by_reviewer.items()} for unit, by_reviewer in problems.items()
+        }
         figures = question_agreement(binary)
         out["problems"][label] = figures
         if figures["alpha"] is not None:

@@ -58,8 +58,9 @@ def register_engine() -> type:
         """The stock OpenSearch engine with every Painless-scripted update replaced by get → change → index, the
         index conditional on the sequence number read (a concurrent writer makes it retry, never lose an update)."""
 
-        async def _modify_document(self, index_name: str, doc_id: str,
-                                   change: Callable[[dict[str, Any]], None]) -> None:
+        async def _modify_document(
+            self, index_name: str, doc_id: str, change: Callable[[dict[str, Any]], None]
+        ) -> None:
             """Apply ``change`` (which edits the ``_source`` dict in place) to one document. A missing document
             raises ``NotFoundError`` as the scripted update does; ``ConflictError`` after all retries."""
             for _ in range(CONFLICT_RETRIES):
@@ -67,13 +68,22 @@ def register_engine() -> type:
                 source = dict(found.get("_source") or {})
                 change(source)
                 try:
-                    await self.client.index(index=index_name, id=doc_id, body=source, refresh=True,
-                                            if_seq_no=found["_seq_no"], if_primary_term=found["_primary_term"])
+                    await self.client.index(
+                        index=index_name,
+                        id=doc_id,
+                        body=source,
+                        refresh=True,
+                        if_seq_no=found["_seq_no"],
+                        if_primary_term=found["_primary_term"],
+                    )
                     return
                 except ConflictError:
                     continue
-            raise ConflictError(409, "version_conflict_engine_exception",
-                                f"{index_name}/{doc_id}: still changing after {CONFLICT_RETRIES} tries")
+            raise ConflictError(
+                409,
+                "version_conflict_engine_exception",
+                f"{index_name}/{doc_id}: still changing after {CONFLICT_RETRIES} tries",
+            )
 
         async def update_record_response(self, response: Any) -> None:
             """Put ``response`` into its record's ``responses`` list, replacing an entry with the same id."""
@@ -106,8 +116,9 @@ def register_engine() -> type:
                 if isinstance(source.get("suggestions"), dict):
                     source["suggestions"].pop(name, None)
 
-            await self._modify_document(es_index_name_for_dataset(suggestion.record.dataset),
-                                        str(suggestion.record_id), change)
+            await self._modify_document(
+                es_index_name_for_dataset(suggestion.record.dataset), str(suggestion.record_id), change
+            )
 
     SearchEngine.register(engine_name=ENGINE_NAME)(ReadModifyWriteOpenSearchEngine)
     return ReadModifyWriteOpenSearchEngine
@@ -138,12 +149,17 @@ async def ensure_owner(username: str, password: str, api_key: str, workspace: st
         if other is not None and (user is None or other.id != user.id):
             raise SystemExit(f"another user ({other.username!r}) already has the owner's API key")
         if user is None:
-            user = await User.create(db, first_name=username, username=username, role=UserRole.owner,
-                                     password_hash=accounts.hash_password(password), api_key=api_key)
+            user = await User.create(
+                db,
+                first_name=username,
+                username=username,
+                role=UserRole.owner,
+                password_hash=accounts.hash_password(password),
+                api_key=api_key,
+            )
             outcome = "created"
         else:
-            await user.update(db, role=UserRole.owner, password_hash=accounts.hash_password(password),
-                              api_key=api_key)
+            await user.update(db, role=UserRole.owner, password_hash=accounts.hash_password(password), api_key=api_key)
             outcome = "updated"
         if await WorkspaceUser.get_by(db, workspace_id=ws.id, user_id=user.id) is None:
             await WorkspaceUser.create(db, workspace_id=ws.id, user_id=user.id)
@@ -186,8 +202,10 @@ def serve(host: str, port: int, credentials: Path, access_log: bool = True) -> N
         return outcome, await reindex_all()
 
     outcome, (n_datasets, n_records) = asyncio.run(init())
-    print(f"cm2data: owner {creds['username']!r} {outcome}; reindexed {n_datasets} datasets, {n_records} records",
-          flush=True)
+    print(
+        f"cm2data: owner {creds['username']!r} {outcome}; reindexed {n_datasets} datasets, {n_records} records",
+        flush=True,
+    )
     import uvicorn
     from argilla_server import app
 
@@ -206,8 +224,9 @@ def worker(num_workers: int = 1) -> None:
         return
     from rq.worker_pool import WorkerPool
 
-    WorkerPool(connection=REDIS_CONNECTION, queues=[HIGH_QUEUE.name, DEFAULT_QUEUE.name],
-               num_workers=num_workers).start()
+    WorkerPool(
+        connection=REDIS_CONNECTION, queues=[HIGH_QUEUE.name, DEFAULT_QUEUE.name], num_workers=num_workers
+    ).start()
 
 
 def main(argv: list[str] | None = None) -> None:

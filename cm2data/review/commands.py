@@ -18,20 +18,36 @@ from rich.markup import escape
 from cm2data.cli_options import EXIT_FAILED, JsonFlag, fail
 from cm2data.cli_options import err as _err
 
-review_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                         help="Human review of checklists in Argilla: the local stack, push, pull.")
-stack_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                        help="The local Argilla stack (Redis, in-memory OpenSearch, argilla-server 2.8.0) on "
-                             "127.0.0.1.")
+review_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Human review of checklists in Argilla: the local stack, push, pull.",
+)
+stack_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="The local Argilla stack (Redis, in-memory OpenSearch, argilla-server 2.8.0) on 127.0.0.1.",
+)
 review_app.add_typer(stack_app, name="stack")
 
-StateDir = Annotated[Path | None, typer.Option("--state-dir", help="The stack's state folder (default: "
-                                                                 "$CM2DATA_ARGILLA_DIR, else $CM2DATA_CACHE/argilla).")]
-Workspace = Annotated[str | None, typer.Option("--workspace", "-w", help="Argilla workspace (default: "
-                                                                         "$ARGILLA_WORKSPACE, else the user's first "
-                                                                         "workspace).")]
-ApiUrl = Annotated[str | None, typer.Option("--api-url", help="Argilla server (default: $ARGILLA_API_URL). The key is "
-                                                              "read from $ARGILLA_API_KEY only.")]
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir", help="The stack's state folder (default: $CM2DATA_ARGILLA_DIR, else $CM2DATA_CACHE/argilla)."
+    ),
+]
+Workspace = Annotated[
+    str | None,
+    typer.Option(
+        "--workspace", "-w", help="Argilla workspace (default: $ARGILLA_WORKSPACE, else the user's first workspace)."
+    ),
+]
+ApiUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--api-url", help="Argilla server (default: $ARGILLA_API_URL). The key is read from $ARGILLA_API_KEY only."
+    ),
+]
 
 
 @stack_app.command("start")
@@ -56,16 +72,19 @@ def stack_start(
         stack = st.start(state_dir, port=port, fresh=fresh, workers=workers, username=username, workspace=workspace)
     except st.StackError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
-    how = "already running" if running is not None and running.pids == stack.pids else \
-        f"ready in {stack.ready_seconds} s"
+    how = (
+        "already running" if running is not None and running.pids == stack.pids else f"ready in {stack.ready_seconds} s"
+    )
     if as_json:
         print(json.dumps(stack.as_dict(), indent=2))
     else:
         print(stack.export_lines())
-    _err.print(f"Argilla {how}: web UI and API at {stack.api_url}; user {stack.username!r}, workspace "
-               f"{stack.workspace!r}; password and API key in {Path(stack.state_dir) / st.CREDENTIALS_FILE}; "
-               f"logs in {Path(stack.state_dir) / 'logs'}; stop with `cm2data review stack stop`",
-               highlight=False)
+    _err.print(
+        f"Argilla {how}: web UI and API at {stack.api_url}; user {stack.username!r}, workspace "
+        f"{stack.workspace!r}; password and API key in {Path(stack.state_dir) / st.CREDENTIALS_FILE}; "
+        f"logs in {Path(stack.state_dir) / 'logs'}; stop with `cm2data review stack stop`",
+        highlight=False,
+    )
 
 
 @stack_app.command("stop")
@@ -77,8 +96,10 @@ def stack_stop(state_dir: StateDir = None) -> None:
         stopped = st.stop(state_dir)
     except st.StackError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
-    _err.print(f"stopped the Argilla stack at {stopped.api_url}" if stopped else "the Argilla stack is not running",
-               highlight=False)
+    _err.print(
+        f"stopped the Argilla stack at {stopped.api_url}" if stopped else "the Argilla stack is not running",
+        highlight=False,
+    )
 
 
 @stack_app.command("status")
@@ -93,22 +114,30 @@ def stack_status(
     running = st.status(state_dir)
     healthy = running is not None and all(running.alive().values()) and running.healthy()
     if as_json:
-        print(json.dumps(None if running is None else
-                         {**running.as_dict(), "alive": running.alive(), "healthy": healthy}, indent=2))
+        print(
+            json.dumps(
+                None if running is None else {**running.as_dict(), "alive": running.alive(), "healthy": healthy},
+                indent=2,
+            )
+        )
     elif running is None:
         _err.print(f"the Argilla stack is not running (state folder {st.stack_dir(state_dir)})", highlight=False)
     else:
-        parts = ", ".join(f"{name} {'up' if up else 'DOWN'} (pid {running.pids[name]})"
-                          for name, up in running.alive().items())
-        _err.print(f"{'healthy' if healthy else 'NOT healthy'} at {running.api_url}: {parts}; ports redis "
-                   f"{running.redis_port}, osmem {running.osmem_port}; logs in {Path(running.state_dir) / 'logs'}",
-                   highlight=False)
+        parts = ", ".join(
+            f"{name} {'up' if up else 'DOWN'} (pid {running.pids[name]})" for name, up in running.alive().items()
+        )
+        _err.print(
+            f"{'healthy' if healthy else 'NOT healthy'} at {running.api_url}: {parts}; ports redis "
+            f"{running.redis_port}, osmem {running.osmem_port}; logs in {Path(running.state_dir) / 'logs'}",
+            highlight=False,
+        )
         if export:
             print(running.export_lines())
     raise typer.Exit(0 if healthy else EXIT_FAILED)
 
 
 # ------------------------------------------------------------------------------------ push / status / pull
+
 
 def _client(api_url: str | None):  # type: ignore[no-untyped-def]
     from cm2data.review.push import connect
@@ -127,8 +156,12 @@ def review_push(
     src: Annotated[Path, typer.Argument(help="Dataset folder (or file in a registered format) with checklists.")],
     name: Annotated[str, typer.Option("--name", "-n", help="The Argilla review dataset (created on first push).")],
     workspace: Workspace = None,
-    min_submitted: Annotated[int, typer.Option("--min-submitted", help="Reviewers per item (task distribution "
-                                                                       "overlap) when the dataset is created.")] = 2,
+    min_submitted: Annotated[
+        int,
+        typer.Option(
+            "--min-submitted", help="Reviewers per item (task distribution overlap) when the dataset is created."
+        ),
+    ] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per request (max 500).")] = 500,
     api_url: ApiUrl = None,
 ) -> None:
@@ -138,8 +171,15 @@ def review_push(
 
     try:
         client = _client(api_url)
-        result = push(src, name, client=client, workspace=_workspace(workspace), min_submitted=min_submitted,
-                      batch_size=batch_size, console=_err)
+        result = push(
+            src,
+            name,
+            client=client,
+            workspace=_workspace(workspace),
+            min_submitted=min_submitted,
+            batch_size=batch_size,
+            console=_err,
+        )
     except (ReviewError, ValueError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     print_push(result, Console(soft_wrap=True, highlight=False))
@@ -173,9 +213,13 @@ def review_pull(
     into: Annotated[Path, typer.Option("--into", help="The dataset folder that was pushed.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged dataset folder and report.")],
     workspace: Workspace = None,
-    min_answers: Annotated[int | None, typer.Option("--min-answers", help="Submitted answers an item needs before "
-                                                                          "its verdict applies (default: the "
-                                                                          "dataset's min_submitted).")] = None,
+    min_answers: Annotated[
+        int | None,
+        typer.Option(
+            "--min-answers",
+            help="Submitted answers an item needs before its verdict applies (default: the dataset's min_submitted).",
+        ),
+    ] = None,
     api_url: ApiUrl = None,
 ) -> None:
     """Merge the submitted reviews into the records of --into (majority per item, ties stay flagged; drop, fix, add
@@ -184,8 +228,9 @@ def review_pull(
     from cm2data.review.push import ReviewError
 
     try:
-        result = pull(name, into=into, out=out, client=_client(api_url), workspace=_workspace(workspace),
-                      min_answers=min_answers)
+        result = pull(
+            name, into=into, out=out, client=_client(api_url), workspace=_workspace(workspace), min_answers=min_answers
+        )
     except PullGateFailed as exc:
         for r in exc.report["gate"]["rejects"][:10]:
             _err.print(f"  {escape(str(r['record_id']))}: {r['rule']}: {escape(r['message'])}", highlight=False)
@@ -201,14 +246,22 @@ def review_pull(
 @review_app.command("push-verdicts")
 def review_push_verdicts(
     verdicts: Annotated[Path, typer.Argument(help="A verdict folder (cm2data judge run).")],
-    name: Annotated[str, typer.Option("--name", "-n", help="The Argilla verdict-review dataset (created on first "
-                                                           "push).")],
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="The Argilla verdict-review dataset (created on first push).")
+    ],
     workspace: Workspace = None,
-    min_submitted: Annotated[int, typer.Option("--min-submitted", help="Reviewers per item when the dataset is "
-                                                                       "created.")] = 2,
-    show_judge: Annotated[bool, typer.Option("--show-judge", help="Show the judge's verdict as a pre-filled "
-                                                                  "suggestion (hidden by default; fixed when the "
-                                                                  "dataset is created).")] = False,
+    min_submitted: Annotated[
+        int, typer.Option("--min-submitted", help="Reviewers per item when the dataset is created.")
+    ] = 2,
+    show_judge: Annotated[
+        bool,
+        typer.Option(
+            "--show-judge",
+            help="Show the judge's verdict as a pre-filled "
+            "suggestion (hidden by default; fixed when the "
+            "dataset is created).",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Records per request (max 500).")] = 500,
     api_url: ApiUrl = None,
 ) -> None:
@@ -218,8 +271,15 @@ def review_push_verdicts(
     from cm2data.review.verdicts import print_push_verdicts, push_verdicts
 
     try:
-        result = push_verdicts(verdicts, name, client=_client(api_url), workspace=_workspace(workspace),
-                               min_submitted=min_submitted, show_judge=show_judge, batch_size=batch_size)
+        result = push_verdicts(
+            verdicts,
+            name,
+            client=_client(api_url),
+            workspace=_workspace(workspace),
+            min_submitted=min_submitted,
+            show_judge=show_judge,
+            batch_size=batch_size,
+        )
     except (ReviewError, ValueError) as exc:
         raise fail(str(exc), EXIT_FAILED) from None
     print_push_verdicts(result, Console(soft_wrap=True, highlight=False))

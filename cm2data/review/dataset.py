@@ -252,12 +252,21 @@ def _message_value(m: Message, marks: list[tuple[int, str, str]], found: set[int
     if m.thinking:
         part("thinking", "thinking", m.thinking)
     if m.content or not (m.thinking or m.tool_calls):
-        part("content", "tool result" if m.role == "tool" else m.role, _pretty_json(m.content) if m.role == "tool"
-             else m.content)
+        part(
+            "content",
+            "tool result" if m.role == "tool" else m.role,
+            _pretty_json(m.content) if m.role == "tool" else m.content,
+        )
     for call in m.tool_calls:
-        part("tool_call", call.name, _pretty_json(call.arguments),
-             (f'"name": "{call.name}", "arguments": {call.arguments}',
-              json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)))
+        part(
+            "tool_call",
+            call.name,
+            _pretty_json(call.arguments),
+            (
+                f'"name": "{call.name}", "arguments": {call.arguments}',
+                json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False),
+            ),
+        )
     return {"role": m.role, "name": m.name or "", "parts": parts}
 
 
@@ -286,11 +295,17 @@ def item_value(d: Dialogue, variant: int, block: TurnChecklist, item: ChecklistI
         steps = []
         for step in turn.steps:
             marks = [(i, e.from_, e.snippet) for i, e in evidence if e.turn == turn.index and e.step == step.index]
-            steps.append({"index": step.index, "kind": step.kind,
-                          "messages": [_message_value(d.messages[k], marks, found) for k in step.message_indices]})
+            steps.append(
+                {
+                    "index": step.index,
+                    "kind": step.kind,
+                    "messages": [_message_value(d.messages[k], marks, found) for k in step.message_indices],
+                }
+            )
         turn_values.append({"index": turn.index, "complete": turn.complete, "steps": steps})
-    system = "\n\n".join(m.content for m in d.messages[: turns[0].start if turns else len(d.messages)]
-                         if m.role == "system")
+    system = "\n\n".join(
+        m.content for m in d.messages[: turns[0].start if turns else len(d.messages)] if m.role == "system"
+    )
     value_item = _item_dict(item)
     for i, ev in enumerate(value_item["evidence"]):
         ev["found"] = i in found
@@ -305,9 +320,18 @@ def item_value(d: Dialogue, variant: int, block: TurnChecklist, item: ChecklistI
         "system": system,
         "turns": turn_values,
         "item": value_item,
-        "siblings": [{"id": o.id, "question": o.question, "focus_on": o.focus_on, "weight": o.weight,
-                      "required_for_next_turn": o.required_for_next_turn, "depends_on": list(o.depends_on)}
-                     for o in block.items if o.id != item.id],
+        "siblings": [
+            {
+                "id": o.id,
+                "question": o.question,
+                "focus_on": o.focus_on,
+                "weight": o.weight,
+                "required_for_next_turn": o.required_for_next_turn,
+                "depends_on": list(o.depends_on),
+            }
+            for o in block.items
+            if o.id != item.id
+        ],
     }
 
 
@@ -318,11 +342,13 @@ def content_hash(d: Dialogue, block: TurnChecklist, item: ChecklistItem) -> str:
     end = turns[block.turn].end if block.turn < len(turns) else len(d.messages)
     judged = _item_dict(item)
     del judged["weight"]  # re-normalised after every drop: a new weight alone does not void a review
-    return _hash({
-        "item": judged,
-        "messages": [m.model_dump(mode="json") for m in d.messages[:end]],
-        "tools": [t.to_openai() for t in d.tools],
-    })
+    return _hash(
+        {
+            "item": judged,
+            "messages": [m.model_dump(mode="json") for m in d.messages[:end]],
+            "tools": [t.to_openai() for t in d.tools],
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------------ review items
@@ -390,19 +416,48 @@ def build_settings(min_submitted: int = 2, template: str | None = None) -> rg.Se
         raise ValueError(f"min_submitted must be at least 1, got {min_submitted}")
     return rg.Settings(
         guidelines=GUIDELINES,
-        fields=[rg.CustomField(name=FIELD, title="Checklist item in its dialogue", template=template or load_template(),
-                               advanced_mode=True, required=True)],
+        fields=[
+            rg.CustomField(
+                name=FIELD,
+                title="Checklist item in its dialogue",
+                template=template or load_template(),
+                advanced_mode=True,
+                required=True,
+            )
+        ],
         questions=[
-            rg.LabelQuestion(name=Q_VERDICT, title="Verdict", labels=VERDICTS, required=True,
-                             description="keep as is, fix (give the rewrite below), or drop the item"),
-            rg.MultiLabelQuestion(name=Q_PROBLEMS, title="What is wrong?", labels=PROBLEMS, required=False,
-                                  description="every problem you see; leave empty when nothing is wrong"),
-            rg.TextQuestion(name=Q_REWRITE_QUESTION, title="Rewrite: question", required=False,
-                            description="for fix: the new yes/no question (empty keeps the current one)"),
-            rg.TextQuestion(name=Q_REWRITE_PASS, title="Rewrite: pass condition", required=False,
-                            description="for fix: the new objective pass condition (empty keeps the current one)"),
-            rg.TextQuestion(name=Q_MISSING, title="Missing criterion for this turn", required=False,
-                            description=MISSING_CRITERION_HELP),
+            rg.LabelQuestion(
+                name=Q_VERDICT,
+                title="Verdict",
+                labels=VERDICTS,
+                required=True,
+                description="keep as is, fix (give the rewrite below), or drop the item",
+            ),
+            rg.MultiLabelQuestion(
+                name=Q_PROBLEMS,
+                title="What is wrong?",
+                labels=PROBLEMS,
+                required=False,
+                description="every problem you see; leave empty when nothing is wrong",
+            ),
+            rg.TextQuestion(
+                name=Q_REWRITE_QUESTION,
+                title="Rewrite: question",
+                required=False,
+                description="for fix: the new yes/no question (empty keeps the current one)",
+            ),
+            rg.TextQuestion(
+                name=Q_REWRITE_PASS,
+                title="Rewrite: pass condition",
+                required=False,
+                description="for fix: the new objective pass condition (empty keeps the current one)",
+            ),
+            rg.TextQuestion(
+                name=Q_MISSING,
+                title="Missing criterion for this turn",
+                required=False,
+                description=MISSING_CRITERION_HELP,
+            ),
         ],
         metadata=[
             rg.TermsMetadataProperty(name=M_DOMAIN, title="domain"),
@@ -418,8 +473,9 @@ def build_settings(min_submitted: int = 2, template: str | None = None) -> rg.Se
             rg.TermsMetadataProperty(name=M_ITEM, title="item id", visible_for_annotators=False),
             rg.TermsMetadataProperty(name=M_CONTENT_HASH, title="content hash", visible_for_annotators=False),
             rg.TermsMetadataProperty(name=M_PAYLOAD_HASH, title="payload hash", visible_for_annotators=False),
-            rg.TermsMetadataProperty(name=M_STALE, title="responses older than the content",
-                                     visible_for_annotators=False),
+            rg.TermsMetadataProperty(
+                name=M_STALE, title="responses older than the content", visible_for_annotators=False
+            ),
         ],
         distribution=rg.TaskDistribution(min_submitted=min_submitted),
     )

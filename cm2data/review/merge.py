@@ -113,8 +113,15 @@ def _number(item_id: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-_CRITERION_KEYS = ("question", "pass_condition", "focus_on", "weight", "required_for_next_turn",
-                   "failure_examples", "depends_on")
+_CRITERION_KEYS = (
+    "question",
+    "pass_condition",
+    "focus_on",
+    "weight",
+    "required_for_next_turn",
+    "failure_examples",
+    "depends_on",
+)
 
 
 def parse_missing_criterion(text: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -195,10 +202,17 @@ def parse_missing_criterion(text: str) -> tuple[list[dict[str, Any]], list[str]]
         if problems:
             errors.append(f"{where}: " + "; ".join(problems))
             continue
-        criteria.append({"question": question, "pass_condition": passc, "focus_on": focus, "weight": weight,
-                         "required_for_next_turn": bool(required),
-                         "failure_examples": [str(x) for x in examples if str(x).strip()],
-                         "depends_on": [str(x) for x in deps]})
+        criteria.append(
+            {
+                "question": question,
+                "pass_condition": passc,
+                "focus_on": focus,
+                "weight": weight,
+                "required_for_next_turn": bool(required),
+                "failure_examples": [str(x) for x in examples if str(x).strip()],
+                "depends_on": [str(x) for x in deps],
+            }
+        )
     return criteria, errors
 
 
@@ -222,8 +236,14 @@ def decide(review: ItemReview | None, current_hash: str | None, min_answers: int
     """The decision for one item (without applying it): ``action``, ``votes``, ``problems`` (majority labels),
     ``flags``, chosen ``rewrite`` texts and the answers (``by``)."""
     answers = review.answers if review is not None else []
-    out: dict[str, Any] = {"action": "unreviewed", "votes": {}, "problems": [], "flags": [], "rewrite": {},
-                           "by": [a.brief() for a in answers]}
+    out: dict[str, Any] = {
+        "action": "unreviewed",
+        "votes": {},
+        "problems": [],
+        "flags": [],
+        "rewrite": {},
+        "by": [a.brief() for a in answers],
+    }
     if review is not None and review.stale:
         out["stale_answers"] = [a.brief() for a in review.stale]
     if not answers:
@@ -276,8 +296,14 @@ def _used_ids(d: Dialogue, variant: int, block: TurnChecklist) -> set[str]:
     return used
 
 
-def merge_reviews(records: Sequence[Dialogue], reviews: Mapping[str, ItemReview], *, reviewed_at: str,
-                  dataset: str = "", min_answers: int = 1) -> MergeResult:
+def merge_reviews(
+    records: Sequence[Dialogue],
+    reviews: Mapping[str, ItemReview],
+    *,
+    reviewed_at: str,
+    dataset: str = "",
+    min_answers: int = 1,
+) -> MergeResult:
     """Merge ``reviews`` (by Argilla record id, :attr:`ItemKey.record_id`) into copies of ``records``.
 
     ``reviewed_at`` stamps the decisions (ISO 8601), ``dataset`` names the review round (the Argilla dataset) and
@@ -288,8 +314,9 @@ def merge_reviews(records: Sequence[Dialogue], reviews: Mapping[str, ItemReview]
     merged = [merger.merge_record(original) for original in records]
     not_in_folder = sorted(rid for rid in reviews if rid not in merger.seen)
     statuses = Counter(d.review.status for d in merged)
-    return MergeResult(merged, merger.decisions, dict(merger.counts), merger.rejected_criteria, not_in_folder,
-                       dict(statuses))
+    return MergeResult(
+        merged, merger.decisions, dict(merger.counts), merger.rejected_criteria, not_in_folder, dict(statuses)
+    )
 
 
 @dataclass
@@ -352,8 +379,15 @@ class _Merger:
         if not block.items:
             tally.empty_turns.append(f"variant {v} turn {block.turn}")
 
-    def _merge_item(self, d: Dialogue, v: int, block: TurnChecklist, it: ChecklistItem, tally: _RecordTally,
-                    missing_answers: list[Answer]) -> bool:
+    def _merge_item(
+        self,
+        d: Dialogue,
+        v: int,
+        block: TurnChecklist,
+        it: ChecklistItem,
+        tally: _RecordTally,
+        missing_answers: list[Answer],
+    ) -> bool:
         """Decide one item and apply the decision (a rewrite, the item's own review record); False when it is
         dropped. Its ``missing_criterion`` answers go to ``missing_answers``."""
         rid = ItemKey(d.id, v, block.turn, it.id).record_id
@@ -368,8 +402,16 @@ class _Merger:
         action = dec["action"]
         self.counts[action] += 1
         applied = action in ("keep", "drop") or (action == "fix" and bool(dec["rewrite"]))
-        entry = {"dataset": self.dataset, "at": self.reviewed_at, "variant": v, "turn": block.turn,
-                 "item_id": it.id, "record_id": rid, "applied": applied, **dec}
+        entry = {
+            "dataset": self.dataset,
+            "at": self.reviewed_at,
+            "variant": v,
+            "turn": block.turn,
+            "item_id": it.id,
+            "record_id": rid,
+            "applied": applied,
+            **dec,
+        }
         if action == "fix" and dec["rewrite"]:
             entry["before"] = {k: getattr(it, k) for k in dec["rewrite"]}
             for k, text in dec["rewrite"].items():
@@ -388,8 +430,16 @@ class _Merger:
             it.extra_info = {**it.extra_info, "review": _item_review(dec, entry, self.dataset, self.reviewed_at)}
         return True
 
-    def _add_criteria(self, d: Dialogue, v: int, block: TurnChecklist, kept: list[ChecklistItem], used: set[str],
-                      missing_answers: list[Answer], tally: _RecordTally) -> list[ChecklistItem]:
+    def _add_criteria(
+        self,
+        d: Dialogue,
+        v: int,
+        block: TurnChecklist,
+        kept: list[ChecklistItem],
+        used: set[str],
+        missing_answers: list[Answer],
+        tally: _RecordTally,
+    ) -> list[ChecklistItem]:
         """The new items the turn's ``missing_criterion`` answers propose (once per distinct question not already
         asked); the answers that do not parse are reported in :attr:`rejected_criteria`."""
         added: list[ChecklistItem] = []
@@ -402,30 +452,65 @@ class _Merger:
             next_n += 1
             focus = {it.id: it.focus_on for it in kept}
             deps = [x for x in c["depends_on"] if focus.get(x) == "tool.content"]
-            added.append(ChecklistItem(
-                id=item_id, evidence=[], focus_on=c["focus_on"], question=c["question"],
-                pass_condition=c["pass_condition"], failure_examples=c["failure_examples"],
-                required_for_next_turn=c["required_for_next_turn"], depends_on=deps,
-                weight=c["weight"] if c["weight"] is not None else mean_weight,
-                extra_info={"review": {"dataset": self.dataset, "decision": "add", "applied": True,
-                                       "at": self.reviewed_at, "by": slot["by"]}}))
+            added.append(
+                ChecklistItem(
+                    id=item_id,
+                    evidence=[],
+                    focus_on=c["focus_on"],
+                    question=c["question"],
+                    pass_condition=c["pass_condition"],
+                    failure_examples=c["failure_examples"],
+                    required_for_next_turn=c["required_for_next_turn"],
+                    depends_on=deps,
+                    weight=c["weight"] if c["weight"] is not None else mean_weight,
+                    extra_info={
+                        "review": {
+                            "dataset": self.dataset,
+                            "decision": "add",
+                            "applied": True,
+                            "at": self.reviewed_at,
+                            "by": slot["by"],
+                        }
+                    },
+                )
+            )
             self.counts["added"] += 1
             lost = set(c["depends_on"]) - set(deps)
-            tally.decisions.append({"dataset": self.dataset, "at": self.reviewed_at, "variant": v, "turn": block.turn,
-                                    "item_id": item_id, "action": "add", "applied": True, "by": slot["by"],
-                                    "criterion": c, **({"dropped_depends_on": sorted(lost)} if lost else {})})
+            tally.decisions.append(
+                {
+                    "dataset": self.dataset,
+                    "at": self.reviewed_at,
+                    "variant": v,
+                    "turn": block.turn,
+                    "item_id": item_id,
+                    "action": "add",
+                    "applied": True,
+                    "by": slot["by"],
+                    "criterion": c,
+                    **({"dropped_depends_on": sorted(lost)} if lost else {}),
+                }
+            )
         return added
 
-    def _proposals(self, d: Dialogue, v: int, block: TurnChecklist, missing_answers: list[Answer],
-                   known: set[str]) -> dict[str, dict[str, Any]]:
+    def _proposals(
+        self, d: Dialogue, v: int, block: TurnChecklist, missing_answers: list[Answer], known: set[str]
+    ) -> dict[str, dict[str, Any]]:
         """Lower-cased question → ``{"criterion", "by"}`` for every valid proposed criterion whose question the
         turn does not already ask; every parse error is counted and reported."""
         proposals: dict[str, dict[str, Any]] = {}
         for a in missing_answers:
             criteria, errors = parse_missing_criterion(a.missing_criterion or "")
             for err in errors:
-                self.rejected_criteria.append({"dialogue_id": d.id, "variant": v, "turn": block.turn,
-                                               "reviewer": a.reviewer, "text": a.missing_criterion, "reason": err})
+                self.rejected_criteria.append(
+                    {
+                        "dialogue_id": d.id,
+                        "variant": v,
+                        "turn": block.turn,
+                        "reviewer": a.reviewer,
+                        "text": a.missing_criterion,
+                        "reason": err,
+                    }
+                )
                 self.counts["added_rejected"] += 1
             for c in criteria:
                 norm_q = c["question"].lower()
@@ -438,11 +523,16 @@ class _Merger:
 
 def _item_review(dec: dict[str, Any], entry: dict[str, Any], dataset: str, reviewed_at: str) -> dict[str, Any]:
     """The decision as the item keeps it in ``extra_info["review"]``."""
-    return {"dataset": dataset, "decision": dec["action"], "applied": entry["applied"], "at": reviewed_at,
-            "by": [{"reviewer": b["reviewer"], "verdict": b["verdict"], "at": b["at"]} for b in dec["by"]],
-            **({"flags": dec["flags"]} if dec["flags"] else {}),
-            **({"problems": dec["problems"]} if dec["problems"] else {}),
-            **({"before": entry["before"]} if "before" in entry else {})}
+    return {
+        "dataset": dataset,
+        "decision": dec["action"],
+        "applied": entry["applied"],
+        "at": reviewed_at,
+        "by": [{"reviewer": b["reviewer"], "verdict": b["verdict"], "at": b["at"]} for b in dec["by"]],
+        **({"flags": dec["flags"]} if dec["flags"] else {}),
+        **({"problems": dec["problems"]} if dec["problems"] else {}),
+        **({"before": entry["before"]} if "before" in entry else {}),
+    }
 
 
 def _stamp(d: Dialogue, tally: _RecordTally, dataset: str, reviewed_at: str) -> None:
@@ -460,14 +550,23 @@ def _stamp(d: Dialogue, tally: _RecordTally, dataset: str, reviewed_at: str) -> 
     d.review.reviewers = sorted(set(d.review.reviewers) | tally.reviewers)
     d.review.decisions = [*d.review.decisions, *tally.decisions]
     if tally.empty_turns:
-        d.review.decisions.append({"dataset": dataset, "at": reviewed_at, "action": "reject_record",
-                                   "reason": "no checklist items left in " + ", ".join(tally.empty_turns)})
+        d.review.decisions.append(
+            {
+                "dataset": dataset,
+                "at": reviewed_at,
+                "action": "reject_record",
+                "reason": "no checklist items left in " + ", ".join(tally.empty_turns),
+            }
+        )
     agreement = percent_agreement(tally.verdict_units)
     if agreement is not None:
         d.review.agreement = {**d.review.agreement, "verdict_percent": round(agreement, 4)}
-    d.provenance.stamp("review", dataset=dataset, reviewers=sorted(tally.reviewers),
-                       **{k: actions[k] for k in ("keep", "fix", "drop", "add", "tie", "pending", "stale")
-                          if actions[k]})
+    d.provenance.stamp(
+        "review",
+        dataset=dataset,
+        reviewers=sorted(tally.reviewers),
+        **{k: actions[k] for k in ("keep", "fix", "drop", "add", "tie", "pending", "stale") if actions[k]},
+    )
 
 
 def problem_labels() -> list[str]:

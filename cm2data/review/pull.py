@@ -73,8 +73,12 @@ def item_reviews(records: dict[str, ServerRecord], names: dict[str, str]) -> dic
     out: dict[str, ItemReview] = {}
     for rid, rec in records.items():
         meta = rec.metadata
-        key = ItemKey(decode_text(str(meta.get(M_DIALOGUE, ""))), int(meta.get(M_VARIANT, 0) or 0),
-                      int(meta.get(M_TURN, 0) or 0), decode_text(str(meta.get(M_ITEM, ""))))
+        key = ItemKey(
+            decode_text(str(meta.get(M_DIALOGUE, ""))),
+            int(meta.get(M_VARIANT, 0) or 0),
+            int(meta.get(M_TURN, 0) or 0),
+            decode_text(str(meta.get(M_ITEM, ""))),
+        )
         review = ItemReview(key, meta.get(M_CONTENT_HASH))
         marks = rec.stale_marks
         for r in rec.submitted:
@@ -101,9 +105,18 @@ def round_agreement(reviews: dict[str, ItemReview]) -> dict[str, Any]:
     return agreement_report(verdicts, problems, list(PROBLEMS))
 
 
-def build_report(name: str, workspace: str, merged: MergeResult, reviews: dict[str, ItemReview],
-                 agreement: dict[str, Any], *, pulled_at: str, min_answers: int, into: Path,
-                 out: Path) -> dict[str, Any]:
+def build_report(
+    name: str,
+    workspace: str,
+    merged: MergeResult,
+    reviews: dict[str, ItemReview],
+    agreement: dict[str, Any],
+    *,
+    pulled_at: str,
+    min_answers: int,
+    into: Path,
+    out: Path,
+) -> dict[str, Any]:
     """The review report (JSON-ready): counts, per-reviewer verdicts, agreement, ties, rejected criteria."""
     per_reviewer: dict[str, Counter[str]] = {}
     for r in reviews.values():
@@ -115,9 +128,11 @@ def build_report(name: str, workspace: str, merged: MergeResult, reviews: dict[s
         for a in r.stale:
             per_reviewer.setdefault(a.reviewer, Counter())["stale"] += 1
     majority_problems = Counter(p for d in merged.decisions for p in d.get("problems", []))
-    open_items = [{k: d.get(k) for k in ("dialogue_id", "variant", "turn", "item_id", "action", "votes", "flags")}
-                  for d in merged.decisions if d.get("action") in ("tie", "stale")
-                  or (d.get("action") == "fix" and not d.get("applied"))]
+    open_items = [
+        {k: d.get(k) for k in ("dialogue_id", "variant", "turn", "item_id", "action", "votes", "flags")}
+        for d in merged.decisions
+        if d.get("action") in ("tie", "stale") or (d.get("action") == "fix" and not d.get("applied"))
+    ]
     return {
         "dataset": name,
         "workspace": workspace,
@@ -161,8 +176,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Turns re-normalised after a drop or an addition: {c['renormalised_turns']}.",
         "",
         "Agreement (verdict keep/fix/drop): Krippendorff's α (nominal) " + _fmt(v["alpha"]) + f" over {v['units']} "
-        f"items with ≥ 2 answers, {v['reviewers']} reviewers; all answers equal on " + _fmt(v["percent"]) +
-        " of them; Cohen's κ (mean over reviewer pairs) " + _fmt(v["kappa_mean"]) + ".",
+        f"items with ≥ 2 answers, {v['reviewers']} reviewers; all answers equal on "
+        + _fmt(v["percent"])
+        + " of them; Cohen's κ (mean over reviewer pairs) "
+        + _fmt(v["kappa_mean"])
+        + ".",
         "",
         "| what is wrong (per label, binary) | α | majority count |",
         "| --- | --- | --- |",
@@ -171,8 +189,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {PROBLEMS[label]} | {_fmt(figures['alpha'])} | {report['problems'].get(label, 0)} |")
     lines += ["", "| reviewer | answers | keep | fix | drop | stale |", "| --- | --- | --- | --- | --- | --- |"]
     for who, counts in report["reviewers"].items():
-        lines.append(f"| {who} | {counts.get('answers', 0)} | {counts.get('keep', 0)} | {counts.get('fix', 0)} | "
-                     f"{counts.get('drop', 0)} | {counts.get('stale', 0)} |")
+        lines.append(
+            f"| {who} | {counts.get('answers', 0)} | {counts.get('keep', 0)} | {counts.get('fix', 0)} | "
+            f"{counts.get('drop', 0)} | {counts.get('stale', 0)} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -192,8 +212,16 @@ def _read_splits(into: Path) -> dict[str, list[Dialogue]]:
     return out
 
 
-def pull(name: str, *, into: Path, out: Path, client: rg.Argilla, workspace: str | None = None,
-         min_answers: int | None = None, now: str | None = None) -> PullResult:
+def pull(
+    name: str,
+    *,
+    into: Path,
+    out: Path,
+    client: rg.Argilla,
+    workspace: str | None = None,
+    min_answers: int | None = None,
+    now: str | None = None,
+) -> PullResult:
     """Merge the submitted responses of review dataset ``name`` into the records of ``into`` and write ``out``.
 
     ``min_answers`` defaults to the dataset's ``min_submitted``; ``now`` (ISO 8601) stamps the decisions. Raises
@@ -222,18 +250,24 @@ def pull(name: str, *, into: Path, out: Path, client: rg.Argilla, workspace: str
     reviews = item_reviews(server, names)
     merged = merge_reviews(records, reviews, reviewed_at=pulled_at, dataset=name, min_answers=need)
     agreement = round_agreement(reviews)
-    report = build_report(name, workspace_name, merged, reviews, agreement, pulled_at=pulled_at, min_answers=need,
-                          into=into, out=out)
+    report = build_report(
+        name, workspace_name, merged, reviews, agreement, pulled_at=pulled_at, min_answers=need, into=into, out=out
+    )
     gate = run_gate(merged.records)
-    report["gate"] = {"passed": gate.passed, "failing_rules": {k: v for k, v in gate.counts.items() if v},
-                      "rejects": [{"record_id": r.record_id, "rule": r.rule, "message": r.message}
-                                  for r in gate.rejects[:50]]}
+    report["gate"] = {
+        "passed": gate.passed,
+        "failing_rules": {k: v for k, v in gate.counts.items() if v},
+        "rejects": [{"record_id": r.record_id, "rule": r.rule, "message": r.message} for r in gate.rejects[:50]],
+    }
     if not gate.passed:
         rules = ", ".join(f"{k} ({v} records)" for k, v in report["gate"]["failing_rules"].items())
         raise PullGateFailed(f"the merged records fail the validation gate: {rules}; nothing written", report)
     for d in merged.records:
-        agreement_figures = {f"verdict_{k}": report["agreement"]["verdict"][k] for k in ("alpha", "kappa_mean")
-                             if report["agreement"]["verdict"][k] is not None}
+        agreement_figures = {
+            f"verdict_{k}": report["agreement"]["verdict"][k]
+            for k in ("alpha", "kappa_mean")
+            if report["agreement"]["verdict"][k] is not None
+        }
         if d.review.decisions and agreement_figures:
             d.review.agreement = {**d.review.agreement, **{f"round_{k}": v for k, v in agreement_figures.items()}}
     by_id = {d.id: d for d in merged.records}
@@ -255,10 +289,12 @@ def print_pull(result: PullResult, console: Console) -> None:
     r = result.report
     c = r["items"]
     v = r["agreement"]["verdict"]
-    console.print(f"merged {r['dataset']} into {result.records} records → {result.out}: {c['keep']} kept, "
-                  f"{c['fix']} fixed ({c['applied'] - c['keep'] - c['drop']} applied), {c['drop']} dropped, "
-                  f"{c['added']} added; {c['tie']} ties, {c['pending']} pending, {c['stale']} stale, "
-                  f"{c['unreviewed']} unreviewed")
+    console.print(
+        f"merged {r['dataset']} into {result.records} records → {result.out}: {c['keep']} kept, "
+        f"{c['fix']} fixed ({c['applied'] - c['keep'] - c['drop']} applied), {c['drop']} dropped, "
+        f"{c['added']} added; {c['tie']} ties, {c['pending']} pending, {c['stale']} stale, "
+        f"{c['unreviewed']} unreviewed"
+    )
     console.print(f"agreement on the verdict: α {_fmt(v['alpha'])}, κ {_fmt(v['kappa_mean'])} over {v['units']} items")
     if r["rejected_criteria"]:
         console.print(f"{len(r['rejected_criteria'])} proposed criteria were not added (see {REPORT_JSON})")

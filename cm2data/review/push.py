@@ -105,8 +105,10 @@ def server_errors(url: str) -> Iterator[None]:
     except httpx.TransportError as exc:
         raise ReviewError(f"lost the Argilla server at {url} ({type(exc).__name__})") from None
     except httpx.HTTPStatusError as exc:
-        raise ReviewError(f"the Argilla server at {url} answered HTTP {exc.response.status_code} to "
-                          f"{exc.request.method} {exc.request.url.path}") from None
+        raise ReviewError(
+            f"the Argilla server at {url} answered HTTP {exc.response.status_code} to "
+            f"{exc.request.method} {exc.request.url.path}"
+        ) from None
     except ArgillaError as exc:
         raise ReviewError(f"the Argilla server at {url} refused the request: {_describe(exc)}") from None
 
@@ -117,8 +119,11 @@ def find_workspace(client: rg.Argilla, workspace: str | None) -> rg.Workspace:
         warnings.simplefilter("ignore")
         ws = client.workspaces(workspace) if workspace else client.workspaces.default
     if ws is None:
-        raise ReviewError(f"no workspace {workspace!r} on the Argilla server" if workspace
-                          else "the Argilla user has no workspace: pass --workspace or create one")
+        raise ReviewError(
+            f"no workspace {workspace!r} on the Argilla server"
+            if workspace
+            else "the Argilla user has no workspace: pass --workspace or create one"
+        )
     return ws
 
 
@@ -194,25 +199,40 @@ class ServerRecord:
 
 def _server_record(raw: dict[str, Any]) -> ServerRecord:
     responses = [
-        ServerResponse(str(r["user_id"]), str(r.get("status") or ""),
-                       {q: (v or {}).get("value") for q, v in (r.get("values") or {}).items()},
-                       str(r.get("updated_at") or ""), str(r.get("inserted_at") or ""))
+        ServerResponse(
+            str(r["user_id"]),
+            str(r.get("status") or ""),
+            {q: (v or {}).get("value") for q, v in (r.get("values") or {}).items()},
+            str(r.get("updated_at") or ""),
+            str(r.get("inserted_at") or ""),
+        )
         for r in raw.get("responses") or []
     ]
-    return ServerRecord(str(raw["id"]), str(raw.get("external_id") or ""), str(raw.get("status") or ""),
-                        dict(raw.get("metadata") or {}), responses)
+    return ServerRecord(
+        str(raw["id"]),
+        str(raw.get("external_id") or ""),
+        str(raw.get("status") or ""),
+        dict(raw.get("metadata") or {}),
+        responses,
+    )
 
 
-def fetch_records(client: rg.Argilla, dataset: rg.Dataset, *, with_responses: bool = True,
-                  on_batch: Callable[[int], None] | None = None) -> dict[str, ServerRecord]:
+def fetch_records(
+    client: rg.Argilla,
+    dataset: rg.Dataset,
+    *,
+    with_responses: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, ServerRecord]:
     """Every record of ``dataset`` by external id, with all users' responses (owner or admin key needed)."""
     out: dict[str, ServerRecord] = {}
     offset = 0
     total = None
     params: dict[str, Any] = {"include": ["responses"]} if with_responses else {}
     while True:
-        resp = client.http_client.get(f"/api/v1/datasets/{dataset.id}/records",
-                                      params={**params, "offset": offset, "limit": LIST_BATCH})
+        resp = client.http_client.get(
+            f"/api/v1/datasets/{dataset.id}/records", params={**params, "offset": offset, "limit": LIST_BATCH}
+        )
         resp.raise_for_status()
         body = resp.json()
         items = body.get("items") or []
@@ -226,8 +246,10 @@ def fetch_records(client: rg.Argilla, dataset: rg.Dataset, *, with_responses: bo
         if not items or (total is not None and offset >= total):
             break
     if total is not None and len(out) != total:
-        raise ReviewError(f"the records of {dataset.name!r} changed while they were listed ({len(out)} read, "
-                          f"{total} on the server); run the command again")
+        raise ReviewError(
+            f"the records of {dataset.name!r} changed while they were listed ({len(out)} read, "
+            f"{total} on the server); run the command again"
+        )
     return out
 
 
@@ -271,8 +293,10 @@ def load_source(source: Path | Sequence[Dialogue]) -> list[Dialogue]:
     except (OSError, ValueError) as exc:
         raise ReviewError(f"cannot read {path}: {_describe(exc)}") from None
     if rejects:
-        raise ReviewError(f"{len(rejects)} rows of {path} cannot be read (first: {rejects[0].rule}: "
-                          f"{rejects[0].message}); filter them out first (cm2data filter)")
+        raise ReviewError(
+            f"{len(rejects)} rows of {path} cannot be read (first: {rejects[0].rule}: "
+            f"{rejects[0].message}); filter them out first (cm2data filter)"
+        )
     return records
 
 
@@ -284,12 +308,17 @@ def _stderr_quiet() -> contextlib.AbstractContextManager[Any]:
 def _to_record(item: ReviewItem, metadata: dict[str, Any]) -> rg.Record:
     import argilla as rg
 
-    return rg.Record(id=item.record_id, fields={FIELD: item.value}, metadata=metadata,
-                     suggestions=[rg.Suggestion(question_name=Q_VERDICT, value="keep", agent=item.suggestion_agent)])
+    return rg.Record(
+        id=item.record_id,
+        fields={FIELD: item.value},
+        metadata=metadata,
+        suggestions=[rg.Suggestion(question_name=Q_VERDICT, value="keep", agent=item.suggestion_agent)],
+    )
 
 
-def plan_push(items: Sequence[ReviewItem], existing: dict[str, ServerRecord]) -> tuple[list[tuple[ReviewItem, dict]],
-                                                                                      dict[str, int]]:
+def plan_push(
+    items: Sequence[ReviewItem], existing: dict[str, ServerRecord]
+) -> tuple[list[tuple[ReviewItem, dict]], dict[str, int]]:
     """Which items to send, with their full metadata, and the counts (pure; see the module docstring)."""
     send: list[tuple[ReviewItem, dict[str, Any]]] = []
     counts = {"created": 0, "updated": 0, "unchanged": 0, "changed_since_review": 0}
@@ -311,8 +340,12 @@ def plan_push(items: Sequence[ReviewItem], existing: dict[str, ServerRecord]) ->
         if stale:
             meta[M_STALE] = sorted(stale)
         meta[M_CHANGED] = changed
-        same = (ex.metadata.get(M_PAYLOAD_HASH) == it.payload_hash and not content_changed
-                and ex.metadata.get(M_CHANGED, "no") == changed and ex.stale_marks == stale)
+        same = (
+            ex.metadata.get(M_PAYLOAD_HASH) == it.payload_hash
+            and not content_changed
+            and ex.metadata.get(M_CHANGED, "no") == changed
+            and ex.stale_marks == stale
+        )
         if same:
             counts["unchanged"] += 1
             continue
@@ -323,9 +356,18 @@ def plan_push(items: Sequence[ReviewItem], existing: dict[str, ServerRecord]) ->
     return send, counts
 
 
-def push(source: Path | Sequence[Dialogue], name: str, *, client: rg.Argilla, workspace: str | None = None,
-         min_submitted: int = 2, batch_size: int = DEFAULT_BATCH, variants: list[int] | None = None,
-         console: Console | None = None, progress: bool = True) -> PushResult:
+def push(
+    source: Path | Sequence[Dialogue],
+    name: str,
+    *,
+    client: rg.Argilla,
+    workspace: str | None = None,
+    min_submitted: int = 2,
+    batch_size: int = DEFAULT_BATCH,
+    variants: list[int] | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> PushResult:
     """Push every checklist item of ``source`` (a dataset folder, a file, or records) to the review dataset
     ``name`` in ``workspace``; create the dataset on first use with an overlap of ``min_submitted`` reviewers.
 
@@ -352,28 +394,45 @@ def push(source: Path | Sequence[Dialogue], name: str, *, client: rg.Argilla, wo
         send, counts = plan_push(items, existing)
         wanted = set(ids)
         orphaned = sum(1 for rid in existing if rid not in wanted)
-        with Progress(TextColumn("push {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, disable=not progress, transient=True) as bar:
+        with Progress(
+            TextColumn("push {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not progress,
+            transient=True,
+        ) as bar:
             task = bar.add_task(name, total=len(send))
             for start in range(0, len(send), batch_size):
-                chunk = [_to_record(it, meta) for it, meta in send[start:start + batch_size]]
+                chunk = [_to_record(it, meta) for it, meta in send[start : start + batch_size]]
                 with _stderr_quiet():
                     ds.records.log(chunk, batch_size=len(chunk))
                 bar.advance(task, len(chunk))
-    result = PushResult(dataset=name, workspace=ds.workspace.name, items=len(items), orphaned=orphaned,
-                        dataset_created=created, url=f"{url}/dataset/{ds.id}/annotation-mode", **counts)
+    result = PushResult(
+        dataset=name,
+        workspace=ds.workspace.name,
+        items=len(items),
+        orphaned=orphaned,
+        dataset_created=created,
+        url=f"{url}/dataset/{ds.id}/annotation-mode",
+        **counts,
+    )
     return result
 
 
 def print_push(result: PushResult, console: Console) -> None:
     """One line per fact of a push (for the CLI)."""
-    console.print(f"pushed {result.items} checklist items to [bold]{result.dataset}[/] (workspace "
-                  f"{result.workspace}{', new dataset' if result.dataset_created else ''}): {result.created} new, "
-                  f"{result.updated} updated, {result.unchanged} unchanged")
+    console.print(
+        f"pushed {result.items} checklist items to [bold]{result.dataset}[/] (workspace "
+        f"{result.workspace}{', new dataset' if result.dataset_created else ''}): {result.created} new, "
+        f"{result.updated} updated, {result.unchanged} unchanged"
+    )
     if result.changed_since_review:
-        console.print(f"{result.changed_since_review} reviewed items changed since their review: flagged "
-                      "changed_since_review=yes, their earlier responses no longer count")
+        console.print(
+            f"{result.changed_since_review} reviewed items changed since their review: flagged "
+            "changed_since_review=yes, their earlier responses no longer count"
+        )
     if result.orphaned:
         console.print(f"{result.orphaned} records on the server are not in this input (left as they are)")
     console.print(result.url)
-

@@ -54,8 +54,12 @@ DEFAULT_WORKSPACE = "cm2data"
 #: start order; stop goes the other way
 COMPONENTS = ("redis", "osmem", "server", "worker")
 #: what each component's command line contains (guards against a recycled process id)
-_MARKERS = {"redis": b"redis-server", "osmem": b"osmem-server", "server": b"argilla_server_patch",
-            "worker": b"argilla_server_patch"}
+_MARKERS = {
+    "redis": b"redis-server",
+    "osmem": b"osmem-server",
+    "server": b"argilla_server_patch",
+    "worker": b"argilla_server_patch",
+}
 _PATCH = Path(__file__).with_name("argilla_server_patch.py")
 
 
@@ -129,6 +133,7 @@ class ArgillaStack:
 
 # ---------------------------------------------------------------------------------------------------- locations
 
+
 def stack_dir(state_dir: str | Path | None = None) -> Path:
     """The stack's state folder: ``state_dir``, else ``$CM2DATA_ARGILLA_DIR``, else ``<cache>/argilla``."""
     if state_dir is not None:
@@ -145,12 +150,16 @@ def install() -> Path:
         return Path(python)
     script = supervisor.checkout() / "scripts" / "argilla_stack.sh"
     if not script.is_file():
-        raise StackError(f"{script} not found: build the Argilla server's environment from a cm2data checkout "
-                         "(bash scripts/argilla_stack.sh install), or set CM2DATA_ARGILLA_PYTHON")
+        raise StackError(
+            f"{script} not found: build the Argilla server's environment from a cm2data checkout "
+            "(bash scripts/argilla_stack.sh install), or set CM2DATA_ARGILLA_PYTHON"
+        )
     returncode, last = supervisor.run_installer(script, "install")  # progress goes to our stderr, the path to stdout
     if returncode != 0 or last is None:
-        raise StackError(f"building the Argilla stack's environment failed (exit {returncode}, {script} "
-                         "install); see its messages above")
+        raise StackError(
+            f"building the Argilla stack's environment failed (exit {returncode}, {script} "
+            "install); see its messages above"
+        )
     return Path(last) / "bin" / "python"
 
 
@@ -158,8 +167,10 @@ def redis_binary() -> str:
     """``$CM2DATA_REDIS_SERVER``, else ``redis-server`` on PATH, else ``/usr/bin/redis-server``."""
     found = os.environ.get("CM2DATA_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
     if not os.access(found, os.X_OK):
-        raise StackError("redis-server not found: apt-get install redis-server (bash scripts/argilla_stack.sh "
-                         "install does it as root), or set CM2DATA_REDIS_SERVER")
+        raise StackError(
+            "redis-server not found: apt-get install redis-server (bash scripts/argilla_stack.sh "
+            "install does it as root), or set CM2DATA_REDIS_SERVER"
+        )
     return found
 
 
@@ -170,11 +181,14 @@ def osmem_binary(python: Path) -> str:
     for lib in ("lib", "lib64"):
         for found in sorted((python.parent.parent / lib).glob("python3*/site-packages/osmem_server/bin/osmem-server")):
             return str(found)
-    raise StackError(f"osmem-server not found in the environment of {python}: rebuild it "
-                     "(bash scripts/argilla_stack.sh install) or set OSMEM_SERVER_BIN")
+    raise StackError(
+        f"osmem-server not found in the environment of {python}: rebuild it "
+        "(bash scripts/argilla_stack.sh install) or set OSMEM_SERVER_BIN"
+    )
 
 
 # -------------------------------------------------------------------------------------------------- credentials
+
 
 def read_credentials(state_dir: Path) -> Credentials:
     """The owner's credentials from ``<state_dir>/credentials.json``."""
@@ -204,8 +218,12 @@ def ensure_credentials(state_dir: Path, username: str | None = None, workspace: 
     try:
         creds = Credentials(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
-        creds = Credentials(username=username or DEFAULT_USERNAME, password=secrets.token_urlsafe(12),
-                            api_key="cm2-" + secrets.token_urlsafe(24), workspace=workspace or DEFAULT_WORKSPACE)
+        creds = Credentials(
+            username=username or DEFAULT_USERNAME,
+            password=secrets.token_urlsafe(12),
+            api_key="cm2-" + secrets.token_urlsafe(24),
+            workspace=workspace or DEFAULT_WORKSPACE,
+        )
     creds.username = username or creds.username
     creds.workspace = workspace or creds.workspace
     _write_private(path, json.dumps(asdict(creds), indent=2))
@@ -213,6 +231,7 @@ def ensure_credentials(state_dir: Path, username: str | None = None, workspace: 
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+
 
 def free_port(host: str = HOST, prefer: int | None = None) -> int:
     """A port on ``host`` that nothing listens on right now: ``prefer`` when it is free, else any."""
@@ -258,35 +277,51 @@ def _server_env(d: Path, redis_port: int, osmem_port: int) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
         env.pop(var, None)
-    env.update(ARGILLA_HOME_PATH=str(d), ARGILLA_DATABASE_URL=f"sqlite+aiosqlite:///{d / DB_FILE}",
-               ARGILLA_REDIS_URL=f"redis://{HOST}:{redis_port}/0", ARGILLA_SEARCH_ENGINE="opensearch",
-               ARGILLA_ELASTICSEARCH=f"http://{HOST}:{osmem_port}", ARGILLA_ENABLE_SHARE_YOUR_PROGRESS="false",
-               HF_HUB_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", TMPDIR=str(d / "tmp"), PYTHONUNBUFFERED="1",
-               COLUMNS="160")  # the workers log through rich: wide lines, not wrapped at 80
+    env.update(
+        ARGILLA_HOME_PATH=str(d),
+        ARGILLA_DATABASE_URL=f"sqlite+aiosqlite:///{d / DB_FILE}",
+        ARGILLA_REDIS_URL=f"redis://{HOST}:{redis_port}/0",
+        ARGILLA_SEARCH_ENGINE="opensearch",
+        ARGILLA_ELASTICSEARCH=f"http://{HOST}:{osmem_port}",
+        ARGILLA_ENABLE_SHARE_YOUR_PROGRESS="false",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        DO_NOT_TRACK="1",
+        TMPDIR=str(d / "tmp"),
+        PYTHONUNBUFFERED="1",
+        COLUMNS="160",
+    )  # the workers log through rich: wide lines, not wrapped at 80
     return env
 
 
-def _launch(stack: ArgillaStack, component: str, cmd: list[str], env: dict[str, str] | None,
-            die_with_parent: bool) -> subprocess.Popen[bytes]:
-    proc = supervisor.launch(cmd, log=stack.log(component), env=env, cwd=stack.state_dir,
-                             die_with_parent=die_with_parent)
+def _launch(
+    stack: ArgillaStack, component: str, cmd: list[str], env: dict[str, str] | None, die_with_parent: bool
+) -> subprocess.Popen[bytes]:
+    proc = supervisor.launch(
+        cmd, log=stack.log(component), env=env, cwd=stack.state_dir, die_with_parent=die_with_parent
+    )
     stack.pids[component] = proc.pid
     _write_state(stack)
     return proc
 
 
-def _wait(stack: ArgillaStack, component: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool],
-          timeout: float) -> None:
+def _wait(
+    stack: ArgillaStack, component: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float
+) -> None:
     outcome = supervisor.wait_for(ready, lambda: proc.poll() is not None, timeout)
     if outcome == "exited":
-        raise StackError(f"{component} exited during start-up (exit {proc.returncode}); its log "
-                         f"{stack.log(component)} ends:\n{log_tail(stack.log(component))}")
+        raise StackError(
+            f"{component} exited during start-up (exit {proc.returncode}); its log "
+            f"{stack.log(component)} ends:\n{log_tail(stack.log(component))}"
+        )
     if outcome == "timeout":
-        raise StackError(f"{component} was not ready within {timeout:g} s; its log {stack.log(component)} ends:\n"
-                         + log_tail(stack.log(component)))
+        raise StackError(
+            f"{component} was not ready within {timeout:g} s; its log {stack.log(component)} ends:\n"
+            + log_tail(stack.log(component))
+        )
 
 
 # ------------------------------------------------------------------------------------------------------- the API
+
 
 def status(state_dir: str | Path | None = None) -> ArgillaStack | None:
     """The recorded stack if any of its processes runs (check ``.alive()`` and ``.healthy()``), else None; a stale
@@ -308,32 +343,94 @@ def _stop_components(stack: ArgillaStack, timeout: float) -> None:
             supervisor.terminate(pid, _MARKERS[component], timeout)
 
 
-def _start_once(d: Path, python: Path, port: int, username: str | None, workspace: str | None, workers: int,
-                timeout: float, die_with_parent: bool) -> ArgillaStack:
+def _start_once(
+    d: Path,
+    python: Path,
+    port: int,
+    username: str | None,
+    workspace: str | None,
+    workers: int,
+    timeout: float,
+    die_with_parent: bool,
+) -> ArgillaStack:
     creds = ensure_credentials(d, username, workspace)
-    stack = ArgillaStack(state_dir=str(d), port=port, redis_port=free_port(), osmem_port=free_port(),
-                         python=str(python), username=creds.username, workspace=creds.workspace,
-                         started_at=time.time())
+    stack = ArgillaStack(
+        state_dir=str(d),
+        port=port,
+        redis_port=free_port(),
+        osmem_port=free_port(),
+        python=str(python),
+        username=creds.username,
+        workspace=creds.workspace,
+        started_at=time.time(),
+    )
     t0 = time.monotonic()
     try:
-        proc = _launch(stack, "redis", [redis_binary(), "--bind", HOST, "--port", str(stack.redis_port),
-                                        "--save", "", "--appendonly", "no", "--dir", str(d),
-                                        "--protected-mode", "yes", "--daemonize", "no"], None, die_with_parent)
+        proc = _launch(
+            stack,
+            "redis",
+            [
+                redis_binary(),
+                "--bind",
+                HOST,
+                "--port",
+                str(stack.redis_port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(d),
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
+            ],
+            None,
+            die_with_parent,
+        )
         _wait(stack, "redis", proc, lambda: _redis_ping(stack.redis_port), 20)
-        proc = _launch(stack, "osmem", [osmem_binary(python), "--addr", f"{HOST}:{stack.osmem_port}",
-                                        "--no-stdin-watch"], None, die_with_parent)
+        proc = _launch(
+            stack,
+            "osmem",
+            [osmem_binary(python), "--addr", f"{HOST}:{stack.osmem_port}", "--no-stdin-watch"],
+            None,
+            die_with_parent,
+        )
         _wait(stack, "osmem", proc, lambda: supervisor.http_status(f"http://{HOST}:{stack.osmem_port}/") == 200, 20)
         env = _server_env(d, stack.redis_port, stack.osmem_port)
-        proc = _launch(stack, "server", [str(python), str(_PATCH), "serve", "--host", HOST, "--port", str(port),
-                                         "--credentials", str(d / CREDENTIALS_FILE)], env, die_with_parent)
+        proc = _launch(
+            stack,
+            "server",
+            [
+                str(python),
+                str(_PATCH),
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--credentials",
+                str(d / CREDENTIALS_FILE),
+            ],
+            env,
+            die_with_parent,
+        )
         _wait(stack, "server", proc, lambda: stack.healthy(1.0), timeout)
         me = supervisor.http_status(f"{stack.api_url}/api/v1/me", {"X-Argilla-Api-Key": creds.api_key})
         if me != 200:
-            raise StackError(f"the server does not accept the owner's API key (GET /api/v1/me: {me}); its log "
-                             f"{stack.log('server')} ends:\n{log_tail(stack.log('server'))}")
+            raise StackError(
+                f"the server does not accept the owner's API key (GET /api/v1/me: {me}); its log "
+                f"{stack.log('server')} ends:\n{log_tail(stack.log('server'))}"
+            )
         if workers > 0:
-            _launch(stack, "worker", [str(python), str(_PATCH), "worker", "--num-workers", str(workers)], env,
-                    die_with_parent)
+            _launch(
+                stack,
+                "worker",
+                [str(python), str(_PATCH), "worker", "--num-workers", str(workers)],
+                env,
+                die_with_parent,
+            )
     except BaseException:
         _stop_components(stack, 5)
         (d / STATE_FILE).unlink(missing_ok=True)
@@ -343,9 +440,17 @@ def _start_once(d: Path, python: Path, port: int, username: str | None, workspac
     return stack
 
 
-def start(state_dir: str | Path | None = None, *, port: int | None = None, fresh: bool = False, workers: int = 1,
-          username: str | None = None, workspace: str | None = None, timeout: float = 120.0,
-          die_with_parent: bool = False) -> ArgillaStack:
+def start(
+    state_dir: str | Path | None = None,
+    *,
+    port: int | None = None,
+    fresh: bool = False,
+    workers: int = 1,
+    username: str | None = None,
+    workspace: str | None = None,
+    timeout: float = 120.0,
+    die_with_parent: bool = False,
+) -> ArgillaStack:
     """Start the stack in ``state_dir`` (default :func:`stack_dir`) and wait until it is ready; reuse it when it is
     already running and healthy (a partly running one is stopped and started again).
 
@@ -363,8 +468,10 @@ def start(state_dir: str | Path | None = None, *, port: int | None = None, fresh
         if running is not None:
             if all(running.alive().values()) and running.healthy():
                 if port is not None and running.port != port:
-                    raise StackError(f"the Argilla stack in {d} already runs at {running.api_url}; stop it first "
-                                     "(cm2data review stack stop) to use another port")
+                    raise StackError(
+                        f"the Argilla stack in {d} already runs at {running.api_url}; stop it first "
+                        "(cm2data review stack stop) to use another port"
+                    )
                 return running
             _stop_components(running, 10)
             (d / STATE_FILE).unlink(missing_ok=True)

@@ -1,5 +1,4 @@
-"""Progress of a review dataset: records per state, responses per state and per reviewer (``cm2data review status``).
-"""
+"""Progress of a review dataset: records per state, responses per state and per reviewer (``cm2data review status``)."""
 
 from __future__ import annotations
 
@@ -77,18 +76,27 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
     s = status
-    console.print(f"[bold]{s['dataset']}[/] (workspace {s['workspace']}): {s['records']} records, "
-                  f"{s['by_state'].get('completed', 0)} completed, {s['by_state'].get('pending', 0)} pending "
-                  f"(complete at {s['min_submitted']} submitted responses)")
+    console.print(
+        f"[bold]{s['dataset']}[/] (workspace {s['workspace']}): {s['records']} records, "
+        f"{s['by_state'].get('completed', 0)} completed, {s['by_state'].get('pending', 0)} pending "
+        f"(complete at {s['min_submitted']} submitted responses)"
+    )
     r = s["responses"]
-    console.print(f"responses: {r.get('submitted', 0)} submitted, {r.get('draft', 0)} draft, "
-                  f"{r.get('discarded', 0)} discarded; {s['changed_since_review']} records changed since review, "
-                  f"{s['stale_responses']} submitted responses older than their record's content")
+    console.print(
+        f"responses: {r.get('submitted', 0)} submitted, {r.get('draft', 0)} draft, "
+        f"{r.get('discarded', 0)} discarded; {s['changed_since_review']} records changed since review, "
+        f"{s['stale_responses']} submitted responses older than their record's content"
+    )
     if s["reviewers"]:
         table = Table(title="per reviewer")
         for col in ("reviewer", "submitted", "draft", "discarded", "keep", "fix", "drop", "stale"):
             table.add_column(col)
         for who, c in s["reviewers"].items():
-            table.add_row(who, *(str(c.get(k, 0)) for k in ("submitted", "draft", "discarded", "verdict_keep",
-                                                            "verdict_fix", "verdict_drop", "stale")))
+            table.add_row(
+                who,
+                *(
+                    str(c.get(k, 0))
+                    for k in ("submitted", "draft", "discarded", "verdict_keep", "verdict_fix", "verdict_drop", "stale")
+                ),
+            )
         console.print(table)

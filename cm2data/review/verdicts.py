@@ -108,13 +108,29 @@ def build_settings(min_submitted: int = 2, template: str | None = None) -> rg.Se
         raise ValueError(f"min_submitted must be at least 1, got {min_submitted}")
     return rg.Settings(
         guidelines=GUIDELINES,
-        fields=[rg.CustomField(name=FIELD, title="Checklist item in its dialogue", template=template or load_template(),
-                               advanced_mode=True, required=True)],
+        fields=[
+            rg.CustomField(
+                name=FIELD,
+                title="Checklist item in its dialogue",
+                template=template or load_template(),
+                advanced_mode=True,
+                required=True,
+            )
+        ],
         questions=[
-            rg.LabelQuestion(name=Q_PASSED, title="Does the turn satisfy the item?", labels=PASS_LABELS,
-                             required=True, description="pass if the pass condition holds in the turn, else fail"),
-            rg.TextQuestion(name=Q_REASON, title="Reason (optional)", required=False,
-                            description="one sentence: why (especially for a fail or a hard case)"),
+            rg.LabelQuestion(
+                name=Q_PASSED,
+                title="Does the turn satisfy the item?",
+                labels=PASS_LABELS,
+                required=True,
+                description="pass if the pass condition holds in the turn, else fail",
+            ),
+            rg.TextQuestion(
+                name=Q_REASON,
+                title="Reason (optional)",
+                required=False,
+                description="one sentence: why (especially for a fail or a hard case)",
+            ),
         ],
         metadata=[
             rg.TermsMetadataProperty(name=M_DOMAIN, title="domain"),
@@ -130,8 +146,9 @@ def build_settings(min_submitted: int = 2, template: str | None = None) -> rg.Se
             rg.TermsMetadataProperty(name=M_JUDGE_SHOWN, title="judge verdict shown", visible_for_annotators=False),
             rg.TermsMetadataProperty(name=M_CONTENT_HASH, title="content hash", visible_for_annotators=False),
             rg.TermsMetadataProperty(name=M_PAYLOAD_HASH, title="payload hash", visible_for_annotators=False),
-            rg.TermsMetadataProperty(name=M_STALE, title="responses older than the content",
-                                     visible_for_annotators=False),
+            rg.TermsMetadataProperty(
+                name=M_STALE, title="responses older than the content", visible_for_annotators=False
+            ),
         ],
         distribution=rg.TaskDistribution(min_submitted=min_submitted),
     )
@@ -145,8 +162,10 @@ def find_verdict_dataset(client: rg.Argilla, name: str, workspace: str | None = 
         warnings.simplefilter("ignore")
         ds = client.datasets(name=name, workspace=ws)
     if ds is not None and Q_PASSED not in {q.name for q in ds.settings.questions}:
-        raise ReviewError(f"dataset {name!r} in workspace {ws.name!r} is not a cm2data verdict-review dataset "
-                          f"(no {Q_PASSED!r} question)")
+        raise ReviewError(
+            f"dataset {name!r} in workspace {ws.name!r} is not a cm2data verdict-review dataset "
+            f"(no {Q_PASSED!r} question)"
+        )
     return ds
 
 
@@ -181,8 +200,7 @@ def verdict_items(folder: Path, *, show_judge: bool = False) -> VerdictItems:
         run = read_run(folder)
     except VerdictError as exc:
         raise ReviewError(str(exc)) from None
-    counts = Counter({"rows": len(rows), "duplicate_rows": 0, "unjudged": 0, "not_in_dialogues": 0,
-                      "item_changed": 0})
+    counts = Counter({"rows": len(rows), "duplicate_rows": 0, "unjudged": 0, "not_in_dialogues": 0, "item_changed": 0})
     seen: set[Key] = set()
     items: list[ReviewItem] = []
     judge: dict[str, bool] = {}
@@ -196,8 +214,11 @@ def verdict_items(folder: Path, *, show_judge: bool = False) -> VerdictItems:
             counts["unjudged"] += 1
             continue
         d = dialogues.get(key[0])
-        block = next((b for b in d.checklists[key[1]] if b.turn == key[2]), None) \
-            if d is not None and key[1] < len(d.checklists) else None
+        block = (
+            next((b for b in d.checklists[key[1]] if b.turn == key[2]), None)
+            if d is not None and key[1] < len(d.checklists)
+            else None
+        )
         item = next((it for it in block.items if it.id == key[3]), None) if block is not None else None
         if d is None or block is None or item is None:
             counts["not_in_dialogues"] += 1
@@ -223,8 +244,7 @@ def verdict_items(folder: Path, *, show_judge: bool = False) -> VerdictItems:
         meta[M_CONTENT_HASH] = content
         agent = suggestion_agent(str(row.get("judge_model")), str(row.get("mode")))
         judge[ikey.record_id] = bool(row["verdict"])
-        payload = {"value": value, "metadata": meta,
-                   "judge": ([bool(row["verdict"]), agent] if show_judge else None)}
+        payload = {"value": value, "metadata": meta, "judge": ([bool(row["verdict"]), agent] if show_judge else None)}
         items.append(ReviewItem(ikey, value, meta, agent, content, _hash(payload)))
     counts["pushable"] = len(items)
     return VerdictItems(items, judge, dict(counts), run)
@@ -233,8 +253,11 @@ def verdict_items(folder: Path, *, show_judge: bool = False) -> VerdictItems:
 def _to_record(item: ReviewItem, metadata: dict[str, Any], judge: bool | None) -> rg.Record:
     import argilla as rg
 
-    suggestions = [] if judge is None else [rg.Suggestion(question_name=Q_PASSED, value="pass" if judge else "fail",
-                                                          agent=item.suggestion_agent)]
+    suggestions = (
+        []
+        if judge is None
+        else [rg.Suggestion(question_name=Q_PASSED, value="pass" if judge else "fail", agent=item.suggestion_agent)]
+    )
     return rg.Record(id=item.record_id, fields={FIELD: item.value}, metadata=metadata, suggestions=suggestions)
 
 
@@ -257,9 +280,16 @@ class VerdictPushResult:
         return dict(self.__dict__)
 
 
-def push_verdicts(folder: Path, name: str, *, client: rg.Argilla, workspace: str | None = None,
-                  min_submitted: int = 2, show_judge: bool = False,
-                  batch_size: int = DEFAULT_BATCH) -> VerdictPushResult:
+def push_verdicts(
+    folder: Path,
+    name: str,
+    *,
+    client: rg.Argilla,
+    workspace: str | None = None,
+    min_submitted: int = 2,
+    show_judge: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+) -> VerdictPushResult:
     """Push the judged items of the verdict folder ``folder`` to the verdict-review dataset ``name`` (created on
     first use with ``min_submitted`` reviewers per record). Idempotent; see the module docstring."""
     import argilla as rg
@@ -273,40 +303,60 @@ def push_verdicts(folder: Path, name: str, *, client: rg.Argilla, workspace: str
         ds = find_verdict_dataset(client, name, workspace)
         created = ds is None
         if ds is None:
-            ds = rg.Dataset(name=name, workspace=find_workspace(client, workspace),
-                            settings=build_settings(min_submitted), client=client)
+            ds = rg.Dataset(
+                name=name,
+                workspace=find_workspace(client, workspace),
+                settings=build_settings(min_submitted),
+                client=client,
+            )
             ds.create()
             existing = {}
         else:
             existing = fetch_records(client, ds)
             shown = {r.metadata.get(M_JUDGE_SHOWN) for r in existing.values()} - {None}
             if shown and shown != {"yes" if show_judge else "no"}:
-                raise ReviewError(f"dataset {name!r} was created with the judge's verdicts "
-                                  f"{'shown' if 'yes' in shown else 'hidden'}; push to a new name to change that")
+                raise ReviewError(
+                    f"dataset {name!r} was created with the judge's verdicts "
+                    f"{'shown' if 'yes' in shown else 'hidden'}; push to a new name to change that"
+                )
         send, counts = plan_push(found.items, existing)
         wanted = {it.record_id for it in found.items}
         orphaned = sum(1 for rid in existing if rid not in wanted)
         for start in range(0, len(send), batch_size):
-            chunk = [_to_record(it, meta, found.judge[it.record_id] if show_judge else None)
-                     for it, meta in send[start:start + batch_size]]
+            chunk = [
+                _to_record(it, meta, found.judge[it.record_id] if show_judge else None)
+                for it, meta in send[start : start + batch_size]
+            ]
             with _stderr_quiet():
                 ds.records.log(chunk, batch_size=len(chunk))
     left_out = {k: v for k, v in found.counts.items() if k not in ("rows", "pushable") and v}
-    return VerdictPushResult(dataset=name, workspace=ds.workspace.name, pushed=len(found.items), orphaned=orphaned,
-                             dataset_created=created, judge_shown=show_judge, left_out=left_out,
-                             url=f"{url}/dataset/{ds.id}/annotation-mode", **counts)
+    return VerdictPushResult(
+        dataset=name,
+        workspace=ds.workspace.name,
+        pushed=len(found.items),
+        orphaned=orphaned,
+        dataset_created=created,
+        judge_shown=show_judge,
+        left_out=left_out,
+        url=f"{url}/dataset/{ds.id}/annotation-mode",
+        **counts,
+    )
 
 
 def print_push_verdicts(result: VerdictPushResult, console: Console) -> None:
-    console.print(f"pushed {result.pushed} judged items to [bold]{result.dataset}[/] (workspace {result.workspace}"
-                  f"{', new dataset' if result.dataset_created else ''}; judge verdict "
-                  f"{'shown as a suggestion' if result.judge_shown else 'hidden'}): {result.created} new, "
-                  f"{result.updated} updated, {result.unchanged} unchanged")
+    console.print(
+        f"pushed {result.pushed} judged items to [bold]{result.dataset}[/] (workspace {result.workspace}"
+        f"{', new dataset' if result.dataset_created else ''}; judge verdict "
+        f"{'shown as a suggestion' if result.judge_shown else 'hidden'}): {result.created} new, "
+        f"{result.updated} updated, {result.unchanged} unchanged"
+    )
     if result.left_out:
         console.print("left out: " + ", ".join(f"{k} {v}" for k, v in result.left_out.items()))
     if result.changed_since_review:
-        console.print(f"{result.changed_since_review} reviewed items changed since their review: their earlier "
-                      "responses no longer count")
+        console.print(
+            f"{result.changed_since_review} reviewed items changed since their review: their earlier "
+            "responses no longer count"
+        )
     if result.orphaned:
         console.print(f"{result.orphaned} records on the server are not in this verdict folder (left as they are)")
     console.print(result.url)
@@ -330,19 +380,41 @@ def answered_again(inserted_at: str, updated_at: str) -> bool:
     return (last - first).total_seconds() > REVISION_SECONDS
 
 
-def human_rows(records: Mapping[str, Any], names: Mapping[str, str], judge_rows: Mapping[Key, Mapping[str, Any]],
-               dataset: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def human_rows(
+    records: Mapping[str, Any], names: Mapping[str, str], judge_rows: Mapping[Key, Mapping[str, Any]], dataset: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per (record, reviewer) response and the counts of :func:`pull_verdicts`'s report (pure)."""
     rows: list[dict[str, Any]] = []
-    c = Counter({k: 0 for k in ("records", "responses", "submitted", "skipped", "drafts", "stale", "revised",
-                                "not_in_verdicts", "changed_since_push", "items_answered", "items_complete",
-                                "items_disagreeing", "items_tied")})
+    c = Counter(
+        {
+            k: 0
+            for k in (
+                "records",
+                "responses",
+                "submitted",
+                "skipped",
+                "drafts",
+                "stale",
+                "revised",
+                "not_in_verdicts",
+                "changed_since_push",
+                "items_answered",
+                "items_complete",
+                "items_disagreeing",
+                "items_tied",
+            )
+        }
+    )
     reviewed_keys: set[Key] = set()
     for rec in records.values():
         c["records"] += 1
         meta = rec.metadata
-        key: Key = (decode_text(str(meta.get(M_DIALOGUE, ""))), int(meta.get(M_VARIANT, 0) or 0),
-                    int(meta.get(M_TURN, 0) or 0), decode_text(str(meta.get(M_ITEM, ""))))
+        key: Key = (
+            decode_text(str(meta.get(M_DIALOGUE, ""))),
+            int(meta.get(M_VARIANT, 0) or 0),
+            int(meta.get(M_TURN, 0) or 0),
+            decode_text(str(meta.get(M_ITEM, ""))),
+        )
         reviewed_keys.add(key)
         judge_row = judge_rows.get(key)
         fps = (meta.get(M_ITEM_FP), meta.get(M_CONTEXT_FP))
@@ -358,8 +430,11 @@ def human_rows(records: Mapping[str, Any], names: Mapping[str, str], judge_rows:
             status = r.status
             if r.status == "submitted" and r.mark in marks:
                 status = "stale"
-            c[{"submitted": "submitted", "discarded": "skipped", "draft": "drafts", "stale": "stale"}.get(status,
-                                                                                                   status)] += 1
+            c[
+                {"submitted": "submitted", "discarded": "skipped", "draft": "drafts", "stale": "stale"}.get(
+                    status, status
+                )
+            ] += 1
             revised = answered_again(r.inserted_at, r.updated_at)
             c["revised"] += revised
             label = r.values.get(Q_PASSED)
@@ -367,14 +442,25 @@ def human_rows(records: Mapping[str, Any], names: Mapping[str, str], judge_rows:
             if status == "submitted" and verdict is not None:
                 votes.append(verdict)
             reason = r.values.get(Q_REASON)
-            rows.append({
-                "dialogue_id": key[0], "variant": key[1], "turn": key[2], "item_id": key[3],
-                "focus_on": decode_text(str(meta.get(M_FOCUS) or "")), "item_fingerprint": fps[0],
-                "context_fingerprint": fps[1], "reviewer": names.get(r.user_id, r.user_id), "status": status,
-                "verdict": verdict, "reason": reason if isinstance(reason, str) and reason.strip() else None,
-                "answered_at": r.updated_at or None, "revised": revised,
-                "judge_verdict": None if judge_row is None else judge_row.get("verdict"), "dataset": dataset,
-            })
+            rows.append(
+                {
+                    "dialogue_id": key[0],
+                    "variant": key[1],
+                    "turn": key[2],
+                    "item_id": key[3],
+                    "focus_on": decode_text(str(meta.get(M_FOCUS) or "")),
+                    "item_fingerprint": fps[0],
+                    "context_fingerprint": fps[1],
+                    "reviewer": names.get(r.user_id, r.user_id),
+                    "status": status,
+                    "verdict": verdict,
+                    "reason": reason if isinstance(reason, str) and reason.strip() else None,
+                    "answered_at": r.updated_at or None,
+                    "revised": revised,
+                    "judge_verdict": None if judge_row is None else judge_row.get("verdict"),
+                    "dataset": dataset,
+                }
+            )
         if votes:
             c["items_answered"] += 1
             if len(set(votes)) > 1:
@@ -394,8 +480,9 @@ class VerdictPullResult:
     report: dict[str, Any]
 
 
-def pull_verdicts(name: str, *, into: Path, out: Path, client: rg.Argilla, workspace: str | None = None,
-                  now: str | None = None) -> VerdictPullResult:
+def pull_verdicts(
+    name: str, *, into: Path, out: Path, client: rg.Argilla, workspace: str | None = None, now: str | None = None
+) -> VerdictPullResult:
     """Pull the responses of verdict-review dataset ``name``, check them against the verdict folder ``into`` (the one
     that was pushed) and write the human verdict folder ``out`` (see the module docstring)."""
     from cm2data.review.status import user_names
@@ -418,10 +505,16 @@ def pull_verdicts(name: str, *, into: Path, out: Path, client: rg.Argilla, works
         min_submitted = ds.settings.distribution.min_submitted
         workspace_name = ds.workspace.name
     rows, counts = human_rows(records, names, judge_rows, name)
-    report = {"dataset": name, "workspace": workspace_name, "into": str(into), "out": str(out),
-              "pulled_at": now or datetime.now(UTC).isoformat(timespec="seconds"), "min_submitted": min_submitted,
-              "reviewers": dict(sorted(Counter(r["reviewer"] for r in rows if r["status"] == "submitted").items())),
-              **counts}
+    report = {
+        "dataset": name,
+        "workspace": workspace_name,
+        "into": str(into),
+        "out": str(out),
+        "pulled_at": now or datetime.now(UTC).isoformat(timespec="seconds"),
+        "min_submitted": min_submitted,
+        "reviewers": dict(sorted(Counter(r["reviewer"] for r in rows if r["status"] == "submitted").items())),
+        **counts,
+    }
     try:
         write_human(out, rows, report)
     except VerdictError as exc:
@@ -431,11 +524,15 @@ def pull_verdicts(name: str, *, into: Path, out: Path, client: rg.Argilla, works
 
 def print_pull_verdicts(result: VerdictPullResult, console: Console) -> None:
     r = result.report
-    console.print(f"pulled {r['responses']} responses on {r['records']} records of {r['dataset']} → {result.out}: "
-                  f"{r['submitted']} submitted, {r['skipped']} skipped (discarded), {r['drafts']} drafts, "
-                  f"{r['stale']} stale (item changed after the answer), {r['revised']} revised answers")
-    console.print(f"{r['items_answered']} items answered ({r['items_complete']} complete), {r['items_disagreeing']} "
-                  f"with disagreeing reviewers ({r['items_tied']} tied); {r['not_in_verdicts']} records not in "
-                  f"{r['into']}, {r['changed_since_push']} changed there since the push, {r['not_pushed']} judged "
-                  "items never pushed")
+    console.print(
+        f"pulled {r['responses']} responses on {r['records']} records of {r['dataset']} → {result.out}: "
+        f"{r['submitted']} submitted, {r['skipped']} skipped (discarded), {r['drafts']} drafts, "
+        f"{r['stale']} stale (item changed after the answer), {r['revised']} revised answers"
+    )
+    console.print(
+        f"{r['items_answered']} items answered ({r['items_complete']} complete), {r['items_disagreeing']} "
+        f"with disagreeing reviewers ({r['items_tied']} tied); {r['not_in_verdicts']} records not in "
+        f"{r['into']}, {r['changed_since_push']} changed there since the push, {r['not_pushed']} judged "
+        "items never pushed"
+    )
     console.print(f"compare: cm2data judge agree {r['into']} --human {result.out}")

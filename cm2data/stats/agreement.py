@@ -118,8 +118,9 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def binary_agreement(reference: Sequence[bool], compared: Sequence[bool], *, resamples: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, Any]:
+def binary_agreement(
+    reference: Sequence[bool], compared: Sequence[bool], *, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """Everything about the agreement of two binary raters on the same units (JSON-ready):
 
     ``n``, ``accuracy``, ``kappa``, their bootstrap intervals ``accuracy_ci``/``kappa_ci`` (``level``, ``resamples``,

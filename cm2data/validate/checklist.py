@@ -84,8 +84,10 @@ def evidence_pointers(d: Dialogue, steps: Sequence[int]) -> list[str]:
                     if ev.turn >= n_turns:
                         out.append(f"variant {v} turn {block.turn} {it.id}: evidence turn {ev.turn} does not exist")
                     elif ev.step >= steps[ev.turn]:
-                        out.append(f"variant {v} turn {block.turn} {it.id}: evidence step {ev.step} does not exist "
-                                   f"in turn {ev.turn} ({steps[ev.turn]} steps)")
+                        out.append(
+                            f"variant {v} turn {block.turn} {it.id}: evidence step {ev.step} does not exist "
+                            f"in turn {ev.turn} ({steps[ev.turn]} steps)"
+                        )
     return out
 
 
@@ -120,8 +122,10 @@ def evidence_grounded(d: Dialogue, steps: Sequence[int]) -> list[str]:
                 fields = it.__dict__  # pydantic keeps values there; attribute reads take a slower hook
                 evidence = fields["evidence"]
                 if not evidence and not _added_in_review(fields["extra_info"]):
-                    out.append(f"variant {v} turn {block.turn} {it.id}: no evidence (an item must point at the steps "
-                               f"that support it)")
+                    out.append(
+                        f"variant {v} turn {block.turn} {it.id}: no evidence (an item must point at the steps "
+                        f"that support it)"
+                    )
                 for k, ev in enumerate(evidence):
                     pointer = ev.__dict__
                     source, t, s = pointer["from_"], pointer["turn"], pointer["step"]
@@ -132,8 +136,10 @@ def evidence_grounded(d: Dialogue, steps: Sequence[int]) -> list[str]:
                         turns = segment(d.messages)
                     step = turns[t].steps[s]
                     if step.kind != kind:
-                        out.append(f"variant {v} turn {block.turn} {it.id} evidence {k}: from {source!r}, but turn {t} "
-                                   f"step {s} is the {step.kind}'s step")
+                        out.append(
+                            f"variant {v} turn {block.turn} {it.id} evidence {k}: from {source!r}, but turn {t} "
+                            f"step {s} is the {step.kind}'s step"
+                        )
                         continue
                     key = (t, s, source)
                     raw = raw_texts.get(key)
@@ -150,11 +156,15 @@ def evidence_grounded(d: Dialogue, steps: Sequence[int]) -> list[str]:
                     if not snippet:
                         out.append(f"{at}: the snippet is empty")
                     elif not text:
-                        out.append(f"{at}: the {source} of turn {t} step {s} is empty, so it cannot hold the snippet "
-                                   f"{snippet_raw!r:.80}")
+                        out.append(
+                            f"{at}: the {source} of turn {t} step {s} is empty, so it cannot hold the snippet "
+                            f"{snippet_raw!r:.80}"
+                        )
                     elif not grounded(snippet, text, normalized=True):
-                        out.append(f"{at}: the snippet {snippet_raw!r:.80} is not in the {source} of turn {t} step {s} "
-                                   f"(closest quote similarity {similarity(snippet, text, normalized=True):.2f})")
+                        out.append(
+                            f"{at}: the snippet {snippet_raw!r:.80} is not in the {source} of turn {t} step {s} "
+                            f"(closest quote similarity {similarity(snippet, text, normalized=True):.2f})"
+                        )
     return out
 
 
@@ -196,8 +206,11 @@ def _prompt_example_texts_raw(*, snippets: bool = True) -> list[str]:
     out: list[str] = []
     for _, item in _prompt_example_items():
         quotes = [ev.get("snippet") for ev in item.get("evidence") or [] if isinstance(ev, dict)] if snippets else []
-        out += [t for t in (item.get("question"), item.get("pass_condition"), *(item.get("failure_examples") or []),
-                            *quotes) if isinstance(t, str) and t.strip()]
+        out += [
+            t
+            for t in (item.get("question"), item.get("pass_condition"), *(item.get("failure_examples") or []), *quotes)
+            if isinstance(t, str) and t.strip()
+        ]
     return out
 
 
@@ -238,9 +251,11 @@ def _example_anchors() -> tuple[tuple[str, ...], tuple[tuple[int, tuple[str, ...
         anchors.update([w for w in found if len(w) >= 4 and w not in common][:3] or found[:1])
     # with each example snippet, the longest raw text that can normalise to it (whitespace, quotes and escapes
     # around every character and then some): a longer snippet is not a copy of it
-    snippet_words = {(3 * len(normalize(text)) + 10, tuple(words(text)))
-                     for text in _prompt_example_texts_raw(snippets=True)
-                     if text not in _prompt_example_texts_raw(snippets=False)}
+    snippet_words = {
+        (3 * len(normalize(text)) + 10, tuple(words(text)))
+        for text in _prompt_example_texts_raw(snippets=True)
+        if text not in _prompt_example_texts_raw(snippets=False)
+    }
     return tuple(sorted(anchors)), tuple(sorted(sw for sw in snippet_words if sw[1]))
 
 
@@ -291,14 +306,19 @@ def copied_from_prompt(d: Dialogue, steps: Sequence[int]) -> list[str]:
     if not joined.isascii() or any(w in folded for w in anchors):
         for v, turn, it in items:
             fields = it.__dict__
-            for name, text in (("question", fields["question"]), ("pass_condition", fields["pass_condition"]),
-                               *(("failure_example", f) for f in fields["failure_examples"])):
+            for name, text in (
+                ("question", fields["question"]),
+                ("pass_condition", fields["pass_condition"]),
+                *(("failure_example", f) for f in fields["failure_examples"]),
+            ):
                 if text.isascii() and not any(w in text.casefold() for w in anchors):
                     continue  # shares none of the examples' distinctive words: cannot be a copy
                 tag = _near_example(_example_key(text), known[name])
                 if tag is not None:
-                    out.append(f"variant {v} turn {turn} {it.id}: the {name.replace('_', ' ')} {text!r:.80} is copied "
-                               f"from the example in the labeller prompt ({tag}), not written about this dialogue")
+                    out.append(
+                        f"variant {v} turn {turn} {it.id}: the {name.replace('_', ' ')} {text!r:.80} is copied "
+                        f"from the example in the labeller prompt ({tag}), not written about this dialogue"
+                    )
     full_text: str | None = None
     for v, turn, it, raw in short:
         if raw.isascii():
@@ -310,12 +330,18 @@ def copied_from_prompt(d: Dialogue, steps: Sequence[int]) -> list[str]:
         if tag is None:
             continue
         if full_text is None:
-            full_text = normalize("\n".join(part for m in d.messages
-                                             for part in (m.content, m.thinking or "",
-                                                          *(c.arguments for c in m.tool_calls))))
+            full_text = normalize(
+                "\n".join(
+                    part
+                    for m in d.messages
+                    for part in (m.content, m.thinking or "", *(c.arguments for c in m.tool_calls))
+                )
+            )
         if snippet not in full_text:
-            out.append(f"variant {v} turn {turn} {it.id}: the snippet {raw!r:.80} is copied from the example in "
-                       f"the labeller prompt ({tag}); this dialogue does not contain it")
+            out.append(
+                f"variant {v} turn {turn} {it.id}: the snippet {raw!r:.80} is copied from the example in "
+                f"the labeller prompt ({tag}); this dialogue does not contain it"
+            )
     return out
 
 

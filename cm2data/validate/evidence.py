@@ -86,7 +86,7 @@ def similarity(snippet: str, text: str, *, normalized: bool = False) -> float:
         if start in seen:
             continue
         seen.add(start)
-        scorer.set_seq1(t[start:start + m])
+        scorer.set_seq1(t[start : start + m])
         best = max(best, scorer.ratio())
         if best >= 1.0:
             break

@@ -74,8 +74,9 @@ class GateResult:
 class _Gate:
     """The per-record part of the gate, shared by :func:`run_gate` and :func:`run_gate_stream`."""
 
-    def __init__(self, config: RuleConfig | None, stages: Sequence[str], rules: Sequence[str] | None,
-                 duplicated: set[str] | None) -> None:
+    def __init__(
+        self, config: RuleConfig | None, stages: Sequence[str], rules: Sequence[str] | None, duplicated: set[str] | None
+    ) -> None:
         self.cfg = config or RuleConfig()
         _check_rule_names(rules)
         self.selected = [r for r in rule_names(stages) if rules is None or r in rules]

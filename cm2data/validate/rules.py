@@ -98,8 +98,11 @@ def role_order(d: Dialogue, cfg: RuleConfig) -> list[str]:
     msgs = d.messages
     roles = [m.role for m in msgs]
     if "system" in roles[1:]:
-        out.extend(f"message {i}: system message not at the start"
-                   for i, role in enumerate(roles) if role == "system" and i != 0)
+        out.extend(
+            f"message {i}: system message not at the start"
+            for i, role in enumerate(roles)
+            if role == "system" and i != 0
+        )
     body = roles[1:] if roles and roles[0] == "system" else roles
     if not body or body[0] != "user":
         out.append("the first non-system message is not a user message")
@@ -137,15 +140,21 @@ def tool_call_response_match(d: Dialogue, cfg: RuleConfig) -> list[str]:
                 call_ids = [c.id for c in m.tool_calls]
                 resp_ids = [r.tool_call_id for r in msgs[i + 1 : j]]
                 # equal lists (the usual case) cannot differ once sorted: skip the sorting
-                if call_ids != resp_ids and all(call_ids) and all(resp_ids) and (
-                    sorted(call_ids) != sorted(resp_ids)  # type: ignore[type-var]
+                if (
+                    call_ids != resp_ids
+                    and all(call_ids)
+                    and all(resp_ids)
+                    and (
+                        sorted(call_ids) != sorted(resp_ids)  # type: ignore[type-var]
+                    )
                 ):
                     out.append(f"message {i}: tool_call_ids {resp_ids} do not answer calls {call_ids}")
             i = j
         else:
             i += 1
-    orphans = sum(1 for i, role in enumerate(roles)
-                  if role == "tool" and (i == 0 or roles[i - 1] not in ("assistant", "tool")))
+    orphans = sum(
+        1 for i, role in enumerate(roles) if role == "tool" and (i == 0 or roles[i - 1] not in ("assistant", "tool"))
+    )
     if orphans:
         out.append(f"{orphans} tool messages without a preceding call")
     return out

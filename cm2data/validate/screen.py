@@ -39,8 +39,13 @@ _NONE = type(None)
 #: JSON type name → the Python types of a parsed value that certainly satisfy it. Stricter than ``type_ok``:
 #: an integral float is an ``integer`` there, "not proven" here.
 _TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "array": (list,),
-    "object": (dict,), "null": (_NONE,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+    "null": (_NONE,),
 }
 #: The same for scalar types only (no nested check can follow), used inline for the commonest parameters.
 _SCALARS: dict[str, tuple[type, ...]] = {k: v for k, v in _TYPES.items() if k not in ("array", "object")}
@@ -179,8 +184,14 @@ def _screen(d: Dialogue, cfg: RuleConfig) -> list[int] | None:
             resp_ids.append(fields["tool_call_id"])
             if prev != "tool":
                 steps[-1] += 1
-            if not pending and call_ids != resp_ids and all(call_ids) and all(resp_ids) and (
-                sorted(call_ids) != sorted(resp_ids)  # type: ignore[type-var]
+            if (
+                not pending
+                and call_ids != resp_ids
+                and all(call_ids)
+                and all(resp_ids)
+                and (
+                    sorted(call_ids) != sorted(resp_ids)  # type: ignore[type-var]
+                )
             ):
                 return None
         elif role == "user":

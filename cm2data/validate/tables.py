@@ -32,17 +32,26 @@ DIALOGUE_SCHEMA = pa.DataFrameSchema(
             str,
             [
                 _check(_non_blank, "dialogue_id_present", "the record id is empty"),
-                _check(lambda d: d.lazyframe.select(~pl.col(d.key).is_duplicated()), "unique_dialogue_ids",
-                       "the record id occurs more than once in the dataset"),
+                _check(
+                    lambda d: d.lazyframe.select(~pl.col(d.key).is_duplicated()),
+                    "unique_dialogue_ids",
+                    "the record id occurs more than once in the dataset",
+                ),
             ],
         ),
         "num_turns": pa.Column(
-            pl.Int64, _check(lambda d: d.lazyframe.select(pl.col(d.key) >= 1), "has_user_turn",
-                             "the dialogue has no user message")
+            pl.Int64,
+            _check(
+                lambda d: d.lazyframe.select(pl.col(d.key) >= 1), "has_user_turn", "the dialogue has no user message"
+            ),
         ),
         "review_status": pa.Column(
-            str, _check(lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(REVIEW_STATES))), "review_status_enum",
-                        f"review status must be one of {list(REVIEW_STATES)}")
+            str,
+            _check(
+                lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(REVIEW_STATES))),
+                "review_status_enum",
+                f"review status must be one of {list(REVIEW_STATES)}",
+            ),
         ),
     },
     strict=False,
@@ -52,29 +61,46 @@ ITEM_SCHEMA = pa.DataFrameSchema(
     {
         "item_id": pa.Column(str, _check(_non_blank, "item_id_present", "the item has no id")),
         "focus_on": pa.Column(
-            str, _check(lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(FOCUS_VALUES))), "focus_on_enum",
-                        f"focus_on must be one of {list(FOCUS_VALUES)}")
+            str,
+            _check(
+                lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(FOCUS_VALUES))),
+                "focus_on_enum",
+                f"focus_on must be one of {list(FOCUS_VALUES)}",
+            ),
         ),
         "question": pa.Column(str, _check(_non_blank, "non_empty_question", "the question is empty")),
-        "pass_condition": pa.Column(
-            str, _check(_non_blank, "non_empty_pass_condition", "the pass condition is empty")
-        ),
+        "pass_condition": pa.Column(str, _check(_non_blank, "non_empty_pass_condition", "the pass condition is empty")),
         "weight": pa.Column(
-            float, _check(lambda d: d.lazyframe.select(pl.col(d.key).is_between(0.0, 1.0)), "weight_range",
-                          "weights must lie in [0, 1]")
+            float,
+            _check(
+                lambda d: d.lazyframe.select(pl.col(d.key).is_between(0.0, 1.0)),
+                "weight_range",
+                "weights must lie in [0, 1]",
+            ),
         ),
         "turn_weight_sum": pa.Column(
             float,
-            _check(lambda d: d.lazyframe.select((pl.col(d.key) - 1.0).abs() <= WEIGHT_TOLERANCE), "weights_sum_to_one",
-                   f"the weights of a turn must sum to 1 (±{WEIGHT_TOLERANCE:g})"),
+            _check(
+                lambda d: d.lazyframe.select((pl.col(d.key) - 1.0).abs() <= WEIGHT_TOLERANCE),
+                "weights_sum_to_one",
+                f"the weights of a turn must sum to 1 (±{WEIGHT_TOLERANCE:g})",
+            ),
         ),
         "id_count": pa.Column(
-            pl.Int64, _check(lambda d: d.lazyframe.select(pl.col(d.key) == 1), "unique_item_ids",
-                             "item ids must be unique within a turn")
+            pl.Int64,
+            _check(
+                lambda d: d.lazyframe.select(pl.col(d.key) == 1),
+                "unique_item_ids",
+                "item ids must be unique within a turn",
+            ),
         ),
         "bad_evidence_from": pa.Column(
-            pl.Int64, _check(lambda d: d.lazyframe.select(pl.col(d.key) == 0), "evidence_from_enum",
-                             f"evidence 'from' must be one of {list(EVIDENCE_SOURCES)}")
+            pl.Int64,
+            _check(
+                lambda d: d.lazyframe.select(pl.col(d.key) == 0),
+                "evidence_from_enum",
+                f"evidence 'from' must be one of {list(EVIDENCE_SOURCES)}",
+            ),
         ),
     },
     strict=False,
@@ -84,9 +110,17 @@ _DIALOGUE_TYPES = {"dialogue_id": pl.String, "num_turns": pl.Int64, "review_stat
 #: The item table as validated. ``dialogue`` is the position of the first record with the item's dialogue id, so
 #: that grouping by it is grouping by id (records that share an id share their groups) without a string column;
 #: :meth:`TableRows.item_frame` adds the ids themselves.
-_ITEM_TYPES = {"dialogue": pl.Int64, "variant": pl.Int64, "turn": pl.Int64, "item_id": pl.String,
-               "focus_on": pl.String, "question": pl.String, "pass_condition": pl.String, "weight": pl.Float64,
-               "bad_evidence_from": pl.Int64}
+_ITEM_TYPES = {
+    "dialogue": pl.Int64,
+    "variant": pl.Int64,
+    "turn": pl.Int64,
+    "item_id": pl.String,
+    "focus_on": pl.String,
+    "question": pl.String,
+    "pass_condition": pl.String,
+    "weight": pl.Float64,
+    "bad_evidence_from": pl.Int64,
+}
 _ALLOWED_FROM = frozenset(EVIDENCE_SOURCES)
 
 #: Records per chunk of the item table. The gate builds, validates and drops one chunk at a time, so its own memory
@@ -158,7 +192,7 @@ class TableRows:
                 clear = self._add_items(code, checklists, steps)
             except Exception:  # an odd record (a model built without validation): gather it plainly, screen nothing
                 for column in self.items.values():
-                    del column[self._n_items:]
+                    del column[self._n_items :]
                 self._add_items_plainly(code, checklists)
                 clear = False
         self._pending += 1
@@ -295,8 +329,9 @@ class TableRows:
             failing = self._with_ids(failing)
         else:
             places = _no_place(failing)
-        for did, rule, order, row, where in zip(failing["dialogue_id"].to_list(), rules, orders, local_rows, places,
-                                                strict=True):
+        for did, rule, order, row, where in zip(
+            failing["dialogue_id"].to_list(), rules, orders, local_rows, places, strict=True
+        ):
             entry = self._found.get((did, rule))
             if entry is None:
                 self._found[(did, rule)] = [(*order, row0 + row), [where]]
@@ -348,8 +383,9 @@ class TableRows:
         places = _item_place(failing)
         global_rows = failing["row"].to_list()
         failing = self._with_ids(failing)
-        for did, rule, order, row, where in zip(failing["dialogue_id"].to_list(), rules, orders, global_rows, places,
-                                                strict=True):
+        for did, rule, order, row, where in zip(
+            failing["dialogue_id"].to_list(), rules, orders, global_rows, places, strict=True
+        ):
             entry = self._found.get((did, rule))
             if entry is None:
                 self._found[(did, rule)] = [(*order, row), [where]]
@@ -381,8 +417,9 @@ class TableFailure:
     message: str
 
 
-def _failing(schema: pa.DataFrameSchema, frame: pl.DataFrame, order_schema: pa.DataFrameSchema | None = None
-             ) -> tuple[pl.DataFrame, list[str], list[tuple[int, int]], list[int], dict[str, str]] | None:
+def _failing(
+    schema: pa.DataFrameSchema, frame: pl.DataFrame, order_schema: pa.DataFrameSchema | None = None
+) -> tuple[pl.DataFrame, list[str], list[tuple[int, int]], list[int], dict[str, str]] | None:
     """Validate ``frame``: ``None`` when it passes, else the failing rows (one per failing (row, rule), gathered in
     one go), their rules, the order of each rule's check (column position, check number; ``order_schema``'s
     positions when given), their row numbers in ``frame`` and each rule's error text."""
@@ -426,8 +463,9 @@ def _no_place(rows: pl.DataFrame) -> list[str]:
 
 
 def _item_place(rows: pl.DataFrame) -> list[str]:
-    return [f"variant {v} turn {t} {i or '<no id>'}"
-            for v, t, i in rows.select("variant", "turn", "item_id").iter_rows()]
+    return [
+        f"variant {v} turn {t} {i or '<no id>'}" for v, t, i in rows.select("variant", "turn", "item_id").iter_rows()
+    ]
 
 
 def table_failures(records: Sequence[Dialogue]) -> list[TableFailure]:

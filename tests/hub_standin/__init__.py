@@ -68,8 +68,14 @@ class HubStandin:
 
     def env(self, token: str | None = None, home: Path | None = None) -> dict[str, str]:
         """Environment variables that point the Hub clients here (online, no Xet, no telemetry)."""
-        env = {"HF_ENDPOINT": self.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        env = {
+            "HF_ENDPOINT": self.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_OFFLINE": "0",
+            "HF_DATASETS_OFFLINE": "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
         if token is not None:
             env["HF_TOKEN"] = token
         if home is not None:
@@ -81,8 +87,16 @@ class HubStandin:
     def add_token(self, token: str, user: str, orgs: tuple[str, ...] = (), role: str = "write") -> None:
         self.state.tokens[token] = Token(user, tuple(orgs), role)
 
-    def fail(self, stage: str, *, after: int = 0, times: int | None = 1, status: int = 500, mode: str = "error",
-             message: str = "injected fault") -> Fault:
+    def fail(
+        self,
+        stage: str,
+        *,
+        after: int = 0,
+        times: int | None = 1,
+        status: int = 500,
+        mode: str = "error",
+        message: str = "injected fault",
+    ) -> Fault:
         """Inject a fault (see :class:`~hub_standin.server.Fault`); stages are the names in :attr:`log`."""
         fault = Fault(stage, after, times, status, mode, message)
         self.state.faults.append(fault)
@@ -124,7 +138,8 @@ class HubStandin:
 def admin(url: str, route: str, data: Any = None, method: str = "POST") -> Any:
     """Call the administration routes of a stand-in running in another process."""
     body = None if data is None else json.dumps(data).encode()
-    req = urllib.request.Request(f"{url}/_standin/{route}", data=body, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/_standin/{route}", data=body, method=method, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"null")

@@ -19,8 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub_standin", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="storage folder (default: a temporary one)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--token", action="append", default=[],
-                        help="TOKEN:USER[:ORG,ORG…][:read] (repeatable)")
+    parser.add_argument("--token", action="append", default=[], help="TOKEN:USER[:ORG,ORG…][:read] (repeatable)")
     parser.add_argument("--multipart-chunk-size", type=int, default=64 * 2**20)
     args = parser.parse_args(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="hub-standin-"))

@@ -196,8 +196,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Disconnect()
         self._drain()
         if self.role == "storage":
-            body = (f"<?xml version=\"1.0\"?><Error><Code>RequestTimeout</Code><Message>{fault.message}"
-                    "</Message></Error>").encode()
+            body = (
+                f'<?xml version="1.0"?><Error><Code>RequestTimeout</Code><Message>{fault.message}</Message></Error>'
+            ).encode()
             self._send(fault.status, body, {"Content-Type": "application/xml"})
             raise _Answered()
         raise StandinError(fault.status, fault.message)
@@ -309,8 +310,11 @@ class _Handler(BaseHTTPRequestHandler):
         if user is None:
             raise StandinError(401, f"You must be authenticated to {what}")
         if namespace not in {user.user, *user.orgs}:
-            raise StandinError(403, f"You don't have the rights to {what}: namespace {namespace!r} is not "
-                                    f"{user.user!r} or one of its organizations")
+            raise StandinError(
+                403,
+                f"You don't have the rights to {what}: namespace {namespace!r} is not "
+                f"{user.user!r} or one of its organizations",
+            )
         if user.role != "write":
             raise StandinError(403, f"Your token has the {user.role!r} role: it cannot {what}")
 
@@ -329,12 +333,19 @@ class _Handler(BaseHTTPRequestHandler):
             user = self._user()
             if user is None:
                 raise StandinError(401, "Invalid credentials in Authorization header")
-            return self._json({"type": "user", "id": hashlib.sha1(user.user.encode()).hexdigest()[:24],
-                               "name": user.user, "fullname": user.user, "email": None, "emailVerified": False,
-                               "isPro": False, "orgs": [{"type": "org", "name": o, "roleInOrg": "write"}
-                                                        for o in user.orgs],
-                               "auth": {"type": "access_token",
-                                        "accessToken": {"displayName": "stand-in", "role": user.role}}})
+            return self._json(
+                {
+                    "type": "user",
+                    "id": hashlib.sha1(user.user.encode()).hexdigest()[:24],
+                    "name": user.user,
+                    "fullname": user.user,
+                    "email": None,
+                    "emailVerified": False,
+                    "isPro": False,
+                    "orgs": [{"type": "org", "name": o, "roleInOrg": "write"} for o in user.orgs],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "stand-in", "role": user.role}},
+                }
+            )
         if seg[:2] == ["api", "agent-harnesses"] and method == "GET":  # the client's agent registry: empty
             self._stage("agent_harnesses")
             return self._json({"standardEnvVars": [], "harnesses": {}})
@@ -417,8 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
         except StandinError as exc:
             if exc.status == 409:
                 self._drain()
-                return self._json({"error": exc.message, "url": repo_url}, 409,
-                                  {"X-Error-Message": exc.message})
+                return self._json({"error": exc.message, "url": repo_url}, 409, {"X-Error-Message": exc.message})
             raise
         self._json({"url": repo_url, "name": rid, "id": hashlib.sha1(rid.encode()).hexdigest()[:24]})
 
@@ -443,8 +453,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json({"errors": errors, "warnings": []}, 400)
         self._json({"errors": [], "warnings": []})
 
-    def _repo_api(self, rtype: str, rid: str, seg: list[str], raw: list[str], query: dict[str, list[str]],
-                  method: str) -> None:
+    def _repo_api(
+        self, rtype: str, rid: str, seg: list[str], raw: list[str], query: dict[str, list[str]], method: str
+    ) -> None:
         st = self.state
         op = seg[0] if seg else ""
         if not seg and method == "GET":
@@ -462,11 +473,17 @@ class _Handler(BaseHTTPRequestHandler):
         if op == "refs" and method == "GET":
             self._stage("refs")
             repo = self._repo_read(rtype, rid, self._user())
-            refs = {"branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c}
-                                 for b, c in sorted(repo["branches"].items())],
-                    "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": v["target"]}
-                             for t, v in sorted(repo["tags"].items())],
-                    "converts": []}
+            refs = {
+                "branches": [
+                    {"name": b, "ref": f"refs/heads/{b}", "targetCommit": c}
+                    for b, c in sorted(repo["branches"].items())
+                ],
+                "tags": [
+                    {"name": t, "ref": f"refs/tags/{t}", "targetCommit": v["target"]}
+                    for t, v in sorted(repo["tags"].items())
+                ],
+                "converts": [],
+            }
             if query.get("include_prs", ["0"])[-1] in ("1", "true", "True"):
                 refs["pullRequests"] = []
             return self._json(refs)
@@ -477,8 +494,15 @@ class _Handler(BaseHTTPRequestHandler):
             out = []
             while commit:
                 info = repo["commits"][commit]
-                out.append({"id": commit, "title": info["title"], "message": info["message"],
-                            "authors": [{"user": a} for a in info["authors"]], "date": info["date"]})
+                out.append(
+                    {
+                        "id": commit,
+                        "title": info["title"],
+                        "message": info["message"],
+                        "authors": [{"user": a} for a in info["authors"]],
+                        "date": info["date"],
+                    }
+                )
                 commit = info["parents"][0] if info["parents"] else None
             return self._json(out)
         if op == "tag" and len(seg) >= 2:
@@ -522,11 +546,22 @@ class _Handler(BaseHTTPRequestHandler):
         if "README.md" in tree:
             readme = st.storage.read_file(repo, tree["README.md"])
             card = _front_matter(readme.read_text(encoding="utf-8", errors="replace"))
-        info = {"_id": hashlib.sha1(rid.encode()).hexdigest()[:24], "id": rid, "author": rid.split("/")[0],
-                "sha": commit, "lastModified": repo["commits"][commit]["date"], "createdAt": repo["created_at"],
-                "private": repo["private"], "gated": False, "disabled": False, "downloads": 0, "likes": 0,
-                "tags": (card or {}).get("tags", []) if isinstance((card or {}).get("tags", []), list) else [],
-                "siblings": siblings, "usedStorage": sum(e.size for e in tree.values())}
+        info = {
+            "_id": hashlib.sha1(rid.encode()).hexdigest()[:24],
+            "id": rid,
+            "author": rid.split("/")[0],
+            "sha": commit,
+            "lastModified": repo["commits"][commit]["date"],
+            "createdAt": repo["created_at"],
+            "private": repo["private"],
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": (card or {}).get("tags", []) if isinstance((card or {}).get("tags", []), list) else [],
+            "siblings": siblings,
+            "usedStorage": sum(e.size for e in tree.values()),
+        }
         if card is not None:
             info["cardData"] = card
         self._json(info)
@@ -560,14 +595,14 @@ class _Handler(BaseHTTPRequestHandler):
         for p in sorted(set(tree) | folders):
             if not p.startswith(prefix):
                 continue
-            if not recursive and "/" in p[len(prefix):]:
+            if not recursive and "/" in p[len(prefix) :]:
                 continue
             names.append(p)
         # folders before files at each level, like the Hub
         names.sort(key=lambda p: (p.split("/")[:-1], p not in folders, p))
         size = PAGE_SIZE_EXPANDED if expand else PAGE_SIZE
         start = int(query.get("cursor", ["0"])[-1] or 0)
-        page = names[start:start + size]
+        page = names[start : start + size]
         last = st.storage.last_commits(repo, commit) if expand else None
         headers = {}
         if start + size < len(names):
@@ -626,8 +661,9 @@ class _Handler(BaseHTTPRequestHandler):
             oid = None
             if existing is not None:
                 oid = existing.lfs["oid"] if existing.lfs else existing.oid
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                          "oid": oid})
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._json({"files": files, "commitOid": commit})
 
     def _lfs(self, rtype: str, rid: str, seg: list[str], method: str) -> None:
@@ -641,27 +677,30 @@ class _Handler(BaseHTTPRequestHandler):
                 objects = []
                 for obj in data.get("objects", []):
                     if st.storage.has_lfs(rtype, rid, obj["oid"]):
-                        objects.append({**obj, "actions": {"download": {"href": self._download_url(rtype, rid,
-                                                                                                   obj["oid"])}}})
+                        objects.append(
+                            {**obj, "actions": {"download": {"href": self._download_url(rtype, rid, obj["oid"])}}}
+                        )
                     else:
                         objects.append({**obj, "error": {"code": 404, "message": "Object does not exist"}})
-                return self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                                  headers={"Content-Type": "application/vnd.git-lfs+json"})
+                return self._json(
+                    {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                    headers={"Content-Type": "application/vnd.git-lfs+json"},
+                )
             self._repo_write(rtype, rid, user)
             objects = []
             for obj in data.get("objects", []):
                 oid, size = obj.get("oid", ""), obj.get("size")
                 if not re.fullmatch(r"[0-9a-f]{64}", oid) or not isinstance(size, int) or size < 0:
-                    objects.append({"oid": str(oid), "size": int(size or 0),
-                                    "error": {"code": 422, "message": "invalid object"}})
+                    objects.append(
+                        {"oid": str(oid), "size": int(size or 0), "error": {"code": 422, "message": "invalid object"}}
+                    )
                     continue
                 if st.storage.has_lfs(rtype, rid, oid, size):
                     objects.append({"oid": oid, "size": size})  # already there: nothing to upload
                     continue
                 upload_id = secrets.token_hex(12)
                 sig = st.sign(upload_id, oid, size)
-                verify = {"href": f"{st.hub_url}/{PREFIXES[rtype]}{rid}.git/info/lfs/objects/verify",
-                          "header": {}}
+                verify = {"href": f"{st.hub_url}/{PREFIXES[rtype]}{rid}.git/info/lfs/objects/verify", "header": {}}
                 chunk = st.multipart_chunk_size
                 if size > chunk:
                     n_parts = -(-size // chunk)
@@ -669,15 +708,20 @@ class _Handler(BaseHTTPRequestHandler):
                     header: dict[str, str] = {"chunk_size": str(chunk)}
                     for k in range(1, n_parts + 1):
                         header[f"{k:05d}"] = f"{st.storage_url}/upload/{upload_id}/part/{k}?sig={sig}"
-                    upload = {"href": f"{st.hub_url}/{PREFIXES[rtype]}{rid}.git/info/lfs/complete/{upload_id}"
-                                      f"?sig={sig}", "header": header}
+                    upload = {
+                        "href": f"{st.hub_url}/{PREFIXES[rtype]}{rid}.git/info/lfs/complete/{upload_id}?sig={sig}",
+                        "header": header,
+                    }
                 else:
                     st.uploads[upload_id] = _Upload(oid, size, (rtype, rid))
                     upload = {"href": f"{st.storage_url}/upload/{upload_id}?sig={sig}"}
-                objects.append({"oid": oid, "size": size, "authenticated": True,
-                                "actions": {"upload": upload, "verify": verify}})
-            return self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                              headers={"Content-Type": "application/vnd.git-lfs+json"})
+                objects.append(
+                    {"oid": oid, "size": size, "authenticated": True, "actions": {"upload": upload, "verify": verify}}
+                )
+            return self._json(
+                {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                headers={"Content-Type": "application/vnd.git-lfs+json"},
+            )
         if seg == ["objects", "verify"] and method == "POST":
             self._stage("lfs_verify")
             self._repo_write(rtype, rid, self._user())
@@ -755,8 +799,15 @@ class _Handler(BaseHTTPRequestHandler):
         if entry.lfs:
             sha = entry.lfs["oid"]
             location = self._download_url(rtype, rid, sha)
-            headers.update({"Location": location, "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(entry.size),
-                            "ETag": f'"{entry.oid}"', "Content-Type": "text/plain; charset=utf-8"})
+            headers.update(
+                {
+                    "Location": location,
+                    "X-Linked-Etag": f'"{sha}"',
+                    "X-Linked-Size": str(entry.size),
+                    "ETag": f'"{entry.oid}"',
+                    "Content-Type": "text/plain; charset=utf-8",
+                }
+            )
             return self._send(302, f"Found. Redirecting to {location}".encode(), headers)
         headers["ETag"] = f'"{entry.oid}"'
         self._serve_file(st.storage.blob_path(entry.oid), headers)
@@ -829,12 +880,25 @@ class _Handler(BaseHTTPRequestHandler):
         summary = (header.get("summary") or "").strip()
         if not summary:
             raise StandinError(400, "commit summary is empty")
-        oid = st.storage.commit(rtype, rid, revision, lines[1:], title=summary,
-                                message=header.get("description", ""), author=user.user if user else "",
-                                parent_commit=header.get("parentCommit"))
-        self._json({"success": True, "commitOid": oid,
-                    "commitUrl": f"{st.hub_url}/{PREFIXES[rtype]}{rid}/commit/{oid}", "hookOutput": "",
-                    "pullRequestUrl": None})
+        oid = st.storage.commit(
+            rtype,
+            rid,
+            revision,
+            lines[1:],
+            title=summary,
+            message=header.get("description", ""),
+            author=user.user if user else "",
+            parent_commit=header.get("parentCommit"),
+        )
+        self._json(
+            {
+                "success": True,
+                "commitOid": oid,
+                "commitUrl": f"{st.hub_url}/{PREFIXES[rtype]}{rid}/commit/{oid}",
+                "hookOutput": "",
+                "pullRequestUrl": None,
+            }
+        )
 
 
 class _Disconnect(Exception):
@@ -900,8 +964,9 @@ def _yaml_problems(content: str) -> list[str]:
         return ["the YAML header must be a mapping"]
     problems = []
     lic = data.get("license")
-    if lic is not None and not (isinstance(lic, str) or (isinstance(lic, list) and all(isinstance(x, str)
-                                                                                       for x in lic))):
+    if lic is not None and not (
+        isinstance(lic, str) or (isinstance(lic, list) and all(isinstance(x, str) for x in lic))
+    ):
         problems.append('"license" must be a string or a list of strings')
     for key in ("tags", "task_categories", "size_categories", "language"):
         value = data.get(key)
@@ -927,8 +992,9 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 64
 
 
-def make_servers(state: HubState, host: str = "127.0.0.1", port: int = 0,
-                 storage_port: int = 0) -> tuple[_Server, _Server]:
+def make_servers(
+    state: HubState, host: str = "127.0.0.1", port: int = 0, storage_port: int = 0
+) -> tuple[_Server, _Server]:
     hub_handler = type("HubHandler", (_Handler,), {"state": state, "role": "hub"})
     storage_handler = type("StorageHandler", (_Handler,), {"state": state, "role": "storage"})
     hub = _Server((host, port), hub_handler)

@@ -33,16 +33,61 @@ from pathlib import Path
 from typing import Any
 
 #: The ``.gitattributes`` the Hub puts in the initial commit of a new dataset repository (LFS patterns).
-DEFAULT_GITATTRIBUTES = "\n".join(
-    f"{pattern} filter=lfs diff=lfs merge=lfs -text"
-    for pattern in (
-        "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*", "*.lz4",
-        "*.mds", "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb",
-        "*.pickle", "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*", "*.tar",
-        "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*", "*.wav", "*.mp3", "*.ogg",
-        "*.jpg", "*.jpeg", "*.png", "*.gif", "*.webp", "*.bmp", "*.tiff",
+DEFAULT_GITATTRIBUTES = (
+    "\n".join(
+        f"{pattern} filter=lfs diff=lfs merge=lfs -text"
+        for pattern in (
+            "*.7z",
+            "*.arrow",
+            "*.bin",
+            "*.bz2",
+            "*.ckpt",
+            "*.ftz",
+            "*.gz",
+            "*.h5",
+            "*.joblib",
+            "*.lfs.*",
+            "*.lz4",
+            "*.mds",
+            "*.mlmodel",
+            "*.model",
+            "*.msgpack",
+            "*.npy",
+            "*.npz",
+            "*.onnx",
+            "*.ot",
+            "*.parquet",
+            "*.pb",
+            "*.pickle",
+            "*.pkl",
+            "*.pt",
+            "*.pth",
+            "*.rar",
+            "*.safetensors",
+            "saved_model/**/*",
+            "*.tar.*",
+            "*.tar",
+            "*.tflite",
+            "*.tgz",
+            "*.wasm",
+            "*.xz",
+            "*.zip",
+            "*.zst",
+            "*tfevents*",
+            "*.wav",
+            "*.mp3",
+            "*.ogg",
+            "*.jpg",
+            "*.jpeg",
+            "*.png",
+            "*.gif",
+            "*.webp",
+            "*.bmp",
+            "*.tiff",
+        )
     )
-) + "\n"
+    + "\n"
+)
 
 #: Files at least this large are LFS files whatever their name (the Hub's rule: 10 MB).
 LFS_SIZE_THRESHOLD = 10 * 1000 * 1000
@@ -137,8 +182,12 @@ class Storage:
                 digest.update(chunk)
         if actual_size != size or digest.hexdigest() != sha256:
             tmp.unlink(missing_ok=True)
-            raise StandinError(400, f"uploaded content does not match: expected sha256 {sha256} size {size}, "
-                                    f"got {digest.hexdigest()} size {actual_size}", "BadDigest")
+            raise StandinError(
+                400,
+                f"uploaded content does not match: expected sha256 {sha256} size {size}, "
+                f"got {digest.hexdigest()} size {actual_size}",
+                "BadDigest",
+            )
         dest = self.lfs_path(repo_type, repo_id, sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
@@ -173,8 +222,15 @@ class Storage:
             if self.load(repo_type, repo_id) is not None:
                 raise StandinError(409, f"You already created this {repo_type} repo")
             now = now_iso()
-            repo: dict[str, Any] = {"id": repo_id, "type": repo_type, "private": private, "created_at": now,
-                                    "branches": {}, "tags": {}, "commits": {}}
+            repo: dict[str, Any] = {
+                "id": repo_id,
+                "type": repo_type,
+                "private": private,
+                "created_at": now,
+                "branches": {},
+                "tags": {},
+                "commits": {},
+            }
             gitattributes = self.put_blob(DEFAULT_GITATTRIBUTES.encode())
             oid = self._new_commit(repo, None, {".gitattributes": gitattributes}, "initial commit", "", author, now)
             repo["branches"]["main"] = oid
@@ -190,14 +246,30 @@ class Storage:
             shutil.rmtree(self.root / "lfs" / repo_type / repo_id, ignore_errors=True)
 
     @staticmethod
-    def _new_commit(repo: dict[str, Any], parent: str | None, tree: dict[str, Entry], title: str, message: str,
-                    author: str, date: str) -> str:
+    def _new_commit(
+        repo: dict[str, Any],
+        parent: str | None,
+        tree: dict[str, Entry],
+        title: str,
+        message: str,
+        author: str,
+        date: str,
+    ) -> str:
         tree_oid = tree_hash(tree, "")
-        text = f"tree {tree_oid}\n" + (f"parent {parent}\n" if parent else "") + \
-            f"author {author} {date}\n\n{title}\n\n{message}"
+        text = (
+            f"tree {tree_oid}\n"
+            + (f"parent {parent}\n" if parent else "")
+            + f"author {author} {date}\n\n{title}\n\n{message}"
+        )
         oid = hashlib.sha1(text.encode()).hexdigest()
-        repo["commits"][oid] = {"parents": [parent] if parent else [], "title": title, "message": message,
-                                "date": date, "authors": [author], "tree": {p: e.as_json() for p, e in tree.items()}}
+        repo["commits"][oid] = {
+            "parents": [parent] if parent else [],
+            "title": title,
+            "message": message,
+            "date": date,
+            "authors": [author],
+            "tree": {p: e.as_json() for p, e in tree.items()},
+        }
         return oid
 
     # ------------------------------------------------------------------------------------------- revisions
@@ -207,11 +279,11 @@ class Storage:
         """A branch, tag, ``refs/heads/…``/``refs/tags/…`` name or a full commit id → commit id."""
         rev = revision
         if rev.startswith("refs/heads/"):
-            rev = rev[len("refs/heads/"):]
+            rev = rev[len("refs/heads/") :]
             if rev in repo["branches"]:
                 return repo["branches"][rev]
         elif rev.startswith("refs/tags/"):
-            rev = rev[len("refs/tags/"):]
+            rev = rev[len("refs/tags/") :]
             if rev in repo["tags"]:
                 return repo["tags"][rev]["target"]
         else:
@@ -254,8 +326,18 @@ class Storage:
 
     # ---------------------------------------------------------------------------------------------- commit
 
-    def commit(self, repo_type: str, repo_id: str, branch: str, ops: list[dict[str, Any]], *, title: str,
-               message: str, author: str, parent_commit: str | None) -> str:
+    def commit(
+        self,
+        repo_type: str,
+        repo_id: str,
+        branch: str,
+        ops: list[dict[str, Any]],
+        *,
+        title: str,
+        message: str,
+        author: str,
+        parent_commit: str | None,
+    ) -> str:
         """Apply ``ops`` (``file``/``lfsFile``/``deletedFile``/``deletedFolder`` values) on ``branch`` in one step."""
         with self.lock:
             repo = self.load(repo_type, repo_id)
@@ -278,8 +360,11 @@ class Storage:
                 elif key == "lfsFile":
                     sha, size = value["oid"], value.get("size")
                     if not self.has_lfs(repo_type, repo_id, sha):
-                        raise StandinError(422, "Your push was rejected because an LFS pointer pointed to a file "
-                                                f"that does not exist (oid {sha}, path {path})")
+                        raise StandinError(
+                            422,
+                            "Your push was rejected because an LFS pointer pointed to a file "
+                            f"that does not exist (oid {sha}, path {path})",
+                        )
                     actual = self.lfs_path(repo_type, repo_id, sha).stat().st_size
                     if size is not None and size != actual:
                         raise StandinError(422, f"LFS object {sha} has size {actual}, not {size}")
@@ -336,13 +421,21 @@ def tree_hash(tree: dict[str, Entry], prefix: str) -> str:
 def valid_ref_name(name: str) -> bool:
     """git's ``check-ref-format`` rules, the ones that matter for tags and branches."""
     bad = (" ", "~", "^", ":", "?", "*", "[", "\\", "..", "@{", "//")
-    return bool(name) and not any(b in name for b in bad) and not name.startswith(("/", ".", "-")) \
-        and not name.endswith(("/", ".", ".lock")) and all(ord(c) >= 32 and ord(c) != 127 for c in name)
+    return (
+        bool(name)
+        and not any(b in name for b in bad)
+        and not name.startswith(("/", ".", "-"))
+        and not name.endswith(("/", ".", ".lock"))
+        and all(ord(c) >= 32 and ord(c) != 127 for c in name)
+    )
 
 
 def lfs_patterns(gitattributes: str) -> list[str]:
-    return [line.split()[0] for line in gitattributes.splitlines()
-            if line.strip() and not line.startswith("#") and "filter=lfs" in line]
+    return [
+        line.split()[0]
+        for line in gitattributes.splitlines()
+        if line.strip() and not line.startswith("#") and "filter=lfs" in line
+    ]
 
 
 def is_lfs(path: str, size: int, sample: bytes, patterns: list[str]) -> bool:
