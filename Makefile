@@ -5,6 +5,7 @@ demo:
 test:
 	bash scripts/test.sh
 lint:
-	$$(bash scripts/bootstrap.sh)/bin/ruff check cm2data adapters tests benchmarks scripts
+	venv=$$(bash scripts/bootstrap.sh) && $$venv/bin/ruff check cm2data adapters tests benchmarks scripts \
+	  && $$venv/bin/ruff format --check cm2data adapters tests benchmarks scripts && $$venv/bin/python -m mypy
 bench:
 	$$(bash scripts/bootstrap.sh)/bin/python benchmarks/validate.py

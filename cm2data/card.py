@@ -131,9 +131,9 @@ class Summary:
         self.items_total = 0
         self.must_pass = 0
         self.with_deps = 0
-        self.counters: dict[str, Counter[str]] = {
+        self.counters: dict[str, Counter[Any]] = {
             k: Counter()
-            for k in (
+            for k in (  # None counts as a value
                 "focus_on",
                 "sources",
                 "review_status",
@@ -208,7 +208,7 @@ class Summary:
 # --------------------------------------------------------------------------------------------------- plots
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)

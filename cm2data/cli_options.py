@@ -1,6 +1,6 @@
 """What every ``cm2data`` command module shares (``cm2data.cli`` and the ``review``, ``judge``, ``eval`` and pipeline
 command modules): the consoles, the exit codes, one way to fail, one reject summary, typed option aliases, and the
-choice enums, built from the values the code itself accepts.
+choice enums (the exporters' own enums, so the CLI accepts exactly what the code accepts).
 
 **Exit codes.**
 
@@ -30,7 +30,7 @@ True
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -91,22 +91,21 @@ def emit_json(data: Any, json_path: Path | None, *, indent: int = 2) -> None:
     json_path.write_text(text, encoding="utf-8")
 
 
-def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
-    """A :class:`StrEnum` for a typer option, from the values the code accepts (one member per value)."""
-    return StrEnum(name, {v: v for v in values})  # type: ignore[return-value]
+class Thinking(StrEnum):
+    """The thinking rule of the gate: the values of :data:`cm2data.validate.rules.ThinkingPolicy` (not imported
+    here: it would import pandera into every command; ``tests/test_registries.py`` checks they agree)."""
+
+    auto = "auto"
+    required = "required"
+    forbidden = "forbidden"
 
 
-# ------------------------------------------------------------------------------------------ choice enums
-
-#: The thinking rule of the gate: the values of :data:`cm2data.validate.rules.ThinkingPolicy` (not imported here:
-#: it would import pandera into every command; ``tests/test_cli_options.py`` checks they agree).
-Thinking = choices("Thinking", ("auto", "required", "forbidden"))
-# The LLaMA-Factory export's options: its own tuples of accepted values
-Style = choices("Style", lf.STYLES)
-Template = choices("Template", lf.TEMPLATES)
-HistoryThinking = choices("HistoryThinking", lf.HISTORY_THINKING)
-OnBroken = choices("OnBroken", lf.ON_BROKEN)
-CallFormat = choices("CallFormat", lf.CALL_FORMATS)
+# The LLaMA-Factory export's options: the exporter's own enums
+Style = lf.Style
+Template = lf.Template
+HistoryThinking = lf.HistoryThinking
+OnBroken = lf.OnBroken
+CallFormat = lf.CallFormat
 
 # ------------------------------------------------------------------------------------------ option aliases
 

@@ -76,12 +76,9 @@ def run_shipped(out: Path, console: Console) -> int:
     store.reset_folder(filtered)
     filt = run_gate(store.read_dataset(ingested), stages=("rules",))
     write_filtered(filtered, ingested, filt, [])
-    report["stages"]["filter"] = {
-        "kept": len(filt.accepted),
-        "rejected": len(filt.rejected_ids),
-        "counts": dict(filt.counts),
-    }
-    console.print(f"[bold]filter[/]: kept {len(filt.accepted)} of {filt.checked} → {filtered}")
+    kept = filt.accepted or []
+    report["stages"]["filter"] = {"kept": len(kept), "rejected": len(filt.rejected_ids), "counts": dict(filt.counts)}
+    console.print(f"[bold]filter[/]: kept {len(kept)} of {filt.checked} → {filtered}")
 
     stats = dataset_stats(store.read_dataset(filtered))
     (out / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")

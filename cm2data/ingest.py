@@ -37,6 +37,8 @@ def write_filtered(
 ) -> Path:
     """Write the accepted records to ``out``; every rejected record goes to ``out/rejects.jsonl`` in full (beside its
     first reason), with the input folder's earlier rejects carried over, so nothing is lost between stages."""
+    if result.accepted is None or result.rejected is None:
+        raise ValueError("write_filtered needs run_gate's result: a streamed gate result holds no records")
     earlier = read_rejects(src / store.REJECTS_FILE) if src.is_dir() else []
     for d in result.accepted:
         d.provenance.stamp("filter", rules=list(result.rules))

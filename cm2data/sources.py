@@ -46,7 +46,7 @@ def load(
     return records, rejects
 
 
-def _iter(src: Path, fmt: str, split: str | None):  # type: ignore[no-untyped-def]
+def _iter(src: Path, fmt: str, split: str | None):
     if (fmt in ("auto", "dataset")) and store.is_dataset_folder(src):
         for s, paths in store.split_files(src).items():
             if split is not None and s != split:
@@ -59,7 +59,7 @@ def _iter(src: Path, fmt: str, split: str | None):  # type: ignore[no-untyped-de
     yield from read_records(src, fmt)
 
 
-def _iter_shard(path: Path):  # type: ignore[no-untyped-def]
+def _iter_shard(path: Path):
     """Records of one parquet shard of a dataset folder; a damaged shard or row becomes a reject."""
     import pyarrow.parquet as pq
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# README command 2: set everything up and run the tests (lint first, then pytest). Offline by design.
+# README command 2: set everything up and run the tests (lint, format check and type check first, then pytest).
+# Offline by design.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(bash "$here/scripts/bootstrap.sh")"
@@ -9,4 +10,6 @@ cd "$here"
 bash "$here/scripts/argilla_stack.sh" debs redis-server chromium \
   || echo "test.sh: redis-server/chromium could not be installed: the review tests will fail" >&2
 "$venv/bin/ruff" check cm2data adapters tests benchmarks scripts
+"$venv/bin/ruff" format --check --quiet cm2data adapters tests benchmarks scripts
+"$venv/bin/python" -m mypy   # [tool.mypy] in pyproject.toml: cm2data and adapters
 exec "$venv/bin/python" -m pytest "$@"

@@ -177,8 +177,9 @@ def decode(values: Sequence[int]) -> CreditRecord | None:
                 for cid in ids:
                     weight, unknown = r.one() / FRACTION, r.one()
                     deps = _unmask(ids, r.take(chunks)) + (["?"] if unknown else [])
+                    # model_construct: only the fields the reward reads (no validation, no text; hot path)
                     tc.items.append(
-                        ChecklistItem.model_construct(
+                        ChecklistItem.model_construct(  # type: ignore[call-arg]
                             id=cid, weight=weight, depends_on=deps, required_for_next_turn=False
                         )
                     )

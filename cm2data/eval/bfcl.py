@@ -302,7 +302,7 @@ def summarize(
     by_cat: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes:
         by_cat.setdefault(o["category"], []).append(o)
-    categories = {}
+    categories: dict[str, dict[str, Any]] = {}
     for cat in sorted(by_cat, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else 99):
         rows = by_cat[cat]
         outcome = Counter(o["outcome"] for o in rows)

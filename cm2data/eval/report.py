@@ -20,7 +20,7 @@ font-size:13px;vertical-align:top}th{background:#f3f3f3}td.n{text-align:right}h2
 td.error{color:#9a6700;font-weight:bold}"""
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)

@@ -127,7 +127,7 @@ def make_handler_class(cfg: dict[str, Any]) -> type:
                 max_retries=int(cfg.get("max_retries", 2)),
             )
 
-        def _query_FC(self, inference_data: dict[str, Any]):  # type: ignore[no-untyped-def]
+        def _query_FC(self, inference_data: dict[str, Any]):
             # The request BFCL's handler sends (model, messages, tools, temperature), plus max_tokens when set. The
             # messages and tools go in as the JSON body itself (extra_body, which the SDK merges over its typed
             # parameters) instead of through the SDK's typed-dict transform, which walks every message and tool

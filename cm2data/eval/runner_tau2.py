@@ -69,7 +69,7 @@ def offline_token_estimates() -> None:
         return max(1, int(len(text) / 4 * 1.1))
 
     _tokens.count_text_tokens = estimate
-    _model.count_text_tokens = estimate  # type: ignore[attr-defined]
+    _model.count_text_tokens = estimate
 
 
 def lighter_transcripts() -> None:
@@ -130,7 +130,7 @@ def _outcomes(log: Any, domain: str) -> list[dict[str, Any]]:
                 error_message=(getattr(score, "explanation", None) or "")[:500] or None,
             )
         rows.append(row)
-    rows.sort(key=lambda r: (int(r["task"]) if r["task"].isdigit() else 10**9, r["task"]))
+    rows.sort(key=lambda r: (int(r["task"]) if str(r["task"]).isdigit() else 10**9, str(r["task"])))
     return rows
 
 

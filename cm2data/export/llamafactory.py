@@ -44,6 +44,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,13 +54,51 @@ from cm2data.schema import Dialogue, Message
 if TYPE_CHECKING:
     import pyarrow as pa
 
-STYLES = ("inline", "native")
-TEMPLATES = ("qwen3", "qwen3_nothink", "qwen")
+
+class Style(StrEnum):
+    """How tool calls are written: ``<tool_call>`` text in the assistant turn, or LLaMA-Factory's own turns."""
+
+    inline = "inline"
+    native = "native"
+
+
+class Template(StrEnum):
+    """The LLaMA-Factory template the rows are written for."""
+
+    qwen3 = "qwen3"
+    qwen3_nothink = "qwen3_nothink"
+    qwen = "qwen"
+
+
+class HistoryThinking(StrEnum):
+    """Thinking of the turns before a row's last turn (qwen3)."""
+
+    keep = "keep"
+    drop = "drop"
+
+
+class OnBroken(StrEnum):
+    """A dialogue LLaMA-Factory cannot alternate: keep its complete turns before the break, or drop it."""
+
+    truncate = "truncate"
+    drop = "drop"
+
+
+class CallFormat(StrEnum):
+    """Inline calls as ``{"name":…`` (the reference) or ``{"name": …`` (the Qwen chat templates)."""
+
+    reference = "reference"
+    qwen = "qwen"
+
+
+# The accepted values as plain tuples (ExportOptions holds strings; the CLI builds its choices from the enums)
+STYLES = tuple(m.value for m in Style)
+TEMPLATES = tuple(m.value for m in Template)
 #: Templates whose assistant turns carry ``<think>`` blocks; the others get no thinking at all.
 THINKING_TEMPLATES = frozenset({"qwen3"})
-HISTORY_THINKING = ("keep", "drop")
-ON_BROKEN = ("truncate", "drop")
-CALL_FORMATS = ("reference", "qwen")
+HISTORY_THINKING = tuple(m.value for m in HistoryThinking)
+ON_BROKEN = tuple(m.value for m in OnBroken)
+CALL_FORMATS = tuple(m.value for m in CallFormat)
 
 STAGE = "export"
 DATA_INFO = "dataset_info.json"
@@ -608,8 +647,13 @@ __all__ = [
     "RULES",
     "STYLES",
     "TEMPLATES",
+    "CallFormat",
     "ExportOptions",
     "ExportResult",
+    "HistoryThinking",
+    "OnBroken",
+    "Style",
+    "Template",
     "convert",
     "dataset_info_entry",
     "export_llamafactory",

@@ -282,7 +282,7 @@ def agree(
     for j in every:  # two folders with the same name: tell them apart by their path
         if names[j.name] > 1:
             j.name = j.path
-    opts = {"resamples": resamples, "seed": seed, "level": level}
+    opts: dict[str, Any] = {"resamples": resamples, "seed": seed, "level": level}
     report: dict[str, Any] = {
         "kind": KIND,
         "version": 1,

@@ -56,7 +56,7 @@ def judge_options(
     run measures the judge, not the cache."""
     if mode not in MODES:
         raise FidelityError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    extra = {"grouped_answer": grouped_answer} if mode == "grouped" else {}
+    extra: dict[str, Any] = {"grouped_answer": grouped_answer} if mode == "grouped" else {}
     return JudgeOptions(**MODES[mode], **extra, max_concurrency=max_concurrency, max_tokens=max_tokens, stage="judge")
 
 

@@ -46,7 +46,7 @@ def read(row: dict[str, Any]) -> Dialogue:
             checklists = gt
     if checklists is None:
         checklists = row.get("checklists")
-    rid = row.get("uuid") or extra.get("uuid") or extra.get("original_index") or stable_id(raw_messages)
+    rid = row.get("uuid") or extra.get("uuid") or extra.get("original_index") or stable_id(raw_messages or [])
     return Dialogue.model_validate(
         {
             "id": str(rid),

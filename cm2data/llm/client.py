@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import openai
 from pydantic import BaseModel, ValidationError
@@ -142,7 +142,7 @@ def _validate(data: Any, validate: Validator | None) -> Any:
         return data
     if isinstance(validate, type) and issubclass(validate, BaseModel):
         return validate.model_validate(data)
-    out = validate(data)
+    out = cast(Callable[[Any], Any], validate)(data)
     return data if out is None else out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,7 +71,7 @@ class LLMConfig(BaseModel):
     # ---------------------------------------------------------------------------------------------- constructors
 
     @classmethod
-    def env_values(cls, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    def env_values(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The settings present in the environment (``CM2DATA_LLM_*``), unvalidated."""
         environ = os.environ if environ is None else environ
         return {field: environ[var] for field, var in ENV_VARS.items() if environ.get(var)}

@@ -288,7 +288,7 @@ def label_schema(
                 "snippet": snippet,
             }
         )
-        block = _object(
+        turn_block = _object(
             {
                 "turn": {"type": "integer", "minimum": 0, "maximum": max(0, n_turns - 1)},
                 "checklist": {
@@ -308,7 +308,7 @@ def label_schema(
                 "weight": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
             }
         )
-        return {"type": "array", "minItems": n_turns, "maxItems": n_turns, "items": block}
+        return {"type": "array", "minItems": n_turns, "maxItems": n_turns, "items": turn_block}
 
     counts = list(range(1, max_items + 1))
     if weight_grid is not None:

@@ -156,5 +156,5 @@ def run_compress(records: list[Dialogue], cfg: CompressConfig, ctx: StageContext
                 totals[k] += int(info.get(k, 0))
     stamp([d for d in accepted if d.id in compressed_ids], STAGE, [tag], model=ctx.model)
     stamp([d for d in accepted if d.id not in compressed_ids], STAGE, (), skipped="no thinking to compress")
-    totals["pipeline_seconds"] = round(run.pipeline_seconds, 2)
-    return StageResult(STAGE, len(records), accepted, rejects, usage, run.seconds, resumed, totals)
+    details: dict[str, Any] = {**totals, "pipeline_seconds": round(run.pipeline_seconds, 2)}
+    return StageResult(STAGE, len(records), accepted, rejects, usage, run.seconds, resumed, details)

@@ -224,7 +224,7 @@ class PipelineConfig(BaseModel):
                 parsed.append(item)
                 continue
             if isinstance(item, str):
-                name, settings = item, {}
+                name, settings = item, dict[str, Any]()
             elif isinstance(item, dict) and len(item) == 1:
                 name, settings = next(iter(item.items()))
                 settings = settings or {}

@@ -9,7 +9,7 @@ the judge's answer never valid (``malformed_json``, ``output_schema``, …); ``l
 """
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from distilabel.steps import Step, StepInput
 from pydantic import BaseModel, Field
@@ -23,6 +23,9 @@ from cm2data.pipelines.steps import JSONTask, openai_llm
 from cm2data.pipelines.text import dialogue_text, tools_text
 from cm2data.prompts import load_prompt
 from cm2data.schema import Dialogue
+
+if TYPE_CHECKING:
+    from cm2data.validate.rules import ThinkingPolicy
 
 STAGE = "filter"
 
@@ -51,20 +54,23 @@ class RuleFilters(Step):
     rules: list[str] | None = None
 
     @property
-    def inputs(self) -> list[str]:  # type: ignore[override]
+    def inputs(self) -> list[str]:
         return list(ROW_COLUMNS)
 
     @property
-    def outputs(self) -> list[str]:  # type: ignore[override]
+    def outputs(self) -> list[str]:
         return list(ROW_COLUMNS)
 
-    def process(self, inputs: StepInput):  # type: ignore[override]
+    def process(self, inputs: StepInput):
         from cm2data.validate import RuleConfig, run_gate
 
         rows = list(inputs)
         live = [(i, decode_record(r["record"])) for i, r in enumerate(rows) if not r.get("reject")]
         result = run_gate(
-            [d for _, d in live], config=RuleConfig(thinking=self.thinking), stages=("rules",), rules=self.rules
+            [d for _, d in live],
+            config=RuleConfig(thinking=cast("ThinkingPolicy", self.thinking)),
+            stages=("rules",),
+            rules=self.rules,
         )
         by_id: dict[str, list[Any]] = {}
         for rej in result.rejects:

@@ -11,7 +11,7 @@ step never received a batch), and its batch-level cache would redo every row of 
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cm2data.pipelines.rows import fingerprint, merge_meta
 
@@ -47,6 +47,10 @@ class Journal:
 class _Journaled:
     """Journal plumbing shared by :class:`RecordStep` and :class:`JSONTask` (which declare its private attributes
     ``_journal``, ``_done``, ``_fp``)."""
+
+    if TYPE_CHECKING:  # the fields of the distilabel step this is mixed into
+        name: str
+        work_dir: str
 
     def step_fingerprint(self) -> str:
         raise NotImplementedError

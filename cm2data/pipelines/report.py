@@ -27,11 +27,11 @@ def usage_by_stage(stages: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, A
     """Token usage summed per pipeline stage (its LLM sub-stages — ``synthesize.assistant``, … — added up)."""
     out: dict[str, dict[str, Any]] = {}
     for s in stages:
-        total: Counter[str] = Counter()
+        total: dict[str, int | float] = {}
         for counters in (s.get("usage") or {}).values():
             for k, v in counters.items():
                 if isinstance(v, int | float):
-                    total[k] += v
+                    total[k] = total.get(k, 0) + v
         out[s["stage"]] = {k: round(v, 3) if isinstance(v, float) else v for k, v in total.items()}
     return out
 
@@ -86,7 +86,7 @@ def build_report(
 # --------------------------------------------------------------------------------------------------------- plots
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)

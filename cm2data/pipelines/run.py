@@ -68,11 +68,11 @@ def _forkserver() -> Iterator[None]:
         ]
     )  # the stage modules
     mp.set_start_method("forkserver", force=True)
-    local._NoDaemonContext = ForkServerNoDaemonContext  # type: ignore[misc]
+    local._NoDaemonContext = ForkServerNoDaemonContext
     try:
         yield
     finally:
-        local._NoDaemonContext = previous_context  # type: ignore[misc]
+        local._NoDaemonContext = previous_context
         mp.set_start_method(previous, force=True)
 
 

@@ -165,7 +165,8 @@ def run_stage(
         shutil.rmtree(work)
     entry = stage(name)
     if entry.source is not None:
-        records, carried = [], []
+        records: list[Dialogue] = []
+        carried: list[Reject] = []
         input_fp = file_fingerprint(entry.source(cfg))
     else:
         if src is None:
@@ -204,6 +205,8 @@ def run_stage(
             path.unlink()
     store.write_dataset(out, result.accepted)
     write_rejects(rejects, out / store.REJECTS_FILE)
+    seconds = round(time.monotonic() - t0, 2)
+    llm = endpoint.describe() if endpoint and entry.uses_llm(cfg) else None
     summary = {
         "stage": name,
         "status": "complete",
@@ -213,23 +216,23 @@ def run_stage(
         "rejected": len(result.rejects),
         "rejects_by_rule": result.counts,
         "resumed": result.resumed,
-        "seconds": round(time.monotonic() - t0, 2),
+        "seconds": seconds,
         "usage": result.usage,
         "details": result.details,
         "config": cfg.model_dump(mode="json", exclude_none=True),
         "input_folder": str(src) if src else None,
         "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(),
-        "llm": endpoint.describe() if endpoint and entry.uses_llm(cfg) else None,
+        "llm": llm,
     }
     report = build_report(
         name=name,
         stages=[summary],
         records=result.accepted,
         rejects=result.rejects,
-        llm=summary["llm"],
+        llm=llm,
         started_at=started_at,
-        seconds=summary["seconds"],
+        seconds=seconds,
         output=str(out),
         config={name: summary["config"]},
     )

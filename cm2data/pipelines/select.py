@@ -61,7 +61,7 @@ class Decision:
     terms: tuple[str, ...]
 
 
-def decide(record_id: str, stats: Mapping[str, int], ratios: Mapping[str, Mapping[int, float]], seed: int) -> Decision:
+def decide(record_id: str, stats: Mapping[str, int], ratios: Mapping[str, Mapping[Any, float]], seed: int) -> Decision:
     p, terms = drop_probability(stats, ratios)
     return Decision(record_id, draw(seed, record_id) < p, p, tuple(terms))
 
@@ -101,14 +101,14 @@ class SelectHardSamples(Step):
     drop_ratios: dict[str, dict[str, float]] = Field(default_factory=dict)  # str keys: distilabel's signature
 
     @property
-    def inputs(self) -> list[str]:  # type: ignore[override]
+    def inputs(self) -> list[str]:
         return list(ROW_COLUMNS)
 
     @property
-    def outputs(self) -> list[str]:  # type: ignore[override]
+    def outputs(self) -> list[str]:
         return list(ROW_COLUMNS)
 
-    def process(self, inputs: StepInput):  # type: ignore[override]
+    def process(self, inputs: StepInput):
         out = []
         for row in inputs:
             if row.get("reject"):

@@ -74,10 +74,10 @@ class ReadRows(GeneratorStep):
     fingerprint: str = ""
 
     @property
-    def outputs(self) -> list[str]:  # type: ignore[override]
+    def outputs(self) -> list[str]:
         return list(self.columns)
 
-    def process(self, offset: int = 0):  # type: ignore[override]
+    def process(self, offset: int = 0):
         with open(self.path, encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
         size = self.batch_size or 50
@@ -113,11 +113,11 @@ class RecordStep(_Journaled, Step):
     _api_key: str | None = PrivateAttr(None)
 
     @property
-    def inputs(self) -> list[str]:  # type: ignore[override]
+    def inputs(self) -> list[str]:
         return [*ROW_COLUMNS, *self.extra_columns]
 
     @property
-    def outputs(self) -> list[str]:  # type: ignore[override]
+    def outputs(self) -> list[str]:
         return [*ROW_COLUMNS, *self.extra_columns]
 
     def prompt_tags(self) -> list[str]:
@@ -145,7 +145,7 @@ class RecordStep(_Journaled, Step):
             self._loop = None
         super().unload()
 
-    def process(self, inputs: StepInput):  # type: ignore[override]
+    def process(self, inputs: StepInput):
         yield self._loop.run_until_complete(self._process(list(inputs)))
 
     async def _process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -201,7 +201,7 @@ def structured_body(mode: str, schema: dict[str, Any], compact: bool = True) -> 
     return {}
 
 
-def openai_llm(settings: dict[str, Any], api_key: str | None = None):  # type: ignore[no-untyped-def]
+def openai_llm(settings: dict[str, Any], api_key: str | None = None):
     """distilabel's ``OpenAILLM`` for the configured endpoint (SDK retries and timeout from the config)."""
     from distilabel.models.llms import OpenAILLM
 
@@ -247,11 +247,11 @@ class JSONTask(_Journaled, Task):
     _fp: Any = PrivateAttr(None)
 
     @property
-    def inputs(self) -> list[str]:  # type: ignore[override]
+    def inputs(self) -> list[str]:
         return [*ROW_COLUMNS, *self.extra_columns]
 
     @property
-    def outputs(self) -> list[str]:  # type: ignore[override]
+    def outputs(self) -> list[str]:
         return [*ROW_COLUMNS, *self.extra_columns]
 
     def step_fingerprint(self) -> str:
@@ -304,7 +304,7 @@ class JSONTask(_Journaled, Task):
         )
         return [*messages, {"role": "system", "content": note}]
 
-    def process(self, inputs: StepInput):  # type: ignore[override]
+    def process(self, inputs: StepInput):
         from cm2data.llm import extract_json
 
         rows = list(inputs)

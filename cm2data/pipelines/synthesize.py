@@ -369,8 +369,8 @@ class SimulateDialogue(RecordStep):
         s = self.settings
         tools = [Tool.from_openai(t) for t in spec["tools"]]
         tool_defs = []
-        for t in tools:
-            fn = t.to_openai()
+        for tool in tools:
+            fn = tool.to_openai()
             if s.get("strict_tools", True):
                 fn["function"]["strict"] = True
                 fn["function"]["parameters"] = bounded_parameters(fn["function"]["parameters"])

@@ -222,7 +222,7 @@ def _hashes(path: Path) -> tuple[str, str]:
     return sha256.hexdigest(), sha1.hexdigest()
 
 
-def hub_api(token: str | None):  # type: ignore[no-untyped-def]
+def hub_api(token: str | None):
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=endpoint(), token=token, library_name="cm2data", library_version=__version__)
@@ -303,7 +303,8 @@ def _upload(
     head = info.sha
     remote = {s.rfilename: s for s in info.siblings or []}
 
-    added, unchanged = [], []
+    added: list[str] = []
+    unchanged: list[str] = []
     for path, local in tree.files.items():
         sha256, sha1 = _hashes(local)
         sib = remote.get(path)

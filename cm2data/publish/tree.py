@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +24,9 @@ from cm2data.publish.errors import GateFailed, PublishError
 from cm2data.rejects import Reject, read_rejects
 from cm2data.schema import Dialogue
 from cm2data.validate import GateResult, RuleConfig, run_gate
+
+if TYPE_CHECKING:
+    from cm2data.validate.rules import ThinkingPolicy
 
 CHECKLIST_ITEMS = "checklist_items"
 
@@ -199,7 +202,7 @@ def build_tree(
         raise PublishError(f"{out} exists and is not empty; choose a new folder")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    config = RuleConfig(thinking=thinking)
+    config = RuleConfig(thinking=cast("ThinkingPolicy", thinking))  # RuleConfig checks the value
     summary = card.Summary()
     counts: Counter[str] = Counter({name: 0 for name in _gate_rules()})
     gate_rejects: list[Reject] = []

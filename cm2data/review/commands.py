@@ -139,7 +139,7 @@ def stack_status(
 # ------------------------------------------------------------------------------------ push / status / pull
 
 
-def _client(api_url: str | None):  # type: ignore[no-untyped-def]
+def _client(api_url: str | None):
     from cm2data.review.push import connect
 
     return connect(api_url)

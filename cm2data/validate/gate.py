@@ -30,7 +30,7 @@ STAGES = ("rules", "checklist", "tables")
 
 
 def table_rule_names() -> list[str]:
-    names = []
+    names: list[str] = []
     for schema in (DIALOGUE_SCHEMA, ITEM_SCHEMA):
         for col in schema.columns.values():
             names.extend(chk.name for chk in col.checks if chk.name)
@@ -113,8 +113,8 @@ class _Gate:
         if checklist_rules and d.checklists:
             if steps is None:
                 steps = steps_per_turn(d.messages)
-            for name, fn in self.text_rules if clear else checklist_rules:
-                problems = fn(d, steps)
+            for name, check in self.text_rules if clear else checklist_rules:
+                problems = check(d, steps)
                 if problems:
                     found.append(Reject(d.id, "validate", name, "; ".join(problems[:5]) + _more(problems)))
         if found:

@@ -18,12 +18,14 @@ satisfy alike.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
 from cm2data.schema import Dialogue
 from cm2data.validate.rules import _MARKERS_RE, RuleConfig, degenerate_text, parse_json
 
+_parse: Callable[[str], Any]
 try:  # orjson comes with distilabel; without it the screen parses with json (slower, same answers)
     from orjson import loads as _parse
 except ImportError:  # pragma: no cover - depends on the environment

@@ -22,7 +22,7 @@ def _non_blank(data: pa.PolarsData) -> pl.LazyFrame:
     return data.lazyframe.select(pl.col(data.key).str.strip_chars().str.len_chars() > 0)
 
 
-def _check(fn, name: str, error: str) -> pa.Check:  # type: ignore[no-untyped-def]
+def _check(fn, name: str, error: str) -> pa.Check:
     return pa.Check(fn, name=name, error=error)
 
 
