@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import json
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from distilabel.steps import GeneratorStep, Step, StepInput
@@ -214,6 +215,31 @@ def openai_llm(settings: dict[str, Any], api_key: str | None = None):
     )
 
 
+@dataclass
+class _Asking:
+    """One row's conversation with the labeller within a batch: the messages so far, its usage, the reasons its
+    invalid answers were refused."""
+
+    convo: list[dict[str, str]]
+    usage: Usage = field(default_factory=Usage)
+    reasons: list[str] = field(default_factory=list)
+
+
+def _ask_again(convo: list[dict[str, str]], text: str, reason: str) -> list[dict[str, str]]:
+    """The conversation with a request to answer again. A cut-off answer is not echoed (it would only lengthen the
+    prompt); any other invalid answer is, followed by the reason."""
+    if reason.startswith("answer cut off"):
+        return [
+            *convo,
+            {"role": "user", "content": f"Your answer was cut off: {reason}. Answer again, shorter, JSON only."},
+        ]
+    return [
+        *convo,
+        {"role": "assistant", "content": text},
+        {"role": "user", "content": f"That answer is not valid: {reason}\nAnswer again with corrected JSON only."},
+    ]
+
+
 class JSONTask(_Journaled, Task):
     """Base of a one-shot structured judgement: a distilabel ``Task`` on distilabel's ``OpenAILLM``.
 
@@ -305,115 +331,110 @@ class JSONTask(_Journaled, Task):
         return [*messages, {"role": "system", "content": note}]
 
     def process(self, inputs: StepInput):
-        from cm2data.llm import extract_json
-
         rows = list(inputs)
         out: list[dict[str, Any] | None] = [None] * len(rows)
-        convos: dict[int, list[dict[str, str]]] = {}
-        usage: dict[int, Usage] = {}
-        reasons: dict[int, list[str]] = {}
+        asking: dict[int, _Asking] = {}
         for i, row in enumerate(rows):
-            if row.get("reject"):
-                out[i] = row
-                continue
-            cached = self._from_journal(row)
-            if cached is not None:
-                out[i] = cached
-                continue
-            messages = self.build_messages(row)
-            if messages is None:
-                out[i] = self._finish(row, self.pass_through(row), Usage())
-                continue
-            convos[i] = self._with_schema_note(row, messages)
-            usage[i] = Usage()
-            reasons[i] = []
-        stage = self.usage_stage or self.stage
-        pending = list(convos)
+            out[i], ask = self._start(row)
+            if ask is not None:
+                asking[i] = ask
+        pending = list(asking)
         for attempt in range(1 + self.invalid_retries):
             if not pending:
                 break
-            started = time.monotonic()
-            results = self.llm.event_loop.run_until_complete(
-                asyncio.gather(
-                    *(
-                        self.llm.agenerate(
-                            input=convos[i],
-                            num_generations=1,
-                            max_new_tokens=self.max_new_tokens,
-                            temperature=self.temperature,
-                            extra_body=self._body(rows[i], attempt),
-                        )
-                        for i in pending
-                    ),
-                    return_exceptions=True,
-                )
-            )
-            seconds = (time.monotonic() - started) / max(1, len(pending))
+            results, seconds = self._ask([(rows[i], asking[i]) for i in pending], attempt)
             retry = []
             for i, result in zip(pending, results, strict=True):
-                row = rows[i]
-                if isinstance(result, BaseException):
-                    usage[i].record(stage, failures=1, seconds=seconds)
-                    update = {
-                        "reject": reject_json(
-                            self.stage, "llm_request_failed", f"{type(result).__name__}: {result}"[:1000]
-                        )
-                    }
-                    out[i] = self._finish(row, update, usage[i])
-                    continue
-                stats = result.get("statistics") or {}
-                usage[i].record(
-                    stage,
-                    requests=1,
-                    prompt_tokens=_first(stats.get("input_tokens")),
-                    completion_tokens=_first(stats.get("output_tokens")),
-                    seconds=seconds,
-                )
-                text = (result.get("generations") or [None])[0] or ""
-                produced = _first(stats.get("output_tokens"))
-                try:
-                    data = extract_json(text)
-                except ValueError as exc:
-                    if produced < self.max_new_tokens:
-                        data = exc
-                    else:  # OpenAILLM hides finish_reason; a full budget and broken JSON means it was cut off
-                        data = ValueError(f"answer cut off at max_tokens ({produced} tokens)")
-                try:
-                    if isinstance(data, Exception):
-                        raise data
-                    update = self.accept(row, data)
-                except (ValueError, TypeError, KeyError) as exc:
-                    reason = reason_of(exc)
-                    reasons[i].append(reason)
-                    usage[i].record(stage, invalid=1)
-                    if reason.startswith("answer cut off"):  # not echoed: it would only lengthen the prompt
-                        convos[i] = [
-                            *convos[i],
-                            {
-                                "role": "user",
-                                "content": f"Your answer was cut off: {reason}. Answer again, shorter, JSON only.",
-                            },
-                        ]
-                    else:
-                        convos[i] = [
-                            *convos[i],
-                            {"role": "assistant", "content": text},
-                            {
-                                "role": "user",
-                                "content": f"That answer is not valid: {reason}\n"
-                                "Answer again with corrected JSON only.",
-                            },
-                        ]
+                done = self._answer(rows[i], asking[i], result, seconds, attempt)
+                if done is None:
                     retry.append(i)
-                    continue
-                out[i] = self._finish(row, update, usage[i], attempts=attempt + 1)
+                else:
+                    out[i] = done
             pending = retry
         for i in pending:
-            usage[i].record(stage, failures=1)
-            last = reasons[i][-1]
-            message = f"{len(reasons[i])} answers rejected; " + " | ".join(reasons[i])
-            out[i] = self._finish(rows[i], {"reject": reject_json(self.stage, rule_of(last), message[:2000])}, usage[i])
+            out[i] = self._give_up(rows[i], asking[i])
         yield out
+
+    def _start(self, row: dict[str, Any]) -> tuple[dict[str, Any] | None, _Asking | None]:
+        """A row's output when it needs no request (rejected before, journaled, nothing to ask), else what to ask."""
+        if row.get("reject"):
+            return row, None
+        cached = self._from_journal(row)
+        if cached is not None:
+            return cached, None
+        messages = self.build_messages(row)
+        if messages is None:
+            return self._finish(row, self.pass_through(row), Usage()), None
+        return None, _Asking(self._with_schema_note(row, messages))
+
+    def _ask(self, batch: list[tuple[dict[str, Any], _Asking]], attempt: int) -> tuple[list[Any], float]:
+        """Send every conversation of the batch at once; the answers (or exceptions) and the seconds per request."""
+        started = time.monotonic()
+        results = self.llm.event_loop.run_until_complete(
+            asyncio.gather(
+                *(
+                    self.llm.agenerate(
+                        input=ask.convo,
+                        num_generations=1,
+                        max_new_tokens=self.max_new_tokens,
+                        temperature=self.temperature,
+                        extra_body=self._body(row, attempt),
+                    )
+                    for row, ask in batch
+                ),
+                return_exceptions=True,
+            )
+        )
+        return results, (time.monotonic() - started) / max(1, len(batch))
+
+    def _answer(
+        self, row: dict[str, Any], ask: _Asking, result: Any, seconds: float, attempt: int
+    ) -> dict[str, Any] | None:
+        """The row's output for one answer, or None when the answer was invalid and is to be asked again (the
+        reason is then appended to the conversation)."""
+        stage = self.usage_stage or self.stage
+        if isinstance(result, BaseException):
+            ask.usage.record(stage, failures=1, seconds=seconds)
+            reason = f"{type(result).__name__}: {result}"[:1000]
+            return self._finish(row, {"reject": reject_json(self.stage, "llm_request_failed", reason)}, ask.usage)
+        stats = result.get("statistics") or {}
+        produced = _first(stats.get("output_tokens"))
+        ask.usage.record(
+            stage,
+            requests=1,
+            prompt_tokens=_first(stats.get("input_tokens")),
+            completion_tokens=produced,
+            seconds=seconds,
+        )
+        text = (result.get("generations") or [None])[0] or ""
+        try:
+            update = self.accept(row, self._parse_answer(text, produced))
+        except (ValueError, TypeError, KeyError) as exc:
+            reason = reason_of(exc)
+            ask.reasons.append(reason)
+            ask.usage.record(stage, invalid=1)
+            ask.convo = _ask_again(ask.convo, text, reason)
+            return None
+        return self._finish(row, update, ask.usage, attempts=attempt + 1)
+
+    def _parse_answer(self, text: str, produced: int) -> Any:
+        from cm2data.llm import extract_json
+
+        try:
+            return extract_json(text)
+        except ValueError:
+            if produced < self.max_new_tokens:
+                raise
+            # OpenAILLM hides finish_reason; a full budget and broken JSON means it was cut off
+            raise ValueError(f"answer cut off at max_tokens ({produced} tokens)") from None
+
+    def _give_up(self, row: dict[str, Any], ask: _Asking) -> dict[str, Any]:
+        """Every attempt was invalid: reject with the rule of the last reason, all reasons in the message."""
+        ask.usage.record(self.usage_stage or self.stage, failures=1)
+        message = f"{len(ask.reasons)} answers rejected; " + " | ".join(ask.reasons)
+        return self._finish(
+            row, {"reject": reject_json(self.stage, rule_of(ask.reasons[-1]), message[:2000])}, ask.usage
+        )
 
     def _finish(self, row: dict[str, Any], update: dict[str, Any], usage: Usage, attempts: int = 0) -> dict[str, Any]:
         update = dict(update)
