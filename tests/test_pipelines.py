@@ -593,6 +593,49 @@ def test_annotate_validates_with_the_full_gate(tmp_path: Path):
     assert conforming == {"rec-00": False, "rec-01": True, "rec-02": False}
 
 
+def test_annotate_feeds_ungrounded_evidence_back(tmp_path: Path):
+    """The truthfulness rules run inside the labeller's retry loop: rec-00 first answers with a snippet that is not
+    in the dialogue, is told so by rule name, and quotes the user on the second answer; rec-01 keeps inventing and
+    is rejected as ``evidence_grounded``; rec-02 copies the prompt's example question every time and is rejected
+    as ``checklist_copied_from_prompt``."""
+    from cm2data.prompts import load_prompt
+
+    example = load_prompt("annotate").example[0]["checklist"][0]["question"]
+    attempts: Counter[str] = Counter()
+
+    def route(body: dict[str, Any]) -> Any:
+        if body["_kind"] != "annotate":
+            return fake_model(body)
+        rec = record_of(body)
+        attempts[rec] += 1
+        blocks = labeller_blocks(body)
+        item = blocks[0]["checklist"][0]
+        if rec == "rec-01" or (rec == "rec-00" and attempts[rec] == 1):
+            item["evidence"][0]["snippet"] = "12°C and light rain over Oslo tomorrow"
+        elif rec == "rec-02":
+            item["question"] = example
+        return Reply(json.dumps(blocks))
+
+    with RoutedOpenAI(route) as server:
+        out = tmp_path / "a"
+        run_stage(
+            "annotate",
+            AnnotateConfig(retries=2),
+            out,
+            src=write_input(tmp_path / "in", [simple_dialogue(i) for i in range(3)]),
+            endpoint=endpoint_for(server),
+        )
+        rec00 = [b for b in server.requests if record_of(b) == "rec-00"]
+    summary = check_accounting(out, 3)
+    assert summary["rejects_by_rule"] == {"evidence_grounded": 1, "checklist_copied_from_prompt": 1}
+    assert attempts == {"rec-00": 2, "rec-01": 3, "rec-02": 3}
+    fed_back = rec00[1]["messages"][-1]["content"]
+    assert "[evidence_grounded]" in fed_back and "12°C and light rain over Oslo tomorrow" in fed_back
+    by_id = {r.record_id: r for r in read_rejects(out / "rejects.jsonl")}
+    assert by_id["rec-01"].rule == "evidence_grounded" and by_id["rec-02"].rule == "checklist_copied_from_prompt"
+    assert [d.id for d in store.read_dataset(out)] == ["rec-00"]
+
+
 def test_compress_count_check(tmp_path: Path):
     def route(body: dict[str, Any]) -> Any:
         if body["_kind"] == "compress" and record_of(body) == "rec-01":
