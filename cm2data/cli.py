@@ -372,6 +372,14 @@ def publish(
         raise fail(str(exc), EXIT_FAILED) from None
     except pub.PublishError as exc:
         raise fail(str(exc), EXIT_FAILED) from None
+    if result.gate_skipped:
+        console.print(f"gate skipped: {result.plan}")
+    else:
+        console.print(
+            f"gate: {result.shards_gated} of {result.shards_gated + result.shards_trusted} shards checked"
+            + (f", {result.shards_trusted} already passed when published" if result.shards_trusted else "")
+            + f" ({result.plan})"
+        )
     if result.changed:
         console.print(
             f"published {result.records} dialogues to [bold]{result.repo_id}[/] in commit "

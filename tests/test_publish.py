@@ -6,12 +6,16 @@ subprocess whose environment points at the stand-in, exactly as a user's would.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hub_standin import HubStandin
 from typer.testing import CliRunner
@@ -250,17 +254,121 @@ def test_publish_then_load_dataset_equals_local_and_dry_run(hub: HubStandin, dat
     assert isinstance(json.loads(first["evidence"]), list) and first["item_id"] == "C0"
 
 
-def test_republish_identical_content_makes_no_commit(hub: HubStandin, dataset: Path) -> None:
+@pytest.fixture()
+def gated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the records the publish gate checks, in order (the real gate still decides)."""
+    from cm2data.publish import tree
+
+    seen: list[str] = []
+    real = tree.run_gate
+
+    def counting(records: Any, **kwargs: Any) -> Any:
+        seen.extend(d.id for d in records)
+        return real(records, **kwargs)
+
+    monkeypatch.setattr(tree, "run_gate", counting)
+    return seen
+
+
+def _manifest(hub: HubStandin, repo: str) -> dict[str, Any]:
+    return json.loads(hub.files(repo)[pub.MANIFEST])
+
+
+def test_republish_identical_content_makes_no_commit(hub: HubStandin, dataset: Path, gated: list[str]) -> None:
     repo = "acme/idempotent"
     code, output = _cli("publish", dataset, "--repo-id", repo)
     assert code == 0, output
+    n_records = sum(len(store.read_dataset(dataset, split=s)) for s in ("train", "test"))
+    assert len(gated) == n_records, "a first publish gates every record"
     head, n_commits = hub.head(repo), hub.commits(repo)
+    shards = _manifest(hub, repo)["shards"]
+    assert [(s["split"], s["rows"]) for s in shards] == [("test", 4), ("train", n_records - 4)]
     hub.clear_log()
+    gated.clear()
     code, output = _cli("publish", dataset, "--repo-id", repo)
     assert code == 0, output
-    assert "nothing to commit" in output
+    assert "nothing to commit" in output and "gate skipped" in output
+    assert gated == [], "an unchanged dataset is not gated again"
     assert hub.head(repo) == head and hub.commits(repo) == n_commits
-    assert _writes(hub) == ["create_repo"]  # create_repo(exist_ok) answers 409; no upload, no commit
+    assert _writes(hub) == []  # reads only: no create_repo, no upload, no commit
+    assert [e.stage for e in hub.log] == ["whoami", "repo_info", "resolve", "resolve"]  # HEAD, then GET of the manifest
+
+
+def _sharded(folder: Path, records: list[Dialogue], rows_per_file: int) -> Path:
+    store.write_dataset(folder, records, rows_per_file=rows_per_file)
+    return folder
+
+
+def test_republish_gates_only_the_changed_shard(
+    hub: HubStandin, sample_path: Path, tmp_path: Path, gated: list[str]
+) -> None:
+    """Three source shards; one record of the middle one changes: only that shard's records are gated again, the
+    new commit carries the change, and the manifest lists the new shard."""
+    records = _sample_records(sample_path)[:9]
+    repo = "acme/sharded"
+    first = _sharded(tmp_path / "v1", records, 3)
+    assert _cli("publish", first, "--repo-id", repo)[0] == 0
+    assert len(gated) == 9
+    old = {s["name"]: s["sha256"] for s in _manifest(hub, repo)["shards"]}
+    assert len(old) == 3
+
+    changed = [r.model_copy(deep=True) for r in records]
+    reply = next(m for m in reversed(changed[4].messages) if m.role == "assistant" and m.content)
+    reply.content += " Anything else?"
+    second = _sharded(tmp_path / "v2", changed, 3)
+    gated.clear()
+    code, output = _cli("publish", second, "--repo-id", repo)
+    assert code == 0, output
+    assert sorted(gated) == sorted(r.id for r in records[3:6]), "only the changed shard is gated"
+    assert "1 of 3 shards changed" in output and "published 9 dialogues" in output
+    new = {s["name"]: s["sha256"] for s in _manifest(hub, repo)["shards"]}
+    assert [name for name in new if new[name] != old[name]] == ["train-00001-of-00003.parquet"]
+    assert store.read_table(second).equals(
+        pa.concat_tables(
+            pq.read_table(io.BytesIO(c)) for p, c in sorted(hub.files(repo).items()) if p.startswith("data/dialogues/")
+        )
+    )
+
+
+def test_republish_after_changed_options_or_tampering_rebuilds_without_gating(
+    hub: HubStandin, dataset: Path, gated: list[str]
+) -> None:
+    """Same shards, another license: the tree is rebuilt (the card changes) but nothing is gated again. A data file
+    deleted on the Hub by hand: the next publish restores it, again without gating."""
+    from huggingface_hub import HfApi
+
+    repo = "acme/relicensed"
+    assert _cli("publish", dataset, "--repo-id", repo)[0] == 0
+    gated.clear()
+    code, output = _cli("publish", dataset, "--repo-id", repo, "--license", "mit")
+    assert code == 0, output
+    assert "options changed" in output and "in commit" in output and gated == []
+    assert "license: mit" in hub.files(repo)["README.md"].decode()
+
+    before = hub.files(repo)
+    HfApi(endpoint=hub.url, token=TOKEN).delete_file(
+        "data/dialogues/test-00000-of-00001.parquet", repo_id=repo, repo_type="dataset"
+    )
+    code, output = _cli("publish", dataset, "--repo-id", repo, "--license", "mit")
+    assert code == 0, output
+    assert "published files differ from the manifest" in output and gated == []
+    assert hub.files(repo) == before
+
+
+def test_unreadable_manifest_gates_everything(hub: HubStandin, dataset: Path, gated: list[str]) -> None:
+    from huggingface_hub import HfApi
+
+    repo = "acme/garbled"
+    assert _cli("publish", dataset, "--repo-id", repo)[0] == 0
+    HfApi(endpoint=hub.url, token=TOKEN).upload_file(
+        path_or_fileobj=b"{not json", path_in_repo=pub.MANIFEST, repo_id=repo, repo_type="dataset"
+    )
+    gated.clear()
+    code, output = _cli("publish", dataset, "--repo-id", repo)
+    assert code == 0, output
+    assert f"ignoring the published {pub.MANIFEST}" in output and "in commit" in output
+    assert len(gated) == sum(len(store.read_dataset(dataset, split=s)) for s in ("train", "test"))
+    assert json.loads(hub.files(repo)[pub.MANIFEST])["format"] == 1
 
 
 def test_republish_after_change_leaves_no_stale_files(hub: HubStandin, dataset: Path, tmp_path: Path) -> None:
@@ -340,7 +448,8 @@ def test_invalid_dataset_uploads_nothing(hub: HubStandin, dataset: Path, tmp_pat
     assert code == 1
     assert "validation failed" in output and "weights_sum_to_one" in output and "non_empty_content" in output
     assert "nothing was uploaded" in output
-    assert hub.log == [] and hub.repo("acme/invalid") is None
+    # the Hub is read (the token, whether a manifest exists) and never written to
+    assert _writes(hub) == [] and hub.repo("acme/invalid") is None
     code, output = _cli("publish", dataset, "--repo-id", "acme/invalid", "--dry-run", tmp_path / "dry")
     assert code == 1 and not (tmp_path / "dry").exists()
 

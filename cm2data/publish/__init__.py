@@ -8,6 +8,9 @@ The package, by concern:
 * :mod:`~cm2data.publish.hub` — ``publish(src, repo_id)``: the tree, then one ``create_commit`` with
   ``parent_commit`` (a concurrent change is refused, identical content makes no commit), an optional tag, and the
   Hub's errors turned into messages that say what happened and what to do;
+* :mod:`~cm2data.publish.manifest` — the manifest every tree carries (``cm2data-publish.json``: gate and build keys,
+  a sha256 per source shard, the tree's files), and the republish plan made from it: an unchanged dataset is not
+  gated, built or committed again, a changed one is gated only over its changed shards;
 * :mod:`~cm2data.publish.pull` — ``pull(repo_id, out)``: a published dataset back into a dataset folder;
 * :mod:`~cm2data.publish.errors` — :class:`PublishError` and :class:`GateFailed`.
 
@@ -28,6 +31,7 @@ from cm2data.publish.hub import (
     publish,
     resolve_token,
 )
+from cm2data.publish.manifest import MANIFEST, Manifest, SourceShard
 from cm2data.publish.pull import PullResult, pull
 from cm2data.publish.tree import (
     CHECKLIST_ITEM_SCHEMA,
@@ -44,12 +48,15 @@ __all__ = [
     "CHECKLIST_ITEMS",
     "CHECKLIST_ITEM_SCHEMA",
     "EXPORTERS",
+    "MANIFEST",
     "REPO_TYPE",
     "Exporter",
     "GateFailed",
+    "Manifest",
     "PublishError",
     "PublishResult",
     "PullResult",
+    "SourceShard",
     "Tree",
     "build_tree",
     "check_repo_id",

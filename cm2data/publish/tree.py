@@ -3,14 +3,15 @@
 :func:`build_tree` streams a dataset folder through the validation gate and writes a Hub-layout dataset: the
 configs ``dialogues`` (the canonical records, written by :mod:`cm2data.store`), ``checklist_items`` (one flat row
 per checklist item) and, on request, the trainer exports of the :data:`cm2data.export.registry.EXPORTERS` registry;
-``README.md`` (the card, :mod:`cm2data.card`) and its plots under ``assets/``.
+``README.md`` (the card, :mod:`cm2data.card`) and its plots under ``assets/``; and the publish manifest
+(:mod:`cm2data.publish.manifest`), which lets a republish skip the gate for shards that already passed it.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from cm2data import card, store
 from cm2data.export.registry import EXPORTERS, Exporter, TableBuilder
+from cm2data.publish import manifest as mf
 from cm2data.publish.errors import GateFailed, PublishError
 from cm2data.rejects import Reject, read_rejects
 from cm2data.schema import Dialogue
@@ -108,6 +110,10 @@ class Tree:
     items: int
     configs: dict[str, dict[str, int]]
     files: dict[str, Path] = field(default_factory=dict)
+    manifest: mf.Manifest | None = None
+    #: source shards whose records went through the gate, and those skipped as already gated (``trusted``)
+    shards_gated: int = 0
+    shards_trusted: int = 0
 
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files.values())
@@ -175,6 +181,42 @@ def _read_chunks(paths: Sequence[Path], size: int) -> Iterator[tuple[list[Dialog
         yield records, rejects
 
 
+def publish_keys(
+    src: Path,
+    *,
+    repo_id: str | None,
+    with_: Sequence[str] = (),
+    license: str | None = None,
+    pretty_name: str | None = None,
+    thinking: str = "auto",
+    rows_per_file: int = 50_000,
+) -> tuple[str, str]:
+    """(gate key, build key) of a tree :func:`build_tree` would build with these arguments (see
+    :mod:`cm2data.publish.manifest`)."""
+    gate = mf.gate_key(_gate_rules(), thinking)
+    build = mf.build_key(
+        src,
+        gate=gate,
+        repo_id=repo_id,
+        exports=list(with_),
+        license=license,
+        pretty_name=pretty_name,
+        rows_per_file=rows_per_file,
+    )
+    return gate, build
+
+
+def _shard_chunks(
+    paths: Sequence[Path], size: int, sources: dict[Path, mf.SourceShard], trusted: Collection[str]
+) -> Iterator[tuple[list[Dialogue], list[Reject], bool]]:
+    """:func:`_read_chunks` shard by shard (a chunk never mixes shards), each chunk with whether its shard is
+    trusted."""
+    for path in paths:
+        trust = sources[path].sha256 in trusted
+        for records, rejects in _read_chunks([path], size):
+            yield records, rejects, trust
+
+
 def build_tree(
     src: Path,
     out: Path,
@@ -186,6 +228,7 @@ def build_tree(
     thinking: str = "auto",
     rows_per_file: int = 50_000,
     chunk: int = 5_000,
+    trusted: Collection[str] = frozenset(),
 ) -> Tree:
     """Validate ``src`` and write into ``out`` (absent or empty) exactly the tree that :func:`publish` uploads.
 
@@ -194,6 +237,9 @@ def build_tree(
     :func:`cm2data.store.write_dataset` shards) of rows. Ids are checked for uniqueness across the whole dataset.
     Raises :class:`GateFailed` (after checking everything, and leaving ``out`` empty) unless every row reads and
     passes every rule.
+
+    ``trusted``: sha256 digests of source shards known to pass this gate (a published manifest's shards under the
+    same gate key): their records are not gated again (ids are still checked for uniqueness across the dataset).
     """
     exporters = resolve_exporters(with_)
     if not store.is_dataset_folder(src):
@@ -202,6 +248,7 @@ def build_tree(
         raise PublishError(f"{out} exists and is not empty; choose a new folder")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    license_option, pretty_name_option = license, pretty_name  # as given: the build key hashes the options
     config = RuleConfig(thinking=cast("ThinkingPolicy", thinking))  # RuleConfig checks the value
     summary = card.Summary()
     counts: Counter[str] = Counter({name: 0 for name in _gate_rules()})
@@ -210,12 +257,16 @@ def build_tree(
     checked = 0
     seen: set[str] = set()
     configs: dict[str, dict[str, int]] = {}
+    sources = mf.source_shards(src)
+    gated = skipped = 0
     try:
         for split, paths in store.split_files(src).items():
             total_rows = sum(pq.read_metadata(p).num_rows for p in paths)
             n_files = max(1, -(-total_rows // rows_per_file))
             shard, index, in_shard, done = _Shard(), 0, 0, 0
-            for records, rejects in _read_chunks(paths, chunk):
+            trusted_here = sum(sources[p].sha256 in trusted for p in paths)
+            gated, skipped = gated + len(paths) - trusted_here, skipped + trusted_here
+            for records, rejects, trust in _shard_chunks(paths, chunk, sources, trusted):
                 fresh = []
                 for d in records:
                     if d.id in seen:
@@ -231,7 +282,7 @@ def build_tree(
                         seen.add(d.id)
                         fresh.append(d)
                 read_rejects_ += rejects
-                result = run_gate(fresh, config=config)
+                result = run_gate([] if trust else fresh, config=config)
                 checked += result.checked
                 counts.update(result.counts)
                 gate_rejects += result.rejects
@@ -298,12 +349,26 @@ def build_tree(
             n_dialogues=summary.dialogues, license=license, pretty_name=title, source_header=source_header
         )
         store.write_card(out, body=body, extra_header=header)
+        gate, build_key = publish_keys(
+            src,
+            repo_id=repo_id,
+            with_=with_,
+            license=license_option,
+            pretty_name=pretty_name_option,
+            thinking=thinking,
+            rows_per_file=rows_per_file,
+        )
+        written = {
+            p.relative_to(out).as_posix(): list(mf.file_hashes(p)) for p in sorted(out.rglob("*")) if p.is_file()
+        }
+        n_items = sum(configs.get(CHECKLIST_ITEMS, {}).values())
+        manifest = mf.Manifest(gate, build_key, list(sources.values()), written, summary.dialogues, n_items)
+        (out / mf.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     except BaseException:
         _empty(out, remove=created)
         raise
     files = {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*")) if p.is_file()}
-    n_items = sum(configs.get(CHECKLIST_ITEMS, {}).values())
-    return Tree(out, summary.dialogues, n_items, configs, files)
+    return Tree(out, summary.dialogues, n_items, configs, files, manifest, gated, skipped)
 
 
 def _count(configs: dict[str, dict[str, int]], split: str, rows: dict[str, int]) -> None:
