@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from cm2data import card, store
 from cm2data.export.registry import EXPORTERS, Exporter, TableBuilder
+from cm2data.publish import arrow_views
 from cm2data.publish import manifest as mf
 from cm2data.publish.errors import GateFailed, PublishError
 from cm2data.rejects import Reject, read_rejects
@@ -143,42 +144,48 @@ class _Shard:
         return rows
 
 
-def _read_chunks(paths: Sequence[Path], size: int) -> Iterator[tuple[list[Dialogue], list[Reject]]]:
-    """The records of a split's parquet files, ``size`` rows at a time across file boundaries; rows and files
-    that do not read become ``read`` rejects (as in :mod:`cm2data.sources`)."""
+@dataclass
+class _Chunk:
+    """Up to ``chunk`` rows of one source shard: the canonical Arrow rows, the records when they were needed (the
+    gate, an exporter, rows not in the store's layout), and the rows that did not read."""
+
+    table: pa.Table
+    records: list[Dialogue] | None
+    rejects: list[Reject]
+
+
+def _read_chunks(path: Path, size: int, *, need_records: bool) -> Iterator[_Chunk]:
+    """The rows of one parquet file, ``size`` at a time. Records are built from the rows only when
+    ``need_records`` or when the file is not in :data:`cm2data.store.DIALOGUE_SCHEMA`'s layout (then the table is
+    rebuilt from the records, so that it is canonical). Rows and files that do not read become ``read`` rejects (as
+    in :mod:`cm2data.sources`)."""
     from pydantic import ValidationError
 
-    records: list[Dialogue] = []
-    rejects: list[Reject] = []
-    pending = 0
-    for path in paths:
-        offset = 0
-        try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=min(size, 4096)):
+    offset = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+            table = pa.Table.from_batches([batch])
+            canonical = table.schema.equals(store.DIALOGUE_SCHEMA, check_metadata=False)
+            records: list[Dialogue] | None = None
+            rejects: list[Reject] = []
+            if need_records or not canonical:
+                records = []
                 for i, row in enumerate(batch.to_pylist()):
                     try:
                         records.append(store.from_row(row))
                     except (ValidationError, ValueError, KeyError, TypeError) as exc:
-                        rejects.append(
-                            Reject(
-                                row.get("id"),
-                                "read",
-                                "record_schema",
-                                str(exc).splitlines()[0],
-                                f"{path.name}#{offset + i}",
-                            )
-                        )
-                    pending += 1
-                    if pending == size:
-                        yield records, rejects
-                        records, rejects, pending = [], [], 0
-                offset += batch.num_rows
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            rejects.append(
-                Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")
-            )
-    if pending or rejects:
-        yield records, rejects
+                        where = f"{path.name}#{offset + i}"
+                        rejects.append(Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0], where))
+                if not canonical:
+                    table = store.records_table(records)
+            yield _Chunk(table.cast(store.DIALOGUE_SCHEMA), records, rejects)
+            offset += batch.num_rows
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        yield _Chunk(
+            pa.table({}),
+            [],
+            [Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")],
+        )
 
 
 def publish_keys(
@@ -204,17 +211,6 @@ def publish_keys(
         rows_per_file=rows_per_file,
     )
     return gate, build
-
-
-def _shard_chunks(
-    paths: Sequence[Path], size: int, sources: dict[Path, mf.SourceShard], trusted: Collection[str]
-) -> Iterator[tuple[list[Dialogue], list[Reject], bool]]:
-    """:func:`_read_chunks` shard by shard (a chunk never mixes shards), each chunk with whether its shard is
-    trusted."""
-    for path in paths:
-        trust = sources[path].sha256 in trusted
-        for records, rejects in _read_chunks([path], size):
-            yield records, rejects, trust
 
 
 def build_tree(
@@ -266,42 +262,46 @@ def build_tree(
             shard, index, in_shard, done = _Shard(), 0, 0, 0
             trusted_here = sum(sources[p].sha256 in trusted for p in paths)
             gated, skipped = gated + len(paths) - trusted_here, skipped + trusted_here
-            for records, rejects, trust in _shard_chunks(paths, chunk, sources, trusted):
-                fresh = []
-                for d in records:
-                    if d.id in seen:
-                        rejects.append(
-                            Reject(
-                                d.id,
-                                "read",
-                                "duplicate_id",
-                                f"record id {d.id!r} appears more than once in the dataset",
-                            )
-                        )
-                    else:
-                        seen.add(d.id)
-                        fresh.append(d)
-                read_rejects_ += rejects
-                result = run_gate([] if trust else fresh, config=config)
-                checked += result.checked
-                counts.update(result.counts)
-                gate_rejects += result.rejects
-                if read_rejects_ or gate_rejects:
-                    continue  # keep checking, to report every failure; write nothing more
-                summary.add(fresh)
-                pos = 0
-                while pos < len(fresh):  # pieces that never straddle a shard boundary
-                    piece = fresh[pos : pos + rows_per_file - in_shard]
-                    shard.add(store.DIALOGUES, store.records_table(piece))
-                    shard.add(CHECKLIST_ITEMS, checklist_items_table(piece))
-                    for exporter, build in exporters:
-                        shard.add(exporter.config, build(piece, split, done))
-                    pos += len(piece)
-                    done += len(piece)
-                    in_shard += len(piece)
-                    if in_shard == rows_per_file:
-                        _count(configs, split, shard.write(out, split, index, n_files))
-                        index, in_shard = index + 1, 0
+            for path in paths:
+                trust = sources[path].sha256 in trusted
+                for part in _read_chunks(path, chunk, need_records=not trust or bool(exporters)):
+                    read_rejects_ += part.rejects
+                    fresh: list[Dialogue] = []
+                    ids = (
+                        [d.id for d in part.records]
+                        if part.records is not None
+                        else part.table.column("id").to_pylist()
+                    )
+                    for pos, i in enumerate(ids):
+                        if i in seen:
+                            msg = f"record id {i!r} appears more than once in the dataset"
+                            read_rejects_.append(Reject(i, "read", "duplicate_id", msg))
+                        else:
+                            seen.add(i)
+                            if part.records is not None:
+                                fresh.append(part.records[pos])
+                    if not trust:
+                        result = run_gate(fresh, config=config)
+                        checked += result.checked
+                        counts.update(result.counts)
+                        gate_rejects += result.rejects
+                    if read_rejects_ or gate_rejects:
+                        continue  # keep checking, to report every failure; write nothing more
+                    arrow_views.add_to_summary(summary, part.table)
+                    pos = 0
+                    while pos < part.table.num_rows:  # pieces that never straddle a shard boundary
+                        piece = part.table.slice(pos, rows_per_file - in_shard)
+                        shard.add(store.DIALOGUES, piece)
+                        shard.add(CHECKLIST_ITEMS, arrow_views.checklist_items(piece, CHECKLIST_ITEM_SCHEMA))
+                        for exporter, build in exporters:
+                            records = (part.records or [])[pos : pos + piece.num_rows]
+                            shard.add(exporter.config, build(records, split, done))
+                        pos += piece.num_rows
+                        done += piece.num_rows
+                        in_shard += piece.num_rows
+                        if in_shard == rows_per_file:
+                            _count(configs, split, shard.write(out, split, index, n_files))
+                            index, in_shard = index + 1, 0
             if shard.parts and not (read_rejects_ or gate_rejects):
                 _count(configs, split, shard.write(out, split, index, n_files))
         if read_rejects_ or gate_rejects:
