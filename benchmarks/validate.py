@@ -8,6 +8,10 @@ them in known ways, writes them with :func:`cm2data.store.write_dataset` and the
 * ``load_raw``: ``pyarrow.parquet.read_table`` of the written shards;
 * ``stream`` (in a child process, so that its peak memory is its own): :func:`cm2data.validate.run_gate_stream` over
   :func:`cm2data.store.iter_dataset` — load and gate together, each batch of records let go once checked;
+* ``columnar`` (in a child process, for its own peak memory): :func:`cm2data.validate.columnar.gate_dataset` — load
+  and gate straight from the parquet files, record batch by record batch, pydantic records built only for rows a
+  vectorised screen cannot clear; its CPU time is compared with ``load_raw`` (target: ≥ 50,000 dialogues per CPU
+  second) and its peak RSS with the size of the Arrow table ``load_raw`` reads (target: ≤ 2×);
 * ``load_records``: :func:`cm2data.store.read_dataset` (parquet → canonical pydantic records);
 * ``gate``: :func:`cm2data.validate.run_gate` over the loaded records with every stage. That is the whole gate,
   nothing skipped: all 8 rule filters (method §2.2), the 3 record-level checklist rules and the pandera validation
@@ -20,6 +24,9 @@ stream finds the same rejects, and prints dialogues/s, peak memory and the ratio
 load definitions. Run it on one core::
 
     taskset -c 0 $VENV/bin/python benchmarks/validate.py --n 100000 --json bench.json
+
+``--only columnar`` runs generate, write, load_raw and columnar only (and checks the columnar rejects against the
+injected breakages).
 
 Peak memory is the process's peak resident set size (``VmHWM``), reset before each phase through
 ``/proc/self/clear_refs`` so that each phase gets its own peak; where that is not possible it falls back to
@@ -578,6 +585,64 @@ def _stream_child(folder: Path) -> int:
     return 0
 
 
+def _columnar_child(folder: Path) -> int:
+    """Run in a child process: :func:`gate_dataset` over the folder; print its figures as JSON."""
+    from cm2data.validate.columnar import gate_dataset
+
+    before = PeakMemory.rss()
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    report = gate_dataset(folder)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    try:
+        peak = PeakMemory._hwm()
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        json.dumps(
+            {
+                "seconds": round(wall, 3),
+                "cpu_seconds": round(cpu, 3),
+                "checked": report.checked,
+                "rejected": len(report.rejected_ids),
+                "read_rejects": len(report.read_rejects),
+                "digest": rejects_digest(report),
+                "rejects": [[r.record_id, r.rule] for r in report.rejects],
+                "exact_path_rules": report.exact,
+                "cpu_seconds_by_part": report.seconds,
+                "rss_before_mib": round(before / 2**20, 1),
+                "peak_rss_mib": round(peak / 2**20, 1),
+            }
+        )
+    )
+    return 0
+
+
+def _columnar_phase(folder: Path, n: int) -> dict[str, Any]:
+    """The ``columnar`` phase, in a child process on the same CPUs (so that its peak RSS is its own)."""
+    proc = subprocess.run([sys.executable, __file__, "--columnar-child", str(folder)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"the columnar phase failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    fig = json.loads(proc.stdout.strip().splitlines()[-1])
+    wall, cpu = fig["seconds"], fig["cpu_seconds"]
+    fig["dialogues_per_s"] = round(n / wall, 1)
+    fig["dialogues_per_cpu_s"] = round(n / cpu, 1) if cpu else None
+    print(
+        f"{'columnar':<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
+        f"child process)  peak RSS {fig['peak_rss_mib']:6.0f} MiB (before {fig['rss_before_mib']:.0f})",
+        flush=True,
+    )
+    return fig
+
+
+class _Rejected:
+    """Enough of a gate result for :func:`check_rejections`, from the columnar child's output."""
+
+    def __init__(self, pairs: list[list[str]]) -> None:
+        self.rejects = [argparse.Namespace(record_id=did, rule=rule) for did, rule in pairs]
+        self.rejected_ids = {did for did, _ in pairs if did}
+
+
 def _stream_phase(folder: Path, n: int) -> dict[str, Any]:
     """The ``stream`` phase, in a child process on the same CPUs (so that its peak RSS is its own)."""
     proc = subprocess.run([sys.executable, __file__, "--stream-child", str(folder)], capture_output=True, text=True)
@@ -602,10 +667,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broken", type=float, default=0.01, help="fraction of records to break (default 0.01)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the figures here")
     parser.add_argument("--no-stream", action="store_true", help="skip the stream phase")
+    parser.add_argument("--only", choices=["all", "columnar"], default="all", help="phases to run (default all)")
     parser.add_argument("--stream-child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--columnar-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stream_child is not None:
         return _stream_child(args.stream_child)
+    if args.columnar_child is not None:
+        return _columnar_child(args.columnar_child)
     mem = PeakMemory()
     gct = GcTimer()
     load_start = os.getloadavg()
@@ -634,19 +703,40 @@ def main(argv: list[str] | None = None) -> int:
         files = sorted(store.data_dir(folder).glob("*.parquet"))
         size = sum(p.stat().st_size for p in files)
 
-        def raw() -> int:
-            return sum(pq.read_table(p).num_rows for p in files)
+        def raw() -> tuple[int, int]:
+            tables = [pq.read_table(p) for p in files]
+            return sum(t.num_rows for t in tables), sum(t.nbytes for t in tables)
 
-        rows, load_raw = _phase("load_raw", args.n, mem, gct, raw)
+        (rows, arrow_bytes), load_raw = _phase("load_raw", args.n, mem, gct, raw)
         assert rows == args.n, rows
+        columnar = _columnar_phase(folder, args.n)
+        columnar["cpu_ratio_to_load_raw"] = round(columnar["cpu_seconds"] / max(load_raw["cpu_seconds"], 1e-9), 3)
+        columnar["arrow_table_mib"] = round(arrow_bytes / 2**20, 1)
+        columnar["peak_rss_to_arrow_table"] = round(columnar["peak_rss_mib"] / (arrow_bytes / 2**20), 3)
+        col_problems = check_rejections(_Rejected(columnar.pop("rejects")), broken_ids)
+        print(
+            f"columnar: {columnar['dialogues_per_cpu_s']:,.0f} dialogues per CPU second (target 50,000), CPU "
+            f"{columnar['cpu_ratio_to_load_raw']:.2f}× load_raw; peak RSS {columnar['peak_rss_mib']:,.0f} MiB = "
+            f"{columnar['peak_rss_to_arrow_table']:.2f}× the {columnar['arrow_table_mib']:,.0f} MiB Arrow table "
+            f"(target ≤ 2×); {columnar['checked']} checked, {columnar['rejected']} rejected: "
+            f"{'OK' if not col_problems else 'MISMATCH'}; exact path per rule {columnar['exact_path_rules']}; CPU s "
+            f"by part {columnar['cpu_seconds_by_part']}",
+            flush=True,
+        )
+        for p in col_problems:
+            print(f"  columnar: {p}")
+        if args.only == "columnar":
+            return _columnar_only(args, mem, files, size, gen, write, load_raw, columnar, col_problems, load_start)
         stream = None if args.no_stream else _stream_phase(folder, args.n)
         loaded, load_records = _phase("load_records", args.n, mem, gct, lambda: store.read_dataset(folder))
         result, gate = _phase("gate", args.n, mem, gct, lambda: run_gate(loaded))
         gate["peak_over_records_mib"] = round(gate["peak_rss_mib"] - gate["rss_before_mib"], 1)
 
-    problems = check_rejections(result, broken_ids)
+    problems = check_rejections(result, broken_ids) + [f"columnar: {p}" for p in col_problems]
     if stream is not None and stream.pop("digest") != rejects_digest(result):
         problems.append("the stream's rejects or counts differ from the gate's")
+    if columnar.pop("digest") != rejects_digest(result):
+        problems.append("the columnar gate's rejects or counts differ from the gate's")
     ratio_raw = gate["seconds"] / load_raw["seconds"]
     ratio_records = gate["seconds"] / load_records["seconds"]
     cpu_ratio_raw = gate["cpu_seconds"] / max(load_raw["cpu_seconds"], 1e-9)
@@ -689,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load_records": load_records,
                 "gate": gate,
                 **({"stream": stream} if stream else {}),
+                "columnar": columnar,
             },
             "ratio_gate_to_load_raw": round(ratio_raw, 3),
             "ratio_gate_to_load_records": round(ratio_records, 3),
@@ -703,6 +794,46 @@ def main(argv: list[str] | None = None) -> int:
             "injected": len(broken_ids),
             "rejections_exact": not problems,
             "rule_counts": {k: v for k, v in result.counts.items() if v},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return 1 if problems else 0
+
+
+def _columnar_only(
+    args: argparse.Namespace,
+    mem: PeakMemory,
+    files: list[Path],
+    size: int,
+    gen: dict[str, Any],
+    write: dict[str, Any],
+    load_raw: dict[str, Any],
+    columnar: dict[str, Any],
+    problems: list[str],
+    load_start: tuple[float, float, float],
+) -> int:
+    """``--only columnar``: report and write the figures of the phases that ran."""
+    columnar.pop("digest", None)
+    load_avg = os.getloadavg()
+    print(
+        f"parquet: {len(files)} file(s), {size / 2**20:.1f} MiB; load average now {load_avg[0]:.2f} "
+        f"(at start {load_start[0]:.2f}) on {os.cpu_count()} CPUs"
+    )
+    if args.json is not None:
+        out = {
+            "n": args.n,
+            "seed": args.seed,
+            "broken": args.broken,
+            "python": sys.version.split()[0],
+            "memory_method": mem.method,
+            "parquet_files": len(files),
+            "parquet_mib": round(size / 2**20, 1),
+            "phases": {"generate": gen, "write": write, "load_raw": load_raw, "columnar": columnar},
+            "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "load_average_start": load_start,
+            "load_average_end": load_avg,
+            "rejections_exact": not problems,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
