@@ -256,17 +256,17 @@ def test_publish_then_load_dataset_equals_local_and_dry_run(hub: HubStandin, dat
 
 @pytest.fixture()
 def gated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The ids of the records the publish gate checks, in order (the real gate still decides)."""
-    from cm2data.publish import tree
+    """The ids of the rows the publish gate checks, in order (the real gate still decides)."""
+    from cm2data.validate.columnar import ColumnarGate
 
     seen: list[str] = []
-    real = tree.run_gate
+    real = ColumnarGate.add_batch
 
-    def counting(records: Any, **kwargs: Any) -> Any:
-        seen.extend(d.id for d in records)
-        return real(records, **kwargs)
+    def counting(self: ColumnarGate, batch: pa.RecordBatch, **kwargs: Any) -> Any:
+        seen.extend(batch.column("id").to_pylist())
+        return real(self, batch, **kwargs)
 
-    monkeypatch.setattr(tree, "run_gate", counting)
+    monkeypatch.setattr(ColumnarGate, "add_batch", counting)
     return seen
 
 

@@ -10,12 +10,12 @@ per checklist item) and, on request, the trainer exports of the :data:`cm2data.e
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,7 +26,8 @@ from cm2data.publish import manifest as mf
 from cm2data.publish.errors import GateFailed, PublishError
 from cm2data.rejects import Reject, read_rejects
 from cm2data.schema import Dialogue
-from cm2data.validate import GateResult, RuleConfig, run_gate
+from cm2data.validate import RuleConfig
+from cm2data.validate.columnar import ColumnarGate
 
 if TYPE_CHECKING:
     from cm2data.validate.rules import ThinkingPolicy
@@ -176,7 +177,7 @@ def _read_chunks(path: Path, size: int, *, need_records: bool) -> Iterator[_Chun
                     except (ValidationError, ValueError, KeyError, TypeError) as exc:
                         where = f"{path.name}#{offset + i}"
                         rejects.append(Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0], where))
-                if not canonical:
+                if not canonical or rejects:  # the gate then sees only the rows that read (each reported once)
                     table = store.records_table(records)
             yield _Chunk(table.cast(store.DIALOGUE_SCHEMA), records, rejects)
             offset += batch.num_rows
@@ -247,10 +248,11 @@ def build_tree(
     license_option, pretty_name_option = license, pretty_name  # as given: the build key hashes the options
     config = RuleConfig(thinking=cast("ThinkingPolicy", thinking))  # RuleConfig checks the value
     summary = card.Summary()
-    counts: Counter[str] = Counter({name: 0 for name in _gate_rules()})
-    gate_rejects: list[Reject] = []
+    # the columnar gate: a record is built only for a row its screens cannot clear (cm2data.validate.columnar);
+    # ids are deduplicated here, across trusted and gated shards alike
+    gate = ColumnarGate(config, dedupe=True)
+    failed = False
     read_rejects_: list[Reject] = []
-    checked = 0
     seen: set[str] = set()
     configs: dict[str, dict[str, int]] = {}
     sources = mf.source_shards(src)
@@ -264,28 +266,26 @@ def build_tree(
             gated, skipped = gated + len(paths) - trusted_here, skipped + trusted_here
             for path in paths:
                 trust = sources[path].sha256 in trusted
-                for part in _read_chunks(path, chunk, need_records=not trust or bool(exporters)):
+                offset = 0
+                for part in _read_chunks(path, chunk, need_records=bool(exporters)):
                     read_rejects_ += part.rejects
-                    fresh: list[Dialogue] = []
-                    ids = (
-                        [d.id for d in part.records]
-                        if part.records is not None
-                        else part.table.column("id").to_pylist()
-                    )
+                    ids = part.table.column("id").to_pylist() if part.table.num_columns else []
+                    fresh = np.ones(len(ids), dtype=np.bool_)
                     for pos, i in enumerate(ids):
                         if i in seen:
                             msg = f"record id {i!r} appears more than once in the dataset"
                             read_rejects_.append(Reject(i, "read", "duplicate_id", msg))
+                            fresh[pos] = False
                         else:
                             seen.add(i)
-                            if part.records is not None:
-                                fresh.append(part.records[pos])
-                    if not trust:
-                        result = run_gate(fresh, config=config)
-                        checked += result.checked
-                        counts.update(result.counts)
-                        gate_rejects += result.rejects
-                    if read_rejects_ or gate_rejects:
+                    if not trust and len(ids):
+                        rows = part.table if fresh.all() else part.table.filter(pa.array(fresh))
+                        for batch in rows.to_batches():
+                            if gate.add_batch(batch, location=path.name, offset=offset).any():
+                                failed = True
+                            offset += batch.num_rows
+                    if failed or read_rejects_ or gate.read_rejects:
+                        failed = True
                         continue  # keep checking, to report every failure; write nothing more
                     arrow_views.add_to_summary(summary, part.table)
                     pos = 0
@@ -302,10 +302,11 @@ def build_tree(
                         if in_shard == rows_per_file:
                             _count(configs, split, shard.write(out, split, index, n_files))
                             index, in_shard = index + 1, 0
-            if shard.parts and not (read_rejects_ or gate_rejects):
+            if shard.parts and not failed:
                 _count(configs, split, shard.write(out, split, index, n_files))
-        if read_rejects_ or gate_rejects:
-            raise GateFailed(GateResult(gate_rejects, counts, checked, list(counts)), read_rejects_)
+        result = gate.finish()
+        if failed or result.rejects or result.read_rejects or read_rejects_:
+            raise GateFailed(result, read_rejects_ + result.read_rejects)
         if not summary.dialogues:
             raise PublishError(f"{src} holds no records")
         # a config with no rows at all (no checklists, an export that kept nothing) is left out
@@ -349,7 +350,7 @@ def build_tree(
             n_dialogues=summary.dialogues, license=license, pretty_name=title, source_header=source_header
         )
         store.write_card(out, body=body, extra_header=header)
-        gate, build_key = publish_keys(
+        gate_key, build_key = publish_keys(
             src,
             repo_id=repo_id,
             with_=with_,
@@ -362,7 +363,7 @@ def build_tree(
             p.relative_to(out).as_posix(): list(mf.file_hashes(p)) for p in sorted(out.rglob("*")) if p.is_file()
         }
         n_items = sum(configs.get(CHECKLIST_ITEMS, {}).values())
-        manifest = mf.Manifest(gate, build_key, list(sources.values()), written, summary.dialogues, n_items)
+        manifest = mf.Manifest(gate_key, build_key, list(sources.values()), written, summary.dialogues, n_items)
         (out / mf.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     except BaseException:
         _empty(out, remove=created)
