@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,16 +31,7 @@ def load(
         if isinstance(item, Reject):
             rejects.append(item)
         elif item.id in seen:
-            rejects.append(
-                Reject(
-                    item.id,
-                    "read",
-                    "duplicate_id",
-                    f"record id {item.id!r} already read; the later copy is kept here",
-                    None,
-                    item.model_dump(mode="json", by_alias=True),
-                )
-            )
+            rejects.append(duplicate_reject(item))
         else:
             seen.add(item.id)
             records.append(item)
@@ -79,9 +71,27 @@ def _iter_shard(path: Path):
         if batch is None:
             return
         for i, row in enumerate(rows):
-            try:
-                yield store.from_row(row)
-            except (ValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                yield Reject(row.get("id"), "read", "record_schema", message, f"{path.name}#{offset + i}", row)
+            yield dataset_row(row, f"{path.name}#{offset + i}")
         offset += batch.num_rows
+
+
+def duplicate_reject(record: Dialogue, location: str | None = None) -> Reject:
+    """The reject of a record whose id was already read (the first copy is the one kept)."""
+    return Reject(
+        record.id,
+        "read",
+        "duplicate_id",
+        f"record id {record.id!r} already read; the later copy is kept here",
+        location,
+        record.model_dump(mode="json", by_alias=True),
+    )
+
+
+def dataset_row(row: dict[str, Any], location: str) -> Dialogue | Reject:
+    """One row of a dataset folder's parquet shard (:data:`cm2data.store.DIALOGUE_SCHEMA`) as a record, or the
+    ``record_schema`` reject that says why it is not one."""
+    try:
+        return store.from_row(row)
+    except (ValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return Reject(row.get("id"), "read", "record_schema", message, location, row)

@@ -96,9 +96,11 @@ class HubStandin:
         status: int = 500,
         mode: str = "error",
         message: str = "injected fault",
+        path: str | None = None,
+        stall_s: float = 120.0,
     ) -> Fault:
         """Inject a fault (see :class:`~hub_standin.server.Fault`); stages are the names in :attr:`log`."""
-        fault = Fault(stage, after, times, status, mode, message)
+        fault = Fault(stage, after, times, status, mode, message, path=path, stall_s=stall_s)
         self.state.faults.append(fault)
         return fault
 

@@ -46,6 +46,7 @@ import secrets
 import shutil
 import socket
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -80,7 +81,9 @@ class Fault:
     """Make requests of one stage fail: let ``after`` through, then fail ``times`` of them (``None``: all).
 
     ``mode="error"`` reads the request body then answers ``status``; ``mode="disconnect"`` reads half the body and
-    drops the connection (a network failure in the middle of an upload).
+    drops the connection (a network failure in the middle of an upload); ``mode="stall"`` holds the request until
+    the fault is cleared (or ``stall_s`` seconds pass), then serves it normally (a client stuck at a known point,
+    for tests that kill it there). ``path``, when set, limits the fault to requests whose path contains it.
     """
 
     stage: str
@@ -91,6 +94,8 @@ class Fault:
     message: str = "injected fault"
     seen: int = 0
     fired: int = 0
+    path: str | None = None
+    stall_s: float = 120.0
 
 
 @dataclass
@@ -131,10 +136,10 @@ class HubState:
     def sign(self, *parts: Any) -> str:
         return hmac.new(self.secret, "|".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()[:32]
 
-    def fault_for(self, stage: str) -> Fault | None:
+    def fault_for(self, stage: str, path: str = "") -> Fault | None:
         with self.lock:
             for f in self.faults:
-                if f.stage not in (stage, "any"):
+                if f.stage not in (stage, "any") or (f.path is not None and f.path not in path):
                     continue
                 f.seen += 1
                 if f.seen > f.after and (f.times is None or f.fired < f.times):
@@ -188,8 +193,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _stage(self, stage: str, *, user: str | None = None) -> None:
         self._entry.stage = stage
         self._entry.user = user
-        fault = self.state.fault_for(stage)
+        fault = self.state.fault_for(stage, unquote(self.path))
         if fault is None:
+            return
+        if fault.mode == "stall":
+            deadline = time.monotonic() + fault.stall_s
+            while fault in self.state.faults and time.monotonic() < deadline:
+                time.sleep(0.02)
             return
         if fault.mode == "disconnect":
             self._read_body(limit=max(1, self._content_length() // 2))
