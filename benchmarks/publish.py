@@ -4,7 +4,9 @@ Generates ``--n`` synthetic dialogues with the generator of ``benchmarks/validat
 folder, starts the Hub stand-in (``tests/hub_standin``) in its own process on loopback, then runs each phase in a
 fresh process of its own (so that one phase's memory does not count in the next one's peak):
 
-* ``local_parquet`` — the baseline: read the folder's records and write the parquet files the publish uploads
+* ``read_table`` — the floor: ``pyarrow.parquet.read_table`` of the folder's shards (the ratios in CPU time);
+* ``local_parquet`` — the record-based baseline (what publish did before it worked on Arrow rows, minus the gate
+  and the card): read the folder's records and write the parquet files the publish uploads
   (the ``dialogues`` and ``checklist_items`` configs, zstd, one shard of 50,000 records at a time, as the store
   shards) to local disk — no gate, no card;
 * ``dry_run`` — ``cm2data publish --dry-run``: stream the folder through the whole gate and write the tree (both
@@ -42,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TOKEN = "hf_benchmark_token"
 REPO = "bench-org/checklists"
-PHASES = ("local_parquet", "dry_run", "publish", "republish")
+PHASES = ("read_table", "local_parquet", "dry_run", "publish", "republish")
 SHARD = 50_000  # rows per parquet file, as cm2data.store writes them
 CHUNK = 5_000  # records in memory at a time
 
@@ -99,6 +101,11 @@ def run_phase(name: str, src: Path, work: Path) -> dict[str, Any]:
             _write_shard(store.data_dir(src), i, n_files, pa.concat_tables(parts).combine_chunks())
         store.write_card(src)
         size = _tree_bytes(src / "data")
+    elif name == "read_table":
+        # the floor: pyarrow reading the folder's parquet shards into one Arrow table
+        table = pa.concat_tables(pq.read_table(p) for paths in store.split_files(src).values() for p in paths)
+        size = sum(p.stat().st_size for paths in store.split_files(src).values() for p in paths)
+        extra["arrow_mib"] = round(table.nbytes / 2**20, 1)
     elif name == "local_parquet":
         # the same parquet files the publish uploads, straight from the records, one shard of records at a time
         out = work / "local"
@@ -273,10 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         f"stand-in process peak RSS {figures['standin_peak_rss_mib']} MiB; parquet files of the tree identical "
         f"to the local baseline: {same}"
     )
-    ratio = figures["publish"]["seconds"] / figures["local_parquet"]["seconds"]
+    cpu = {name: figures[name]["cpu_seconds"] for name in PHASES}
     print(
-        f"ratio publish / local_parquet = {ratio:6.2f}; publish / dry_run = "
-        f"{figures['publish']['seconds'] / figures['dry_run']['seconds']:6.2f}"
+        f"CPU ratios: publish / read_table = {cpu['publish'] / cpu['read_table']:6.2f}; local_parquet (records) / "
+        f"publish = {cpu['local_parquet'] / cpu['publish']:6.2f}; publish / dry_run = "
+        f"{cpu['publish'] / cpu['dry_run']:6.2f}; republish / publish = {cpu['republish'] / cpu['publish']:6.4f}; "
+        f"publish dialogues per CPU s = {args.n / cpu['publish']:,.0f}"
     )
     for p in problems:
         print(f"PROBLEM: {p}")
@@ -289,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             "generate": gen,
             "phases": figures,
             "parquet_identical_to_local": same,
-            "ratio_publish_to_local_parquet": round(ratio, 3),
+            "cpu_ratios": {
+                "publish_to_read_table": round(cpu["publish"] / cpu["read_table"], 3),
+                "local_parquet_to_publish": round(cpu["local_parquet"] / cpu["publish"], 3),
+            },
             "problems": problems,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

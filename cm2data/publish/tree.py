@@ -122,7 +122,8 @@ class Tree:
 
 
 class _Shard:
-    """The rows of one output shard of every config, kept as Arrow tables until the shard is complete."""
+    """The rows of one output shard, kept as Arrow tables until the shard is complete: the ``dialogues`` rows and
+    the exports' rows. ``checklist_items`` is derived from the dialogues when the shard is written."""
 
     def __init__(self) -> None:
         self.parts: dict[str, list[pa.Table]] = {}
@@ -132,17 +133,32 @@ class _Shard:
 
     def write(self, out: Path, split: str, index: int, total: int) -> dict[str, int]:
         rows = {}
-        for config, parts in self.parts.items():
-            tables = [t for t in parts if t.num_columns]  # an exporter may return pa.table({}) for "no rows"
-            if not tables:
-                continue
-            table = pa.concat_tables(tables).combine_chunks()  # contiguous, as store.write_table writes it
-            target = store.data_dir(out, config)
-            target.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, target / f"{split}-{index:05d}-of-{total:05d}.parquet", compression="zstd")
-            rows[config] = table.num_rows
-        self.parts.clear()
+        name = f"{split}-{index:05d}-of-{total:05d}.parquet"
+        # one config at a time, each contiguous (as store.write_table writes it: the bytes depend on it), and the
+        # parts let go before the next table is built: peak memory is about two copies of the dialogues rows
+        dialogues = self._take(store.DIALOGUES)
+        if dialogues is not None:
+            rows[store.DIALOGUES] = self._write(out, store.DIALOGUES, name, dialogues)
+            items = arrow_views.checklist_items(dialogues, CHECKLIST_ITEM_SCHEMA)
+            del dialogues
+            rows[CHECKLIST_ITEMS] = self._write(out, CHECKLIST_ITEMS, name, items.combine_chunks())
+            del items
+        for config in list(self.parts):
+            table = self._take(config)
+            if table is not None:
+                rows[config] = self._write(out, config, name, table)
         return rows
+
+    def _take(self, config: str) -> pa.Table | None:
+        tables = [t for t in self.parts.pop(config, []) if t.num_columns]  # an exporter may return pa.table({})
+        return pa.concat_tables(tables).combine_chunks() if tables else None
+
+    @staticmethod
+    def _write(out: Path, config: str, name: str, table: pa.Table) -> int:
+        target = store.data_dir(out, config)
+        target.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, target / name, compression="zstd")
+        return table.num_rows
 
 
 @dataclass
@@ -292,7 +308,6 @@ def build_tree(
                     while pos < part.table.num_rows:  # pieces that never straddle a shard boundary
                         piece = part.table.slice(pos, rows_per_file - in_shard)
                         shard.add(store.DIALOGUES, piece)
-                        shard.add(CHECKLIST_ITEMS, arrow_views.checklist_items(piece, CHECKLIST_ITEM_SCHEMA))
                         for exporter, build in exporters:
                             records = (part.records or [])[pos : pos + piece.num_rows]
                             shard.add(exporter.config, build(records, split, done))
