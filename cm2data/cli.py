@@ -26,6 +26,7 @@ from cm2data import store
 from cm2data.cli_options import (
     EXIT_FAILED,
     BaseUrl,
+    BaseUrls,
     BatchSize,
     CallFormat,
     Format,
@@ -37,6 +38,7 @@ from cm2data.cli_options import (
     MinWords,
     Model,
     OnBroken,
+    RayAddress,
     Seed,
     StageOut,
     Style,
@@ -133,22 +135,141 @@ def formats() -> None:
 
 @app.command()
 def ingest(
-    src: Annotated[Path, typer.Argument(help="A file (.json, .jsonl, .parquet) or a folder of them / a dataset.")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="A file (.json, .jsonl, .parquet), a folder of them / a dataset, or a Hub dataset "
+            "hf://datasets/ORG/NAME\\[@REV]\\[:CONFIG/SPLIT] (read as a stream, resumable: docs/formats.md).",
+            show_default=False,
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write.")],
     fmt: Format = "auto",
-    split: Annotated[str, typer.Option(help="Split name to write.")] = store.DEFAULT_SPLIT,
+    split: Annotated[
+        str | None, typer.Option(help="Split name to write (default: train; for hf:// sources the source's split).")
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any row was rejected.")] = False,
+    shard_rows: Annotated[
+        int,
+        typer.Option("--shard-rows", min=1, help="hf:// sources: source rows per written shard (the resume step)."),
+    ] = 10_000,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="hf:// sources: discard an earlier ingest into OUT's split, start over.")
+    ] = False,
 ) -> None:
     """Read SRC into canonical records and write a dataset folder (plus rejects.jsonl for unreadable rows)."""
+    from cm2data.hub_source import is_hub_uri
+
+    if is_hub_uri(src):
+        _ingest_hub(src, out, fmt, split, strict=strict, shard_rows=shard_rows, fresh=fresh)
+        return
     from cm2data.ingest import write_ingested
 
-    records, rejects = _load_some(src, fmt)
+    split = split or store.DEFAULT_SPLIT
+    records, rejects = _load_some(Path(src), fmt)
     with _writing(out):
-        path = write_ingested(out, records, rejects, split=split, source=str(src))
+        path = write_ingested(out, records, rejects, split=split, source=str(Path(src)))
     console.print(f"ingested [bold]{len(records)}[/] records from {src} into {out} (split {split})")
     if rejects:
         print_rejects(rejects, headline=f"[yellow]{len(rejects)} rows rejected[/] → {path}", by_rule=True)
     if not records or (strict and rejects):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _ingest_hub(
+    src: str, out: Path, fmt: str, split: str | None, *, strict: bool, shard_rows: int, fresh: bool
+) -> None:
+    """``ingest hf://…``: stream the Hub source into OUT in shards, with a progress bar; resumable."""
+    from cm2data.hub_source import HubSourceError, ingest_hub
+    from cm2data.ingest import IngestJournal, IngestStateError
+
+    if fmt not in FORMATS and fmt not in ("auto", "dataset"):
+        raise fail(f"unknown format {fmt!r}; choose one of: auto, dataset, {', '.join(FORMATS)}")
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows · [green]{task.fields[accepted]}[/] accepted · [yellow]{task.fields[rejected]}[/] rejected"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    )
+    task = progress.add_task("", total=None, accepted=0, rejected=0, visible=False)
+
+    def started(source: Any, journal: IngestJournal) -> None:
+        if journal.rows and journal.state != "complete":
+            err.print(
+                f"resuming {source.pinned}: {len(journal.shards)} shards, {journal.rows} rows read and "
+                f"{journal.accepted} records kept by earlier runs"
+            )
+        elif journal.state != "complete":
+            err.print(f"reading {source.pinned} ({len(source.files)} files) into {out} (split {journal.split})")
+        progress.update(
+            task,
+            description=source.pinned,
+            total=source.expected_rows,
+            completed=journal.rows,
+            accepted=journal.accepted,
+            rejected=journal.rejected,
+            visible=True,
+        )
+
+    def advanced(journal: IngestJournal) -> None:
+        if journal.rows % 128 == 0:
+            progress.update(task, completed=journal.rows, accepted=journal.accepted, rejected=journal.rejected)
+
+    def committed(journal: IngestJournal) -> None:
+        progress.update(task, completed=journal.rows, accepted=journal.accepted, rejected=journal.rejected)
+        if not err.is_terminal:  # logs get one line per shard instead of the bar
+            err.print(
+                f"shard {len(journal.shards)}: {journal.rows} rows read, {journal.accepted} accepted, "
+                f"{journal.rejected} rejected"
+            )
+
+    try:
+        with _writing(out), progress:
+            done = ingest_hub(
+                src,
+                out,
+                fmt=fmt,
+                split=split,
+                shard_rows=shard_rows,
+                fresh=fresh,
+                on_start=started,
+                on_progress=advanced,
+                on_shard=committed,
+            )
+    except (HubSourceError, IngestStateError) as exc:
+        raise fail(str(exc)) from None
+    for note in done.notes:
+        err.print(note)
+    journal, result = done.result.journal, done.result
+    where = f"{out} (split {journal.split}, {len(result.files)} shards)"
+    if result.already_complete:
+        console.print(
+            f"already done: {where} holds the finished ingest of {done.source.pinned} ({journal.accepted} records, "
+            f"{journal.rejected} rejects); nothing to do (--fresh reads it again)"
+        )
+    else:
+        console.print(
+            f"ingested [bold]{journal.accepted}[/] records from {done.source.pinned} into {where}"
+            + (" — resumed after an interrupted run" if result.resumed else "")
+        )
+    if journal.rejected:
+        err.print(f"[yellow]{journal.rejected} rows rejected[/] → {result.rejects_path}")
+        for rule, n in sorted(journal.rules.items(), key=lambda kv: -kv[1]):
+            err.print(f"  {rule}: {n}")
+        examples: list[Reject] = []
+        with result.rejects_path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if len(examples) == 10:
+                    break
+                examples.append(Reject(**json.loads(line)))
+        print_rejects(examples, examples=10)
+        if journal.rejected > len(examples):
+            err.print(f"  … and {journal.rejected - len(examples)} more (see the rejects file)")
+    if not journal.accepted or (strict and journal.rejected):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -165,18 +286,21 @@ def validate(
     """Run the validation gate; exit 0 only when every record passes every rule."""
     from cm2data.validate import RuleConfig, run_gate
 
-    records, read_rejects_ = _load(src, fmt)
-    try:
-        with _progress() as progress:
-            task = progress.add_task("validating", total=len(records))
-            result = run_gate(
-                records,
-                config=RuleConfig(thinking=thinking.value, min_words=min_words),
-                rules=rule or None,
-                on_progress=lambda n: progress.advance(task, n),
-            )
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    config = RuleConfig(thinking=thinking.value, min_words=min_words)
+    if fmt in ("auto", "dataset") and store.is_dataset_folder(src):
+        # a dataset folder streams through the columnar gate, a batch at a time (same rejects, counts and order)
+        result, read_rejects_, accepted = _validate_folder(src, config, rule or None)
+    else:
+        records, read_rejects_ = _load(src, fmt)
+        try:
+            with _progress() as progress:
+                task = progress.add_task("validating", total=len(records))
+                result = run_gate(
+                    records, config=config, rules=rule or None, on_progress=lambda n: progress.advance(task, n)
+                )
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        accepted = len(result.accepted or [])
     all_rejects = read_rejects_ + result.rejects
     counts = Counter(result.counts)
     for rule_name, n in count_by_rule(read_rejects_).items():
@@ -190,7 +314,7 @@ def validate(
             json.dumps(
                 {
                     "checked": result.checked,
-                    "accepted": len(result.accepted or []),
+                    "accepted": accepted,
                     "rejected_records": n_bad,
                     "counts": dict(counts),
                 }
@@ -208,6 +332,21 @@ def validate(
     err.print(f"[bold green]PASSED[/]: {result.checked} records, {len(result.rules)} rules")
 
 
+def _validate_folder(src: Path, config: Any, rules: list[str] | None) -> tuple[Any, list[Reject], int]:
+    """``validate`` on a dataset folder: :func:`cm2data.validate.columnar.gate_dataset` with a progress bar over
+    the rows the shards' footers announce. Returns the gate result, the read rejects and the accepted count."""
+    from cm2data.validate.columnar import gate_dataset
+
+    total = _folder_rows(src)
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"validating {src}", total=total or None)
+            result = gate_dataset(src, config=config, rules=rules, on_progress=lambda n: progress.advance(task, n))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return result, result.read_rejects, result.accepted_count
+
+
 @app.command("filter")
 def filter_(
     src: Annotated[Path, typer.Argument(help="Input dataset folder (or file with --format).")],
@@ -222,8 +361,11 @@ def filter_(
     from cm2data.ingest import write_filtered
     from cm2data.validate import RuleConfig, run_gate
 
-    records, read_rejects_ = _load(src, fmt)
     stages = ("rules", "checklist", "tables") if with_checklists else ("rules",)
+    if fmt in ("auto", "dataset") and store.is_dataset_folder(src):
+        _filter_folder(src, out, RuleConfig(thinking=thinking.value, min_words=min_words), stages, rule or None)
+        return
+    records, read_rejects_ = _load(src, fmt)
     try:
         with _progress() as progress:
             task = progress.add_task("filtering", total=len(records))
@@ -246,6 +388,42 @@ def filter_(
         f"kept [bold]{len(result.accepted or [])}[/] of {result.checked} records → {out}; "
         f"{len(result.rejected_ids)} rejected → {path}"
     )
+
+
+def _filter_folder(src: Path, out: Path, config: Any, stages: tuple[str, ...], rules: list[str] | None) -> None:
+    """``filter`` on a dataset folder: :func:`cm2data.filtering.filter_folder`, batch by batch, with a progress
+    bar over the rows the shards' footers announce."""
+    from cm2data.filtering import filter_folder
+
+    total = _folder_rows(src)
+    try:
+        with _progress() as progress, _writing(out):
+            task = progress.add_task(f"filtering {src}", total=total or None)
+            done = filter_folder(
+                src, out, config=config, stages=stages, rules=rules, on_progress=lambda n: progress.advance(task, n)
+            )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    result = done.result
+    console.print(_rule_table(f"rule filters on {src}", result.counts, result.checked))
+    console.print(
+        f"kept [bold]{done.kept}[/] of {result.checked} records → {out}; "
+        f"{len(result.rejected_ids)} rejected → {done.rejects_path}"
+    )
+
+
+def _folder_rows(src: Path) -> int:
+    """The rows the ``dialogues`` shards' footers announce (a damaged footer counts 0: the gate reports it)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for paths in store.split_files(src).values():
+        for path in paths:
+            try:
+                total += pq.read_metadata(path).num_rows
+            except Exception:
+                pass
+    return total
 
 
 @app.command()
@@ -605,13 +783,15 @@ def _stage(
     src: Path | None,
     out: Path,
     fmt: str,
-    base_url: str | None,
+    base_url: list[str] | None,
     model: str | None,
     seed: int,
     batch_size: int,
     fresh: bool,
+    ray: str | None = None,
 ) -> None:
     from cm2data.pipelines.commands import stage_command
+    from cm2data.pipelines.ray import RaySettings
 
     with _pipeline_errors():
         code = stage_command(
@@ -625,6 +805,7 @@ def _stage(
             seed=seed,
             batch_size=batch_size,
             fresh=fresh,
+            ray=RaySettings(ray) if ray else None,
             console=console,
             err=err,
         )
@@ -635,15 +816,28 @@ def _stage(
 def run_pipeline_(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline config (YAML): stages, their settings, llm.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: out/<name>).")] = None,
-    base_url: BaseUrl = None,
+    base_url: BaseUrls = None,
     model: Model = None,
     fresh: Fresh = False,
+    ray: RayAddress = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option("--replicas", min=1, help="With --ray: replicas of each LLM step (default: one per --base-url)."),
+    ] = None,
+    ray_retries: Annotated[
+        int, typer.Option("--ray-retries", min=0, help="With --ray: pipeline restarts after a lost worker.")
+    ] = 2,
 ) -> None:
-    """Run the stages of PIPELINE.yaml in order; a killed run started again resumes where it stopped."""
+    """Run the stages of PIPELINE.yaml in order; a killed run started again resumes where it stopped. With --ray, the
+    stages' pipelines run on a Ray cluster (docs/scale.md)."""
     from cm2data.pipelines.commands import run_command
+    from cm2data.pipelines.ray import RaySettings
 
+    settings = RaySettings(ray, replicas, ray_retries) if ray else None
     with _pipeline_errors():
-        code = run_command(pipeline, out=out, base_url=base_url, model=model, fresh=fresh, console=console, err=err)
+        code = run_command(
+            pipeline, out=out, base_url=base_url, model=model, fresh=fresh, console=console, err=err, ray=settings
+        )
     raise typer.Exit(code)
 
 
@@ -657,14 +851,15 @@ def synthesize(
     n: Annotated[int, typer.Option("--n", help="Dialogues to synthesize.")] = 20,
     max_turns: Annotated[int, typer.Option(help="Most user turns per dialogue (at least 1).")] = 2,
     seed: Seed = 42,
-    base_url: BaseUrl = None,
+    base_url: BaseUrls = None,
     model: Model = None,
     batch_size: BatchSize = 50,
     fresh: Fresh = False,
+    ray: RayAddress = None,
 ) -> None:
     """Tool catalog → seeded tool subsets → scenarios → simulated dialogues (user, assistant, tool simulator)."""
     settings = {"n": n, "catalog": str(catalog) if catalog else None, "turns": (1, max(1, max_turns))}
-    _stage("synthesize", settings, None, out, "auto", base_url, model, seed, batch_size, fresh)
+    _stage("synthesize", settings, None, out, "auto", base_url, model, seed, batch_size, fresh, ray)
 
 
 @app.command("llm-filter")
@@ -675,10 +870,11 @@ def llm_filter(
     thinking: ThinkingOpt = Thinking.auto,
     fmt: Format = "auto",
     seed: Seed = 42,
-    base_url: BaseUrl = None,
+    base_url: BaseUrls = None,
     model: Model = None,
     batch_size: BatchSize = 50,
     fresh: Fresh = False,
+    ray: RayAddress = None,
 ) -> None:
     """The rule filters, then the LLM quality filter ({"Reasoning", "NoError"}; one failing pass drops)."""
     _stage(
@@ -692,6 +888,7 @@ def llm_filter(
         seed,
         batch_size,
         fresh,
+        ray,
     )
 
 
@@ -701,13 +898,14 @@ def compress(
     out: StageOut,
     fmt: Format = "auto",
     seed: Seed = 42,
-    base_url: BaseUrl = None,
+    base_url: BaseUrls = None,
     model: Model = None,
     batch_size: BatchSize = 50,
     fresh: Fresh = False,
+    ray: RayAddress = None,
 ) -> None:
     """CoT compression: every assistant thinking rewritten shorter (the count must match)."""
-    _stage("compress", {}, src, out, fmt, base_url, model, seed, batch_size, fresh)
+    _stage("compress", {}, src, out, fmt, base_url, model, seed, batch_size, fresh, ray)
 
 
 @app.command()
@@ -741,14 +939,25 @@ def annotate(
     retries: Annotated[int, typer.Option(help="Retries with the validation error fed back, then reject.")] = 3,
     fmt: Format = "auto",
     seed: Seed = 42,
-    base_url: BaseUrl = None,
+    base_url: BaseUrls = None,
     model: Model = None,
     batch_size: BatchSize = 50,
     fresh: Fresh = False,
+    ray: RayAddress = None,
 ) -> None:
     """Per-turn checklist labelling, validated by the full gate; invalid answers retried, then rejected."""
     _stage(
-        "annotate", {"variants": variants, "retries": retries}, src, out, fmt, base_url, model, seed, batch_size, fresh
+        "annotate",
+        {"variants": variants, "retries": retries},
+        src,
+        out,
+        fmt,
+        base_url,
+        model,
+        seed,
+        batch_size,
+        fresh,
+        ray,
     )
 
 

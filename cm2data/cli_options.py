@@ -124,6 +124,22 @@ BaseUrl = Annotated[
         help="OpenAI-compatible endpoint (default: CM2DATA_LLM_BASE_URL, else the embedded server, started if needed).",
     ),
 ]
+BaseUrls = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--base-url",
+        help="OpenAI-compatible endpoint; repeat it for several servers of the same model, balanced (docs/scale.md) "
+        "(default: CM2DATA_LLM_BASE_URL, else the embedded server, started if needed).",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Run the stages' pipelines on this Ray cluster: auto, HOST:PORT or ray://HOST:PORT (run the Ray "
+        "environment's cm2data: scripts/install_ray.sh; docs/scale.md).",
+    ),
+]
 Model = Annotated[str | None, typer.Option("--model", help="Served model name (default: the first the server lists).")]
 ApiKey = Annotated[str | None, typer.Option("--api-key", help="Bearer token (default: CM2DATA_LLM_API_KEY).")]
 Fresh = Annotated[

@@ -31,6 +31,7 @@ import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
+from cm2data.llm.balance import Balancer
 from cm2data.llm.config import LLMConfig
 from cm2data.llm.errors import LLMConfigError, LLMOutputError, LLMRequestError, LLMUnreachableError
 from cm2data.llm.usage import Usage
@@ -88,9 +89,13 @@ class _Transient(Exception):
 
 @dataclass
 class _LoopState:
-    client: openai.AsyncOpenAI
+    clients: list[openai.AsyncOpenAI]  # one per endpoint (config.endpoints)
     semaphore: asyncio.Semaphore
     check_lock: asyncio.Lock
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        return self.clients[0]
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -173,6 +178,8 @@ class LLMClient:
         self._server: ServerInfo | None = None
         self._lock = threading.Lock()
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        # several endpoints (config.extra_base_urls): each attempt goes to the least busy, a failed one cools down
+        self.balancer = Balancer(config.endpoints)
 
     # ------------------------------------------------------------------------------------------------- plumbing
 
@@ -201,13 +208,16 @@ class LLMClient:
             state = self._states.get(loop)
             if state is None:
                 cfg = self.config
-                client = openai.AsyncOpenAI(
-                    base_url=cfg.base_url,
-                    api_key=cfg.api_key,
-                    max_retries=0,
-                    timeout=openai.Timeout(cfg.timeout, connect=cfg.connect_timeout),
-                )
-                state = _LoopState(client, asyncio.Semaphore(cfg.max_concurrency), asyncio.Lock())
+                clients = [
+                    openai.AsyncOpenAI(
+                        base_url=url,
+                        api_key=cfg.api_key,
+                        max_retries=0,
+                        timeout=openai.Timeout(cfg.timeout, connect=cfg.connect_timeout),
+                    )
+                    for url in cfg.endpoints
+                ]
+                state = _LoopState(clients, asyncio.Semaphore(cfg.max_concurrency), asyncio.Lock())
                 self._states[loop] = state
             return state
 
@@ -216,7 +226,8 @@ class LLMClient:
         with self._lock:
             state = self._states.pop(asyncio.get_running_loop(), None)
         if state is not None:
-            await state.client.close()
+            for client in state.clients:
+                await client.close()
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -226,37 +237,31 @@ class LLMClient:
 
     # ---------------------------------------------------------------------------------------------------- check
 
-    async def check(self) -> ServerInfo:
+    async def check(self, *, every_endpoint: bool = True) -> ServerInfo:
         """Ask the server for its models (``GET /models``) with the connect timeout and no retry.
 
         Raises :class:`LLMUnreachableError` (naming the URL) when nothing answers, :class:`LLMRequestError` when it
         rejects the API key, :class:`LLMConfigError` when the configured model is not among those it serves (or no
         model is configured and it lists none). Decides the model and, under ``auto``, the schema form.
+
+        With several endpoints, each is asked and must serve the same model. ``every_endpoint=False`` (the check on
+        first use, inside a running stage): an endpoint that fails the check only cools down in the balancer, and
+        the first that answers decides; it raises only when none answers.
         """
         cfg = self.config
         state = self._state()
-        models: list[tuple[str, str]] = []
-        try:
-            page = await state.client.models.list(
-                timeout=openai.Timeout(max(cfg.connect_timeout * 2, 5.0), connect=cfg.connect_timeout)
-            )
-            models = [(m.id, str(getattr(m, "owned_by", "") or "")) for m in page.data]
-        except openai.APITimeoutError:
-            raise LLMUnreachableError(cfg.base_url, f"no answer within {cfg.connect_timeout:g} s") from None
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc.__context__
-            raise LLMUnreachableError(cfg.base_url, str(cause) if cause else str(exc)) from None
-        except openai.APIStatusError as exc:
-            if exc.status_code in (401, 403):
-                raise LLMRequestError(
-                    f"the LLM server at {cfg.base_url} rejected the API key (HTTP "
-                    f"{exc.status_code}); set CM2DATA_LLM_API_KEY",
-                    base_url=cfg.base_url,
-                    status=exc.status_code,
-                ) from None
-            # a server without /models (404) or a broken one (5xx): reachable; requests will tell the rest
-        except (ValueError, TypeError, AttributeError, openai.OpenAIError):
-            pass  # garbage instead of a model list: the server is reachable, and requests will say more
+        asked = zip(state.clients, cfg.endpoints, strict=True)
+        got = await asyncio.gather(*(self._models(c, u) for c, u in asked), return_exceptions=True)
+        for g in got:  # what stops the check: an endpoint down (when every one must answer), any other fault
+            if isinstance(g, BaseException) and (every_endpoint or not isinstance(g, LLMUnreachableError)):
+                raise g
+        if all(isinstance(g, BaseException) for g in got):
+            raise cast(BaseException, got[0])
+        for i, g in enumerate(got):
+            if isinstance(g, BaseException):  # a balanced endpoint down: avoided while it cools down
+                self.balancer.avoid(i)
+        listed = [(u, g) for u, g in zip(cfg.endpoints, got, strict=True) if not isinstance(g, BaseException)]
+        first_url, models = listed[0]
         ids = tuple(m for m, _ in models)
         owners = {o.lower() for _, o in models}
         kind = (
@@ -271,13 +276,45 @@ class LLMClient:
                 )
             model = ids[0]
         elif ids and model not in ids:
-            raise LLMConfigError(f"model {model!r} is not served at {cfg.base_url}; it serves: {', '.join(ids)}")
+            raise LLMConfigError(f"model {model!r} is not served at {first_url}; it serves: {', '.join(ids)}")
+        for url, more in listed[1:]:  # balanced endpoints: the same model
+            served = [m for m, _ in more]
+            if served and model not in served:
+                raise LLMConfigError(
+                    f"model {model!r} (served at {first_url}) is not served at {url}, one of the balanced "
+                    f"endpoints; it serves: {', '.join(served)}"
+                )
         with self._lock:
             self._model = model
             if self._mode is None:
                 self._mode = "structured_outputs" if kind == "vllm" else FALLBACK_CHAIN[0]
             self._server = ServerInfo(cfg.base_url, ids, kind, model, self._mode)
         return self._server
+
+    async def _models(self, client: openai.AsyncOpenAI, url: str) -> list[tuple[str, str]]:
+        """``GET /models`` of one endpoint: (id, owned_by) pairs; [] when it answers without a usable list."""
+        cfg = self.config
+        try:
+            page = await client.models.list(
+                timeout=openai.Timeout(max(cfg.connect_timeout * 2, 5.0), connect=cfg.connect_timeout)
+            )
+            return [(m.id, str(getattr(m, "owned_by", "") or "")) for m in page.data]
+        except openai.APITimeoutError:
+            raise LLMUnreachableError(url, f"no answer within {cfg.connect_timeout:g} s") from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc.__context__
+            raise LLMUnreachableError(url, str(cause) if cause else str(exc)) from None
+        except openai.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                raise LLMRequestError(
+                    f"the LLM server at {url} rejected the API key (HTTP {exc.status_code}); set CM2DATA_LLM_API_KEY",
+                    base_url=url,
+                    status=exc.status_code,
+                ) from None
+            # a server without /models (404) or a broken one (5xx): reachable; requests will tell the rest
+        except (ValueError, TypeError, AttributeError, openai.OpenAIError):
+            pass  # garbage instead of a model list: the server is reachable, and requests will say more
+        return []
 
     async def _ensure_checked(self, state: _LoopState) -> None:
         if self._server is not None or (not self.config.check_on_first_use and self._model is not None):
@@ -286,7 +323,7 @@ class LLMClient:
             return
         async with state.check_lock:
             if self._server is None:
-                await self.check()
+                await self.check(every_endpoint=False)
 
     # ----------------------------------------------------------------------------------------------------- chat
 
@@ -347,23 +384,31 @@ class LLMClient:
         """One answer: transient faults retried with backoff, schema form stepped down when rejected."""
         cfg = self.config
         attempts = 0
+        url = cfg.base_url  # the endpoint of the last attempt (named in errors)
 
         async def once() -> tuple[Any, float]:
-            nonlocal attempts
+            nonlocal attempts, url
             while True:
                 mode_used = self._mode
                 req = self._request(messages, schema, params)
                 attempts += 1
                 async with state.semaphore:
                     started = time.monotonic()
+                    i = self.balancer.acquire()
+                    url = cfg.endpoints[i]
+                    ok = False
                     try:
-                        resp = await state.client.chat.completions.create(**req)
+                        resp = await state.clients[i].chat.completions.create(**req)
+                        ok = True
                     except openai.APIStatusError as exc:
+                        ok = not _is_transient(exc)
                         if schema is not None and self._fall_back(exc, mode_used):
                             continue
                         raise
                     except (ValueError, openai.APIResponseValidationError) as exc:  # an unreadable 200 body
                         raise _Transient(f"unreadable answer: {exc}") from exc
+                    finally:
+                        self.balancer.release(i, ok)
                     seconds = time.monotonic() - started
                 if not getattr(resp, "choices", None):
                     raise _Transient(f"the server answered without choices: {str(resp)[:200]!r}")
@@ -393,33 +438,31 @@ class LLMClient:
             self.usage.record(stage, failures=1)
             final = "" if exc.status_code < 500 else f" after {attempts} attempts"
             raise LLMRequestError(
-                f"the LLM server at {cfg.base_url} answered HTTP {exc.status_code}{final} "
-                f"(stage {stage}): {exc.message}",
-                base_url=cfg.base_url,
+                f"the LLM server at {url} answered HTTP {exc.status_code}{final} (stage {stage}): {exc.message}",
+                base_url=url,
                 status=exc.status_code,
                 attempts=attempts,
             ) from exc
         except openai.APITimeoutError as exc:
             self.usage.record(stage, failures=1)
             raise LLMRequestError(
-                f"the LLM server at {cfg.base_url} did not answer within {cfg.timeout:g} s, "
-                f"{attempts} attempts (stage {stage})",
-                base_url=cfg.base_url,
+                f"the LLM server at {url} did not answer within {cfg.timeout:g} s, {attempts} attempts (stage {stage})",
+                base_url=url,
                 attempts=attempts,
             ) from exc
         except (openai.APIConnectionError, _Transient) as exc:
             self.usage.record(stage, failures=1)
             cause = exc.__cause__ or exc
             raise LLMRequestError(
-                f"lost the LLM server at {cfg.base_url} after {attempts} attempts (stage {stage}): {cause}",
-                base_url=cfg.base_url,
+                f"lost the LLM server at {url} after {attempts} attempts (stage {stage}): {cause}",
+                base_url=url,
                 attempts=attempts,
             ) from exc
         except openai.OpenAIError as exc:  # anything else the SDK raises (e.g. an unreadable body)
             self.usage.record(stage, failures=1)
             raise LLMRequestError(
-                f"bad answer from the LLM server at {cfg.base_url} (stage {stage}): {exc}",
-                base_url=cfg.base_url,
+                f"bad answer from the LLM server at {url} (stage {stage}): {exc}",
+                base_url=url,
                 attempts=attempts,
             ) from exc
 

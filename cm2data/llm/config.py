@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cm2data.llm.errors import LLMConfigError
 
@@ -39,6 +39,11 @@ class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    extra_base_urls: tuple[str, ...] = Field(
+        (),
+        description="More endpoints serving the same model: requests are balanced over base_url and these "
+        "(least busy first, failing over when one breaks; docs/scale.md)",
+    )
     model: str | None = Field(None, description="Served model name; None: the first model the server lists")
     api_key: str = Field("EMPTY", repr=False, description="Bearer token; local servers accept any")
     timeout: float = Field(120.0, gt=0, description="Seconds one request may take (read timeout)")
@@ -60,13 +65,37 @@ class LLMConfig(BaseModel):
         "missing server fails in seconds with its URL",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _several(cls, data: Any) -> Any:
+        """``base_url`` may name several endpoints: a list, or one string with commas (``CM2DATA_LLM_BASE_URL``);
+        the first becomes ``base_url``, the others ``extra_base_urls`` (duplicates dropped)."""
+        if not isinstance(data, dict) or data.get("base_url") is None:
+            return data
+        given = data["base_url"]
+        urls = [u for u in given.split(",")] if isinstance(given, str) else list(given)
+        if isinstance(given, str) and len(urls) == 1:
+            return data
+        urls = [*urls, *data.get("extra_base_urls", ())]
+        urls = list(dict.fromkeys(u.strip().rstrip("/") if isinstance(u, str) else u for u in urls if u != ""))
+        if not urls:
+            raise ValueError("base_url: no endpoint given")
+        return {**data, "base_url": urls[0], "extra_base_urls": tuple(urls[1:])}
+
     @field_validator("base_url")
     @classmethod
     def _strip(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
-        return v
+        return _check_url(v)
+
+    @field_validator("extra_base_urls")
+    @classmethod
+    def _strip_all(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_check_url(u) for u in v))
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint, ``base_url`` first."""
+        return (self.base_url, *(u for u in self.extra_base_urls if u != self.base_url))
 
     # ---------------------------------------------------------------------------------------------- constructors
 
@@ -118,12 +147,19 @@ class LLMConfig(BaseModel):
         return type(self)(**{**self.model_dump(), **changes})
 
 
+def _check_url(v: str) -> str:
+    v = v.strip().rstrip("/")
+    if not v.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+    return v
+
+
 def _given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
 def resolve_config(
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     model: str | None = None,
     *,
     config_file: str | Path | None = None,
@@ -141,6 +177,8 @@ def resolve_config(
     if config_file is not None:
         values.update(LLMConfig.yaml_values(config_file))
     values.update(LLMConfig.env_values())
+    if isinstance(base_url, list | tuple) and not base_url:
+        base_url = None
     values.update(_given({"base_url": base_url, "model": model, **settings}))
     if not values.get("base_url"):
         if not start_embedded:

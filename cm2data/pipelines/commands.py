@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from cm2data.llm import LLMError
 from cm2data.pipelines.config import PipelineConfig, load_pipeline_config
+from cm2data.pipelines.ray import RaySettings, require_ray
 from cm2data.pipelines.registry import stage
 from cm2data.pipelines.report import REPORT_HTML
 from cm2data.pipelines.runner import resolve_endpoint, run_pipeline, run_stage
@@ -52,15 +54,17 @@ def stage_command(
     src: Path | None,
     out: Path,
     fmt: str = "auto",
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     model: str | None = None,
     seed: int = 42,
     batch_size: int = 50,
     fresh: bool = False,
+    ray: RaySettings | None = None,
     console: Console,
     err: Console,
 ) -> int:
-    """``cm2data <stage> --in SRC --out OUT``: one stage, its dataset folder, rejects and report."""
+    """``cm2data <stage> --in SRC --out OUT``: one stage, its dataset folder, rejects and report (``--ray``: its
+    pipeline on a Ray cluster)."""
     entry = stage(name)
     try:
         cfg = entry.config(**{k: v for k, v in settings.items() if v is not None})
@@ -69,10 +73,13 @@ def stage_command(
     if src is not None and not src.exists():
         raise CommandError(f"input {src} does not exist")
     try:
+        if ray is not None:
+            require_ray()
         endpoint = None
         if entry.uses_llm(cfg):
             endpoint = resolve_endpoint(base_url, model, settings=cfg.llm)
-            err.print(f"[dim]LLM: {endpoint.config.model} at {endpoint.config.base_url} ({endpoint.kind})[/]")
+            where = ", ".join(endpoint.config.endpoints)
+            err.print(f"[dim]LLM: {endpoint.config.model} at {where} ({endpoint.kind})[/]")
         outcome = run_stage(
             name,
             cfg,
@@ -83,6 +90,7 @@ def stage_command(
             seed=seed,
             batch_size=batch_size,
             fresh=fresh,
+            ray=ray,
             say=lambda m: err.print(f"[dim]{m}[/]"),
         )
     except LLMError as exc:
@@ -98,34 +106,42 @@ def run_command(
     path: Path,
     *,
     out: Path | None,
-    base_url: str | None,
+    base_url: str | Sequence[str] | None,
     model: str | None,
     fresh: bool,
     console: Console,
     err: Console,
+    ray: RaySettings | None = None,
 ) -> int:
-    """``cm2data run PIPELINE.yaml``."""
+    """``cm2data run PIPELINE.yaml`` (``--ray``: the stages' pipelines on a Ray cluster)."""
     try:
         config = load_pipeline_config(path)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     target = out or Path("out") / config.name
-    return run_config(config, target, base_url=base_url, model=model, fresh=fresh, console=console, err=err)
+    return run_config(config, target, base_url=base_url, model=model, fresh=fresh, console=console, err=err, ray=ray)
 
 
 def run_config(
     config: PipelineConfig,
     out: Path,
     *,
-    base_url: str | None,
+    base_url: str | Sequence[str] | None,
     model: str | None,
     fresh: bool,
     console: Console,
     err: Console,
+    ray: RaySettings | None = None,
 ) -> int:
     try:
         result = run_pipeline(
-            config, out, base_url=base_url, model=model, fresh=fresh, say=lambda m: err.print(f"[dim]{m}[/]")
+            config,
+            out,
+            base_url=base_url,
+            model=model,
+            fresh=fresh,
+            ray=ray,
+            say=lambda m: err.print(f"[dim]{m}[/]"),
         )
     except LLMError as exc:
         raise CommandError(str(exc)) from None

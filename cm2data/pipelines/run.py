@@ -5,6 +5,7 @@
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 from cm2data.llm import LLMConfig, LLMError
 from cm2data.pipelines.registry import stages
 from cm2data.pipelines.rows import fingerprint, reject_json
-from cm2data.pipelines.steps import ReadRows, RecordStep, llm_settings
+from cm2data.pipelines.steps import JSONTask, ReadRows, RecordStep, llm_settings
 
 
 @dataclass
@@ -35,6 +36,11 @@ def _quiet_environment() -> None:
     import datasets
 
     datasets.disable_progress_bars()  # the Distiset's "Generating train split" bars (the env var is read at import)
+
+
+def _warn(message: str) -> None:
+    # stderr, not logging: distilabel routes the root logger through a queue that a lost Ray run has closed
+    print(f"cm2data: {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -90,8 +96,14 @@ def run_rows(
 
     Returns one row per input id: if distilabel returned a row twice the last copy counts, and a row it lost comes
     back rejected (rule ``lost_in_pipeline``) so that nothing disappears silently.
+
+    Under :func:`cm2data.pipelines.ray.on_ray` the same steps run as a ``RayPipeline`` on a Ray cluster, each
+    LLM-using step (journaled) in the settings' number of replicas (see :mod:`cm2data.pipelines.ray`).
     """
     from distilabel.pipeline import Pipeline
+    from distilabel.steps import StepResources
+
+    from cm2data.pipelines import ray as on_ray
 
     _quiet_environment()
     started = time.monotonic()
@@ -105,8 +117,10 @@ def run_rows(
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     size = max(1, batch_size)
-    with _forkserver():  # before the pipeline exists: it creates multiprocessing objects of the current context
-        with Pipeline(name=f"cm2data-{name}", cache_dir=str(work / "distilabel")) as pipeline:
+    ray = on_ray.current()
+
+    def assemble(cls: Any) -> Any:
+        with cls(name=f"cm2data-{name}", cache_dir=str(work / "distilabel")) as pipeline:
             previous: Any = ReadRows(
                 name="read_rows",
                 path=str(path),
@@ -117,10 +131,21 @@ def run_rows(
             for step in build():
                 if isinstance(step, RecordStep):
                     step._api_key = api_key
+                if ray is not None and (ray.replicas or 1) > 1 and isinstance(step, RecordStep | JSONTask):
+                    step.resources = StepResources(replicas=ray.replicas or 1)
                 previous.connect(step)
                 previous = step
+        return pipeline
+
+    if ray is None:
+        with _forkserver():  # before the pipeline exists: it creates multiprocessing objects of the current context
+            pipeline = assemble(Pipeline)
+            t0 = time.monotonic()
+            distiset = pipeline.run(use_cache=False)
+            pipeline_seconds = time.monotonic() - t0
+    else:
         t0 = time.monotonic()
-        distiset = pipeline.run(use_cache=False)
+        distiset = on_ray.run_on_ray(assemble, ray, work, say=_warn)
         pipeline_seconds = time.monotonic() - t0
     got: dict[str, dict[str, Any]] = {}
     for config in distiset:

@@ -14,11 +14,12 @@ finished from their journals (see :mod:`cm2data.pipelines.journal`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ import yaml
 from cm2data import store
 from cm2data.llm import LLMConfig, LLMError, SyncLLMClient, resolve_config
 from cm2data.pipelines.config import PipelineConfig, StageConfig
+from cm2data.pipelines.ray import RaySettings, on_ray, require_ray
 from cm2data.pipelines.registry import stage
 from cm2data.pipelines.report import build_report, write_report
 from cm2data.pipelines.rows import fingerprint
@@ -59,23 +61,27 @@ class Endpoint:
     schema_form: str
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "base_url": self.config.base_url,
             "model": self.config.model,
             "server": self.kind,
             "structured_output": self.schema_form,
         }
+        if self.config.extra_base_urls:  # balanced endpoints (docs/scale.md)
+            out["base_urls"] = list(self.config.endpoints)
+        return out
 
 
 def resolve_endpoint(
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     model: str | None = None,
     *,
     settings: dict[str, Any] | None = None,
     start_embedded: bool = True,
 ) -> Endpoint:
     """``--base-url``/``--model``, then ``CM2DATA_LLM_*``, then ``settings`` (a pipeline's ``llm:``); none of them →
-    the embedded server (started or reused). Checks that the server answers (fails fast, naming the URL)."""
+    the embedded server (started or reused). Several base URLs (a list, or ``--base-url`` repeated) are balanced
+    (:mod:`cm2data.llm.balance`). Checks that every server answers (fails fast, naming the URL)."""
     values = dict(settings or {})
     config = resolve_config(
         base_url=base_url or values.pop("base_url", None),
@@ -156,9 +162,11 @@ def run_stage(
     batch_size: int = 50,
     fresh: bool = False,
     request_seeds: bool = False,
+    ray: RaySettings | None = None,
     say: Say = _quiet,
 ) -> StageOutcome:
-    """Run one stage from ``src`` (a dataset folder or file; none for ``synthesize``) into the folder ``out``."""
+    """Run one stage from ``src`` (a dataset folder or file; none for ``synthesize``) into the folder ``out``;
+    with ``ray``, its distilabel pipeline runs on that Ray cluster (:mod:`cm2data.pipelines.ray`)."""
     out.mkdir(parents=True, exist_ok=True)
     work = out / WORK_DIR
     if fresh and work.exists():
@@ -195,7 +203,10 @@ def run_stage(
         request_seeds=request_seeds,
     )
     say(f"{name}: {len(records) if entry.takes_input else getattr(cfg, 'n', 0)} records in …")
-    result = entry.run(records, cfg, ctx)
+    if ray is not None and ray.replicas is None:  # one replica of each LLM step per endpoint
+        ray = dataclasses.replace(ray, replicas=len(endpoint.config.endpoints) if endpoint else 1)
+    with on_ray(ray):
+        result = entry.run(records, cfg, ctx)
     rejects = [*carried, *result.rejects]
     for name_ in ("data", "README.md", store.REJECTS_FILE, STAGE_FILE):
         path = out / name_
@@ -225,6 +236,8 @@ def run_stage(
         "finished_at": datetime.now(UTC).isoformat(),
         "llm": llm,
     }
+    if ray is not None:
+        summary["ray"] = ray.describe()
     report = build_report(
         name=name,
         stages=[summary],
@@ -271,12 +284,16 @@ def run_pipeline(
     config: PipelineConfig,
     out: Path,
     *,
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     model: str | None = None,
     fresh: bool = False,
+    ray: RaySettings | None = None,
     say: Say = _quiet,
 ) -> RunResult:
-    """Run every stage of ``config`` into ``out`` (see the module docstring)."""
+    """Run every stage of ``config`` into ``out`` (see the module docstring); with ``ray``, the stages' pipelines run
+    on that Ray cluster."""
+    if ray is not None:
+        require_ray()
     started_at = datetime.now(UTC).isoformat()
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +302,7 @@ def run_pipeline(
     endpoint = None
     if config.uses_llm():
         endpoint = resolve_endpoint(base_url, model, settings=config.llm)
-        say(f"LLM: {endpoint.config.model} at {endpoint.config.base_url} ({endpoint.kind})")
+        say(f"LLM: {endpoint.config.model} at {', '.join(endpoint.config.endpoints)} ({endpoint.kind})")
     src: Path | None = Path(config.input) if config.input else None
     fmt = config.input_format
     summaries: list[dict[str, Any]] = []
@@ -306,6 +323,7 @@ def run_pipeline(
             seed=config.seed,
             batch_size=config.batch_size,
             request_seeds=config.request_seeds,
+            ray=ray,
             say=say,
         )
         summaries.append({**outcome.summary, "reused": outcome.reused, "folder": str(folder)})

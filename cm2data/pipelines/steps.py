@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from distilabel.models.llms import OpenAILLM
 from distilabel.steps import GeneratorStep, Step, StepInput
 from distilabel.steps.tasks import Task
 from pydantic import Field, PrivateAttr
@@ -203,16 +204,37 @@ def structured_body(mode: str, schema: dict[str, Any], compact: bool = True) -> 
 
 
 def openai_llm(settings: dict[str, Any], api_key: str | None = None):
-    """distilabel's ``OpenAILLM`` for the configured endpoint (SDK retries and timeout from the config)."""
-    from distilabel.models.llms import OpenAILLM
+    """distilabel's ``OpenAILLM`` for the configured endpoint (SDK retries and timeout from the config); with
+    several endpoints (``extra_base_urls``), :class:`BalancedOpenAILLM`, which spreads requests over them."""
+    common = {
+        "model": settings["model"],
+        "base_url": settings["base_url"],
+        "api_key": api_key or "EMPTY",
+        "max_retries": settings.get("max_retries", 3),
+        "timeout": int(settings.get("timeout", 120)),
+    }
+    extra = list(settings.get("extra_base_urls") or ())
+    if not extra:
+        return OpenAILLM(**common)
+    return BalancedOpenAILLM(**common, extra_base_urls=extra)
 
-    return OpenAILLM(
-        model=settings["model"],
-        base_url=settings["base_url"],
-        api_key=api_key or "EMPTY",
-        max_retries=settings.get("max_retries", 3),
-        timeout=int(settings.get("timeout", 120)),
-    )
+
+class BalancedOpenAILLM(OpenAILLM):
+    """``OpenAILLM`` whose chat requests are spread over ``base_url`` and ``extra_base_urls`` (least busy first, a
+    transient fault retried on another endpoint: :class:`cm2data.llm.balance.BalancedAsyncOpenAI`)."""
+
+    extra_base_urls: list[str] = Field(default_factory=list)
+
+    def load(self) -> None:
+        super().load()
+        from cm2data.llm.balance import BalancedAsyncOpenAI
+
+        self._aclient = BalancedAsyncOpenAI(
+            [self.base_url, *self.extra_base_urls],
+            api_key=self.api_key.get_secret_value(),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
 
 
 @dataclass
