@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hub_standin import HubStandin
+from hub_standin import HubStandin, point_clients_at
 from typer.testing import CliRunner
 
 from cm2data import store
@@ -59,30 +59,7 @@ def standin(tmp_path_factory: pytest.TempPathFactory):
 def hub(standin: HubStandin, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubStandin:
     """Point the in-process Hub clients at the stand-in: environment plus what huggingface_hub and datasets read at
     import (endpoint, offline flag, cache folders)."""
-    import datasets.config
-    from huggingface_hub import constants
-
-    home = tmp_path / "hf-home"
-    for key, value in standin.env(token=TOKEN, home=home).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "ENDPOINT", standin.url)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", standin.url + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", standin.url)
-    monkeypatch.setattr(
-        datasets.config, "HUB_DATASETS_URL", standin.url + "/datasets/{repo_id}/resolve/{revision}/{path}"
-    )
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
-    monkeypatch.setattr(datasets.config, "HF_MODULES_CACHE", home / "modules")
-    standin.clear_faults()
-    standin.clear_log()
+    point_clients_at(standin, monkeypatch, TOKEN, tmp_path / "hf-home", datasets=True)
     return standin
 
 

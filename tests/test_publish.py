@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hub_standin import HubStandin
+from hub_standin import HubStandin, point_clients_at
 from typer.testing import CliRunner
 
 from cm2data import publish as pub
@@ -64,21 +64,7 @@ def standin(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture()
 def hub(standin: HubStandin, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubStandin:
     """Point the in-process Hub client at the stand-in: environment plus the constants it read at import."""
-    from huggingface_hub import constants
-
-    home = tmp_path / "hf-home"
-    for key, value in standin.env(token=TOKEN, home=home).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "ENDPOINT", standin.url)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", standin.url + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    standin.clear_faults()
-    standin.clear_log()
+    point_clients_at(standin, monkeypatch, TOKEN, tmp_path / "hf-home")
     return standin
 
 

@@ -137,6 +137,37 @@ class HubStandin:
         return 0 if repo is None else len(repo["commits"])
 
 
+def point_clients_at(standin: HubStandin, monkeypatch: Any, token: str, home: Path, *, datasets: bool = False) -> None:
+    """Point this process's ``huggingface_hub`` (and, with ``datasets=True``, ``datasets``) clients at ``standin``:
+    the environment plus the constants they read at import (endpoint, offline flags, token and cache paths).
+    ``monkeypatch`` is pytest's; everything is undone with it."""
+    from huggingface_hub import constants
+
+    for key, value in standin.env(token=token, home=home).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "ENDPOINT", standin.url)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", standin.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    if datasets:
+        import datasets.config as ds_config
+
+        monkeypatch.setattr(ds_config, "HF_ENDPOINT", standin.url)
+        monkeypatch.setattr(
+            ds_config, "HUB_DATASETS_URL", standin.url + "/datasets/{repo_id}/resolve/{revision}/{path}"
+        )
+        monkeypatch.setattr(ds_config, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(ds_config, "HF_DATASETS_OFFLINE", False)
+        monkeypatch.setattr(ds_config, "HF_DATASETS_CACHE", home / "datasets")
+        monkeypatch.setattr(ds_config, "HF_MODULES_CACHE", home / "modules")
+    standin.clear_faults()
+    standin.clear_log()
+
+
 def admin(url: str, route: str, data: Any = None, method: str = "POST") -> Any:
     """Call the administration routes of a stand-in running in another process."""
     body = None if data is None else json.dumps(data).encode()
