@@ -9,6 +9,7 @@ tested without Ray at the end. Ray runs take 30-60 s each on two cores: the Ray 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -112,15 +113,11 @@ def ray_head(ray_venv: Path) -> Iterator[tuple[str, int]]:
         yield address, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)  # ray start --block stops what it started
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
         for pid in _session_pids(proc.pid):  # and whatever is left of this head's session (its workers)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait(timeout=10)
         shutil.rmtree(temp, ignore_errors=True)
 
