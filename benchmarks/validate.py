@@ -618,17 +618,17 @@ def _columnar_child(folder: Path) -> int:
     return 0
 
 
-def _columnar_phase(folder: Path, n: int) -> dict[str, Any]:
-    """The ``columnar`` phase, in a child process on the same CPUs (so that its peak RSS is its own)."""
-    proc = subprocess.run([sys.executable, __file__, "--columnar-child", str(folder)], capture_output=True, text=True)
+def _child_phase(name: str, folder: Path, n: int) -> dict[str, Any]:
+    """The ``stream`` or ``columnar`` phase, in a child process on the same CPUs (so that its peak RSS is its own)."""
+    proc = subprocess.run([sys.executable, __file__, f"--{name}-child", str(folder)], capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"the columnar phase failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"the {name} phase failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     fig = json.loads(proc.stdout.strip().splitlines()[-1])
     wall, cpu = fig["seconds"], fig["cpu_seconds"]
     fig["dialogues_per_s"] = round(n / wall, 1)
     fig["dialogues_per_cpu_s"] = round(n / cpu, 1) if cpu else None
     print(
-        f"{'columnar':<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
+        f"{name:<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
         f"child process)  peak RSS {fig['peak_rss_mib']:6.0f} MiB (before {fig['rss_before_mib']:.0f})",
         flush=True,
     )
@@ -641,23 +641,6 @@ class _Rejected:
     def __init__(self, pairs: list[list[str]]) -> None:
         self.rejects = [argparse.Namespace(record_id=did, rule=rule) for did, rule in pairs]
         self.rejected_ids = {did for did, _ in pairs if did}
-
-
-def _stream_phase(folder: Path, n: int) -> dict[str, Any]:
-    """The ``stream`` phase, in a child process on the same CPUs (so that its peak RSS is its own)."""
-    proc = subprocess.run([sys.executable, __file__, "--stream-child", str(folder)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"the stream phase failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    fig = json.loads(proc.stdout.strip().splitlines()[-1])
-    wall, cpu = fig["seconds"], fig["cpu_seconds"]
-    fig["dialogues_per_s"] = round(n / wall, 1)
-    fig["dialogues_per_cpu_s"] = round(n / cpu, 1) if cpu else None
-    print(
-        f"{'stream':<13} {wall:8.2f} s {n / wall:9,.0f}/s  (CPU {cpu:7.2f} s {n / max(cpu, 1e-9):9,.0f}/s, "
-        f"child process)  peak RSS {fig['peak_rss_mib']:6.0f} MiB (before {fig['rss_before_mib']:.0f})",
-        flush=True,
-    )
-    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -709,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
 
         (rows, arrow_bytes), load_raw = _phase("load_raw", args.n, mem, gct, raw)
         assert rows == args.n, rows
-        columnar = _columnar_phase(folder, args.n)
+        columnar = _child_phase("columnar", folder, args.n)
         columnar["cpu_ratio_to_load_raw"] = round(columnar["cpu_seconds"] / max(load_raw["cpu_seconds"], 1e-9), 3)
         columnar["arrow_table_mib"] = round(arrow_bytes / 2**20, 1)
         columnar["peak_rss_to_arrow_table"] = round(columnar["peak_rss_mib"] / (arrow_bytes / 2**20), 3)
@@ -727,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  columnar: {p}")
         if args.only == "columnar":
             return _columnar_only(args, mem, files, size, gen, write, load_raw, columnar, col_problems, load_start)
-        stream = None if args.no_stream else _stream_phase(folder, args.n)
+        stream = None if args.no_stream else _child_phase("stream", folder, args.n)
         loaded, load_records = _phase("load_records", args.n, mem, gct, lambda: store.read_dataset(folder))
         result, gate = _phase("gate", args.n, mem, gct, lambda: run_gate(loaded))
         gate["peak_over_records_mib"] = round(gate["peak_rss_mib"] - gate["rss_before_mib"], 1)
