@@ -128,17 +128,7 @@ class _ItemTable(TableRows):
         self._messages.update(messages)
         places = _item_place(failing)
         rows = failing["row"].to_list()
-        failing = self._with_ids(failing)
-        for did, rule, order, row, where in zip(
-            failing["dialogue_id"].to_list(), rules, orders, rows, places, strict=True
-        ):
-            key = (*order, row)
-            entry = self._found.get((did, rule))
-            if entry is None:
-                self._found[(did, rule)] = [key, [where]]
-            else:
-                entry[0] = min(entry[0], key)
-                entry[1].append(where)
+        self._merge(self._with_ids(failing)["dialogue_id"].to_list(), rules, orders, rows, places)
 
 
 class ColumnarGate:

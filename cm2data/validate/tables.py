@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -382,15 +383,18 @@ class TableRows:
         self._messages.update(messages)
         places = _item_place(failing)
         global_rows = failing["row"].to_list()
-        failing = self._with_ids(failing)
-        for did, rule, order, row, where in zip(
-            failing["dialogue_id"].to_list(), rules, orders, global_rows, places, strict=True
-        ):
+        self._merge(self._with_ids(failing)["dialogue_id"].to_list(), rules, orders, global_rows, places)
+
+    def _merge(self, ids: list[Any], rules: list[str], orders: list[Any], rows: list[int], places: list[Any]) -> None:
+        """Add failures whose rows are numbered in the whole item table, in any order: each (dialogue, rule) keeps
+        its first failing position and every place."""
+        for did, rule, order, row, where in zip(ids, rules, orders, rows, places, strict=True):
+            key = (*order, row)
             entry = self._found.get((did, rule))
             if entry is None:
-                self._found[(did, rule)] = [(*order, row), [where]]
+                self._found[(did, rule)] = [key, [where]]
             else:
-                entry[0] = min(entry[0], (*order, row))
+                entry[0] = min(entry[0], key)
                 entry[1].append(where)
 
 
