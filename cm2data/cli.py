@@ -433,11 +433,20 @@ def stats(
     json_out: JsonPath = None,
 ) -> None:
     """Distributions of the seven dialogue statistics (method §2.6) and of checklist sizes."""
-    from cm2data.describe import dataset_stats, print_stats
+    from cm2data.describe import dataset_stats, folder_stats, print_stats
 
-    records, rejects = _load(src, fmt)
-    result = dataset_stats(records)
-    print_stats(result, f"{src}: {len(records)} dialogues", human_console(json_out))
+    if fmt in ("auto", "dataset") and store.is_dataset_folder(src):
+        # a dataset folder is summed up from its Arrow batches, one at a time (same figures as the records give)
+        try:
+            with _progress() as progress:
+                task = progress.add_task(f"reading {src}", total=_folder_rows(src) or None)
+                result, rejects = folder_stats(src, on_progress=lambda n: progress.advance(task, n))
+        except (OSError, ValueError) as exc:
+            raise fail(str(exc)) from None
+    else:
+        records, rejects = _load(src, fmt)
+        result = dataset_stats(records)
+    print_stats(result, f"{src}: {result['dialogues']} dialogues", human_console(json_out))
     if rejects:
         err.print(f"[yellow]{len(rejects)} rows could not be read[/]")
     emit_json(result, json_out)

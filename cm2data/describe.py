@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cm2data.schema import STAT_NAMES, Dialogue, dialogue_stats
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from cm2data.rejects import Reject
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -52,6 +55,31 @@ def dataset_stats(records: Sequence[Dialogue]) -> dict[str, Any]:
     if domains:
         out["domains"] = dict(domains.most_common())
     return out
+
+
+def folder_stats(
+    folder: Path,
+    *,
+    split: str | None = None,
+    batch_size: int = 4096,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Any], list[Reject]]:
+    """:func:`dataset_stats` of the records :func:`cm2data.sources.load` reads from a dataset folder, and its read
+    rejects — computed from the parquet shards' Arrow batches (:func:`cm2data.folder_batches.read_parts`,
+    :func:`cm2data.publish.arrow_views.add_to_summary`), one batch at a time, building a record only for rows the
+    screen cannot clear. Equal to ``dataset_stats(load(folder)[0])``, key order included."""
+    from cm2data.card import Summary
+    from cm2data.folder_batches import read_parts
+    from cm2data.publish.arrow_views import add_to_summary
+
+    summary = Summary()
+    rejects: list[Reject] = []
+    for part in read_parts(folder, rejects, split=split, batch_size=batch_size, on_progress=on_progress):
+        if part.rows is not None:
+            add_to_summary(summary, part.rows)
+        else:
+            summary.add(part.records)
+    return summary.stats(), rejects
 
 
 def print_stats(result: dict[str, Any], title: str, console: Console) -> None:

@@ -6,7 +6,7 @@ reject with its location and rule, never an exception.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,22 @@ def load(
     src: Path, fmt: str = "auto", *, on_record: Callable[[], None] | None = None, split: str | None = None
 ) -> tuple[list[Dialogue], list[Reject]]:
     """Read every record under ``src``. Dataset folders are recognised by their ``data/dialogues/`` files."""
-    records: list[Dialogue] = []
     rejects: list[Reject] = []
+    records = list(stream(src, fmt, rejects, on_record=on_record, split=split))
+    return records, rejects
+
+
+def stream(
+    src: Path,
+    fmt: str,
+    rejects: list[Reject],
+    *,
+    on_record: Callable[[], None] | None = None,
+    split: str | None = None,
+) -> Iterator[Dialogue]:
+    """:func:`load` one record at a time: yields the records :func:`load` returns, in the same order, and appends
+    the rejects it returns to ``rejects`` as they are met. Holds one parquet batch and the ids seen, not the
+    records, so a caller that lets each record go reads a dataset of any size in bounded memory."""
     seen: set[str] = set()
     for item in _iter(src, fmt, split):
         if on_record is not None:
@@ -34,8 +48,7 @@ def load(
             rejects.append(duplicate_reject(item))
         else:
             seen.add(item.id)
-            records.append(item)
-    return records, rejects
+            yield item
 
 
 def _iter(src: Path, fmt: str, split: str | None):
