@@ -303,3 +303,58 @@ def test_args_shape_clears_only_arguments_the_rule_passes(fastpath: Any) -> None
 def _tool_dicts() -> list[dict[str, Any]]:
     module = _module(BENCH, "cm2data_benchmark_validate_columnar_tools")
     return list(module._TOOL_DICTS.values())
+
+
+# ------------------------------------------------------------------------------------ the byte-level helpers
+
+# letters, digits, the six ASCII spaces, punctuation, Unicode spaces, accented and wide characters, an emoji
+_ALPHABET = "ab1 Z9\n\t\r\f\v.!-_<{…é中👍\u00a0\u3000"
+
+
+def _random_texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 24))) for _ in range(count)]
+
+
+def test_text_stats_equal_degenerate_texts_first_test() -> None:
+    """Words (ASCII runs once the other characters are dropped: ``ab…cd`` is one word), letters and digits, and
+    characters less the six ASCII spaces — exactly as ``degenerate_text`` counts them, for every kind of text."""
+    import re
+
+    texts = [*_random_texts(5000, seed=3), "ab…cd", "…ab", "ab …cd", "中ab中cd", "a1", ""]
+    words, alnum, visible = screens._text_stats(pa.array(texts))
+    for text, w, a, v in zip(texts, words, alnum, visible, strict=True):
+        runs = re.findall(r"[A-Za-z0-9]+", text.encode("ascii", "ignore").decode("ascii"))
+        assert (w, a, v) == (len(runs), sum(map(len, runs)), len(text) - sum(map(text.count, " \n\t\r\f\v"))), text
+    assert list(words[-6:]) == [1, 1, 2, 1, 1, 0]
+
+
+def test_blank_and_visible_checks_equal_python() -> None:
+    """``_non_blank`` is ``s.strip() != ""`` and ``_has_visible_ascii`` finds a character in ``!``..``~``, on texts
+    that start with spaces (ASCII or not), in slices of a larger array, and for nulls (neither)."""
+    texts: list[str | None] = [*_random_texts(3000, seed=4), None, "", " ", "\u3000x", "\u00a0"]
+    arr = pa.array(texts)
+    for view, values in ((arr, texts), (arr.slice(7, 500), texts[7:507])):
+        assert list(screens._non_blank(view)) == [t is not None and t.strip() != "" for t in values]
+        assert list(screens._has_visible_ascii(view)) == [
+            t is not None and any("!" <= c <= "~" for c in t) for t in values
+        ]
+
+
+def test_small_blocks_are_checked_like_the_hash_join(bench: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Duplicate item ids and dependencies, checked position by position in small blocks, flag the same rows as
+    the hash join that large blocks take — on synthetic dialogues with every kind of damage, ids doubled too."""
+    records, _ = bench.generate(300, seed=5, broken=0.3)
+    for d in records[::7]:
+        for variant in d.checklists:
+            for block in variant:
+                if len(block.items) > 1:
+                    block.items[-1].id = block.items[0].id
+    batch = store.records_table(records).to_batches(max_chunksize=len(records))[0]
+    cfg = RuleConfig()
+    small = screens.screen_batch(batch, cfg)
+    monkeypatch.setattr(screens, "_BLOCK_SCAN", 0)
+    joined = screens.screen_batch(batch, cfg)
+    assert small.flags["checklist_dependencies"].any() and small.table.any()
+    assert np.array_equal(small.flags["checklist_dependencies"], joined.flags["checklist_dependencies"])
+    assert np.array_equal(small.table, joined.table)

@@ -19,7 +19,6 @@ per-record screen of :mod:`cm2data.validate.screen` instead) — is "not proven"
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -50,19 +49,15 @@ _ALLOWED_FROM = pa.array(list(EVIDENCE_SOURCES))
 _FOCUS = pa.array(list(FOCUS_VALUES))
 
 #: Every text a rule objects to somewhere: the response markers and the think tags.
-_SCAN = "|".join(re.escape(k) for k in (*_RESPONSE_MARKERS, "<think>", "</think>"))
+_SCAN = (*_RESPONSE_MARKERS, "<think>", "</think>")
 #: A character that ``str.isspace`` does not call whitespace: a text holding one is not blank once stripped.
 _PY_SPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
 _NON_BLANK = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_SPACE) + "]"
 #: Printable ASCII other than space: not whitespace for polars' ``strip_chars`` (the tables' blank checks) either.
 _VISIBLE_ASCII = "[!-~]"
-
-_ALNUM = np.zeros(256, dtype=np.bool_)
-for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789":
-    _ALNUM[_c] = True
-_WS6 = np.zeros(256, dtype=np.bool_)
-for _c in b" \n\t\r\f\v":
-    _WS6[_c] = True
+#: Blocks of at most this many items are checked item against item (a comparison per position); larger ones by a
+#: hash join.
+_BLOCK_SCAN = 32
 
 #: Rules the columnar screens cover, by the name the gate reports.
 RECORD_RULES = (
@@ -180,54 +175,118 @@ def _match(arr: pa.Array, pattern: str) -> np.ndarray:
     return _np(pc.match_substring_regex(arr, pattern), False).astype(np.bool_)
 
 
-def _non_blank(arr: pa.Array) -> np.ndarray:
-    """Per string: ``s.strip() != ""`` (null: False). A visible ASCII character settles most strings at once."""
-    out = _match(arr, _VISIBLE_ASCII)
-    rest = np.nonzero(~out)[0]
-    if len(rest):
-        out[rest] = _match(pc.take(arr, pa.array(rest)), _NON_BLANK)
-    return out
-
-
-def _text_stats(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per string (no nulls): the ASCII words of :func:`~cm2data.validate.rules.degenerate_text`'s first test (runs of
-    ASCII letters and digits once the other characters are dropped), its ASCII letters and digits, and an upper
-    bound of its visible characters (characters less the six ASCII spaces it subtracts)."""
+def _bytes(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a string array (no copy for ``large_string``) and each string's offsets into them
+    (``len(texts) + 1`` of them, starting at 0)."""
     texts = pc.cast(texts, pa.large_string()) if texts.type == pa.string() else texts
     _, offsets_buf, data_buf = texts.buffers()
     k = len(texts)
     offsets = np.frombuffer(offsets_buf, dtype=np.int64)[texts.offset : texts.offset + k + 1]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     lo, hi = int(offsets[0]), int(offsets[-1])
-    b = data[lo:hi]
-    rel = offsets - lo
+    return data[lo:hi], offsets - lo
 
-    def sums(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-        if not len(x):
-            return np.zeros(len(bounds) - 1, dtype=np.int64)
-        starts = np.minimum(bounds[:-1], len(x) - 1)
-        out = np.add.reduceat(x.view(np.uint8), starts, dtype=np.int64)
-        out[bounds[:-1] == bounds[1:]] = 0  # reduceat gives x[start] for an empty segment
+
+def _first_visible(arr: pa.Array) -> np.ndarray:
+    """Per string: whether its first byte is visible ASCII (``!``..``~``; null or empty: False) — one read per
+    string instead of a regex search."""
+    if not len(arr):
+        return np.zeros(0, dtype=np.bool_)
+    b, offsets = _bytes(arr)
+    first = np.zeros(len(arr), dtype=np.uint8)
+    has = offsets[:-1] < offsets[1:]
+    if arr.null_count:
+        has &= ~_null(arr)
+    first[has] = b[offsets[:-1][has]]
+    return (first >= 0x21) & (first <= 0x7E)
+
+
+def _has_visible_ascii(arr: pa.Array) -> np.ndarray:
+    """Per string: whether it holds a visible ASCII character (null: False): a visible first byte settles most."""
+    out = _first_visible(arr)
+    rest = np.nonzero(~out)[0]
+    if len(rest):
+        out[rest] = _match(pc.take(arr, pa.array(rest)), _VISIBLE_ASCII)
+    return out
+
+
+def _non_blank(arr: pa.Array) -> np.ndarray:
+    """Per string: ``s.strip() != ""`` (null: False). A visible ASCII character settles most strings at once."""
+    out = _has_visible_ascii(arr)
+    rest = np.nonzero(~out)[0]
+    if len(rest):
+        out[rest] = _match(pc.take(arr, pa.array(rest)), _NON_BLANK)
+    return out
+
+
+def _contains_any(arr: pa.Array, needles: tuple[str, ...]) -> np.ndarray:
+    """Per string: whether it contains one of ``needles`` (null: False), one Aho-Corasick pass (polars)."""
+    if not len(arr):
+        return np.zeros(0, dtype=np.bool_)
+    return _pl(arr).str.contains_any(list(needles)).fill_null(False).to_numpy()
+
+
+def _alnum_counts(texts: pa.Array) -> np.ndarray:
+    """Per string (no nulls): its ASCII letters and digits."""
+    b, rel = _bytes(texts)
+    return _segment_sums(_is_alnum(b), rel)
+
+
+def _segment_sums(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The sums of ``x[bounds[i]:bounds[i + 1]]`` (empty segments: 0)."""
+    out = np.zeros(len(bounds) - 1, dtype=np.int64)
+    filled = bounds[:-1] < bounds[1:]
+    if not len(x) or not filled.any():
         return out
+    # over the non-empty segments only: reduceat gives x[start] for an empty one, and each non-empty segment ends
+    # where the next non-empty one starts (or at the end); int32 sums are four times cheaper than int64 ones (a
+    # segment of 2**31 bytes would overflow them)
+    wide = len(x) >= 2**31 - 1
+    out[filled] = np.add.reduceat(x.view(np.uint8), bounds[:-1][filled], dtype=np.int64 if wide else np.int32)
+    return out
 
-    alnum = _ALNUM[b]
-    chars = sums((b & 0xC0) != 0x80, rel)
-    ws6 = sums(_WS6[b], rel)
-    n_alnum = sums(alnum, rel)
-    ascii_mask = b < 0x80
-    if ascii_mask.all():
-        a, arel = alnum, rel
-    else:
-        a = alnum[ascii_mask]
-        kept = np.zeros(len(b) + 1, dtype=np.int64)
-        np.cumsum(ascii_mask, out=kept[1:])
-        arel = kept[rel]
-    prev = np.zeros(len(a), dtype=np.bool_)
-    prev[1:] = a[:-1]
-    firsts = arel[:-1][arel[:-1] < arel[1:]]
-    prev[firsts] = False
-    words = sums(a & ~prev, arel)
-    return words, n_alnum, chars - ws6
+
+def _is_alnum(b: np.ndarray) -> np.ndarray:
+    """Per UTF-8 byte: an ASCII letter or digit (arithmetic on the bytes: cheaper than a table lookup)."""
+    return ((b | np.uint8(0x20)) - np.uint8(ord("a")) < 26) | (b - np.uint8(ord("0")) < 10)
+
+
+def _is_ws6(b: np.ndarray) -> np.ndarray:
+    """Per UTF-8 byte: one of the six ASCII spaces `` \\n\\t\\r\\f\\v`` (9..13 and 32)."""
+    return (b == np.uint8(0x20)) | (b - np.uint8(9) < 5)
+
+
+def _text_stats(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per string (no nulls): the ASCII words of :func:`~cm2data.validate.rules.degenerate_text`'s first test (runs of
+    ASCII letters and digits once the other characters are dropped: a run that follows non-ASCII characters
+    continues the run before them), its ASCII letters and digits, and an upper bound of its visible characters
+    (characters, counted as UTF-8 lead bytes, less the six ASCII spaces it subtracts)."""
+    b, rel = _bytes(texts)
+    alnum = _is_alnum(b)
+    first = rel[:-1][rel[:-1] < rel[1:]]
+    prev = np.zeros(len(alnum), dtype=np.bool_)
+    prev[1:] = alnum[:-1]
+    prev[first] = False
+    start = alnum & ~prev
+    after_other = np.zeros(len(b), dtype=np.bool_)
+    after_other[1:] = b[:-1] >= 0x80
+    after_other[first] = False
+    cand = np.nonzero(start & after_other)[0]
+    if len(cand):
+        # walk back over the non-ASCII bytes to the last ASCII byte of the same string (if any)
+        lo = rel[np.searchsorted(rel, cand, side="right") - 1]
+        q = cand - 1
+        active = np.arange(len(cand))
+        while len(active):
+            qa = q[active]
+            move = (b[qa] >= 0x80) & (qa > lo[active])
+            active = active[move]
+            q[active] -= 1
+        start[cand[(b[q] < 0x80) & alnum[q]]] = False
+    words = _segment_sums(start, rel)
+    n_alnum = _segment_sums(alnum, rel)
+    chars = _segment_sums((b & 0xC0) != 0x80, rel)
+    return words, n_alnum, chars - _segment_sums(_is_ws6(b), rel)
 
 
 @lru_cache(maxsize=16_384)
@@ -359,7 +418,7 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig) -> BatchScreen:
     flags["role_order"] = flags["tool_call_response_match"] = shape_bad
 
     # markers and think tags anywhere (no_tool_response_in_assistant_message, think_tags)
-    marked = _any(_match(content, _SCAN) | _match(thinking, _SCAN), m_row, n)
+    marked = _any(_contains_any(content, _SCAN) | _contains_any(thinking, _SCAN), m_row, n)
     has_thought = ~_null(thinking)
     assistant = role == ASSISTANT
     thinks = _any(assistant & has_thought, m_row, n)
@@ -503,20 +562,28 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig) -> BatchScreen:
     focus = _field(items, "focus_on")
     deps, d_item = _flatten(_field(items, "depends_on"))
     dep_bad = np.zeros(n, dtype=np.bool_)
+    i_count, i_start = _starts(i_block, len(blocks))
     if len(deps):
-        frame = pl.DataFrame(
-            {
-                "block": i_block,
-                "id": _pl(item_ids),
-                "tc": _pl(pc.equal(focus, "tool.content")).fill_null(False),
-            }
-        )
-        allowed = frame.group_by("block", "id").agg(pl.col("tc").all())
-        wanted = pl.DataFrame(
-            {"block": i_block[d_item], "id": _pl(deps), "own": _pl(pc.take(item_ids, d_item))}
-        ).with_row_index("k")
-        joined = wanted.join(allowed, on=["block", "id"], how="left").sort("k")
-        good = (joined["tc"].fill_null(False) & (joined["id"] != joined["own"]).fill_null(False)).to_numpy()
+        tool_content = _np(pc.equal(focus, "tool.content"), False).astype(np.bool_)
+        dep_block = i_block[d_item]
+        good = _np(pc.not_equal(deps, pc.take(item_ids, d_item)), False).astype(np.bool_)
+        if len(items) and i_count.max() <= _BLOCK_SCAN:
+            # blocks are small: compare each dependency with the j-th item of its block, j = 0, 1, …
+            found = np.zeros(len(deps), dtype=np.bool_)
+            all_tc = np.ones(len(deps), dtype=np.bool_)
+            for j in range(int(i_count.max())):
+                at = np.nonzero(i_count[dep_block] > j)[0]
+                cand = i_start[dep_block[at]] + j
+                same = _np(pc.equal(pc.take(deps, at), pc.take(item_ids, cand)), False).astype(np.bool_)
+                found[at] |= same
+                all_tc[at] &= ~same | tool_content[cand]
+            good &= found & all_tc
+        else:
+            frame = pl.DataFrame({"block": i_block, "id": _pl(item_ids), "tc": tool_content})
+            allowed = frame.group_by("block", "id").agg(pl.col("tc").all())
+            wanted = pl.DataFrame({"block": dep_block, "id": _pl(deps)}).with_row_index("k")
+            joined = wanted.join(allowed, on=["block", "id"], how="left").sort("k")
+            good &= joined["tc"].fill_null(False).to_numpy()
         dep_bad = _any(~good, i_row[d_item], n)
     flags["checklist_dependencies"] = dep_bad
 
@@ -582,14 +649,13 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig) -> BatchScreen:
     table = _any(n_bad_from > 0, i_row, n)
     table |= _any(~_np(pc.is_in(focus, value_set=_FOCUS), False).astype(np.bool_), i_row, n)
     for col in (item_ids, _field(items, "question"), _field(items, "pass_condition")):
-        table |= _any(~_match(col, _VISIBLE_ASCII), i_row, n)
+        table |= _any(~_has_visible_ascii(col), i_row, n)
     table |= _any(~((weight >= 0.0) & (weight <= 1.0)), i_row, n)
     sums = np.bincount(i_block, weights=np.nan_to_num(weight, nan=10.0), minlength=len(blocks))
     table |= _any(~(np.abs(sums - 1.0) <= WEIGHT_TOLERANCE / 2), b_row, n)
     table |= _any(b_turn != b_pos, b_row, n)
     if len(items):
-        twice = pl.DataFrame({"b": i_block, "id": _pl(item_ids)}).is_duplicated().to_numpy()
-        table |= _any(twice, i_row, n)
+        table |= _any(_twice_in_block(item_ids, i_block, i_count, i_start), i_row, n)
 
     status = _field(review, "status").fill_null("unreviewed")
     if review.null_count:
@@ -608,6 +674,22 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig) -> BatchScreen:
     return BatchScreen(n, bad, flags, table, u_count.astype(np.int64), status, item_cols)
 
 
+def _twice_in_block(ids: pa.Array, block: np.ndarray, count: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per item: whether another item of its block has the same id (null ids count as equal)."""
+    if count.max() > _BLOCK_SCAN:
+        return pl.DataFrame({"b": block, "id": _pl(ids)}).is_duplicated().to_numpy()
+    pos = np.arange(len(ids), dtype=np.int64) - start[block]
+    null = _null(ids)
+    twice = np.zeros(len(ids), dtype=np.bool_)
+    for d in range(1, int(count.max())):
+        at = np.nonzero(pos + d < count[block])[0]
+        same = _np(pc.equal(pc.take(ids, at), pc.take(ids, at + d)), False).astype(np.bool_)
+        same |= null[at] & null[at + d]
+        twice[at[same]] = True
+        twice[at[same] + d] = True
+    return twice
+
+
 def _tool_schema(
     calls: pa.Array,
     c_row: np.ndarray,
@@ -620,24 +702,23 @@ def _tool_schema(
     tool's shape regexes (else the per-record screen's checker) do not clear."""
     if not len(calls):
         return np.zeros(n, dtype=np.bool_)
-    keys: list[str] = []
-    schema_of: list[int] = []
-    schemas: list[Any] = []
-    keys_of: list[str] = []
+    # every (tool set, tool name) of the batch as "set\x1fname", and its schema's number (equal schemas: one number,
+    # numbered in order of first appearance)
+    names = [name for info in infos for name in info[1]]
+    reprs = [key for info in infos for key in info[3]]
+    params = [p for info in infos for p in info[2]]
+    owner = np.repeat(np.arange(len(infos), dtype=np.int64), [len(info[1]) for info in infos])
     seen: dict[str, int] = {}
-    for t, (_, names, params, reprs) in enumerate(infos):
-        for name, p, key in zip(names, params, reprs, strict=True):
-            if key not in seen:
-                seen[key] = len(schemas)
-                schemas.append(p)
-                keys_of.append(key)
-            keys.append(f"{t}\x1f{name}")
-            schema_of.append(seen[key])
+    schema_of = np.array([seen.setdefault(key, len(seen)) for key in reprs] + [0], dtype=np.int64)
+    first = np.unique(schema_of[:-1], return_index=True)[1]
+    schemas = [params[i] for i in first]
+    keys_of = [reprs[i] for i in first]
+    keys = pc.binary_join_element_wise(pa.array(owner).cast(pa.string()), pa.array(names, pa.string()), "\x1f")
     call_set = pa.array(toolset[c_row]).cast(pa.string())
     call_keys = pc.binary_join_element_wise(call_set, call_name, "\x1f")
-    found = _np(pc.index_in(call_keys, value_set=pa.array(keys, pa.string())), -1).astype(np.int64)
+    found = _np(pc.index_in(call_keys, value_set=keys), -1).astype(np.int64)
     bad_call = found < 0
-    group = np.where(bad_call, -1, np.asarray([*schema_of, 0], dtype=np.int64)[found])
+    group = np.where(bad_call, -1, schema_of[found])
     arguments = _field(calls, "arguments")
     for g in np.unique(group[group >= 0]):
         idx = np.nonzero(group == g)[0]
@@ -699,8 +780,14 @@ def _copied(items: pa.Array, i_row: np.ndarray, snippet: pa.Array, e_row: np.nda
         ascii_ = _np(pc.string_is_ascii(snippet), True).astype(np.bool_)
         length = series.str.len_chars().fill_null(0).to_numpy()
         near = np.zeros(len(snippet), dtype=np.bool_)
-        for bound, words in snippet_words:  # an ASCII snippet equal to an example's holds all its words
-            maybe = np.nonzero(length <= bound)[0]
+        # an ASCII snippet equal to an example's holds all its words: one pass for every example's first word
+        # leaves the few snippets worth a look, then each example's words one by one
+        short = np.nonzero(length <= max(bound for bound, _ in snippet_words))[0]
+        firsts = sorted({words[0] for _, words in snippet_words})
+        hit = series.gather(short).str.contains_any(firsts, ascii_case_insensitive=True).fill_null(True)
+        short = short[hit.to_numpy()]
+        for bound, words in snippet_words:
+            maybe = short[length[short] <= bound]
             for w in words:
                 if not len(maybe):
                     break
@@ -714,7 +801,7 @@ def _copied(items: pa.Array, i_row: np.ndarray, snippet: pa.Array, e_row: np.nda
             # composes a letter with its marks into one, never two letters): a snippet with more of them than the
             # longest example snippet has characters cannot normalise to one
             texts = pc.take(snippet, pa.array(far))
-            _, alnum, _ = _text_stats(texts)
+            alnum = _alnum_counts(texts)
             keep = (alnum <= max(map(len, known))) | _np(pc.match_substring(texts, "\\"), True).astype(np.bool_)
             near[far[keep]] = True
             ascii_[far[~keep]] = True
