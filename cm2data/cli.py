@@ -10,10 +10,11 @@ what ``--json`` means: the machine-readable result on stdout, human text on stde
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -608,6 +609,26 @@ app.add_typer(judge_app, name="judge")
 app.add_typer(eval_app, name="eval")
 
 
+def _stream_some(src: Path, fmt: str, read_rejects_: list[Reject]) -> tuple[Iterable[Dialogue], int | None]:
+    """The records of SRC for an export, and how many rows it holds (None: unknown). A dataset folder is read one
+    parquet batch at a time (:func:`cm2data.sources.stream`, its read rejects appended to ``read_rejects_`` as they
+    are met, the rows counted from the shards' footers); other inputs are loaded whole. Fails as
+    :func:`_load_some` does when SRC holds no rows at all."""
+    from cm2data.sources import stream
+
+    if not (fmt in ("auto", "dataset") and store.is_dataset_folder(src)):
+        records, read = _load_some(src, fmt)
+        read_rejects_.extend(read)
+        return records, len(records)
+    it = stream(src, "dataset", read_rejects_)
+    first = next(it, None)  # reads up to the first record: an empty folder fails before OUT is touched
+    if first is None:
+        if not read_rejects_:
+            raise fail(f"{src}: no rows found")
+        return [], _folder_rows(src)
+    return itertools.chain([first], it), _folder_rows(src)
+
+
 @export_app.command("llamafactory")
 def export_llamafactory(
     src: SrcArg,
@@ -657,9 +678,10 @@ def export_llamafactory(
         on_broken=on_broken.value,
         call_format=call_format.value,
     )
-    records, read_rejects_ = _load_some(src, fmt)
+    read_rejects_: list[Reject] = []
+    records, total = _stream_some(src, fmt, read_rejects_)
     with _writing(out), _progress() as progress:
-        task = progress.add_task(f"exporting to {out}", total=len(records))
+        task = progress.add_task(f"exporting to {out}", total=total or None)
         result = run_export(
             records,
             out,
@@ -698,13 +720,29 @@ def export_verl(
     seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 42,
 ) -> None:
     """Export SRC for VeRL RL (docs/rl.md): train/val parquet in VeRL's schema, rejects.jsonl, export.json."""
+    from cm2data.export.verl import count_exportable
     from cm2data.export.verl import export_verl as run_export
 
-    records, read_rejects_ = _load_some(src, fmt)
-    with _writing(out):
-        result = run_export(
-            records, out, val_size=val_size, val_fraction=val_fraction, seed=seed, extra_rejects=read_rejects_
-        )
+    read_rejects_: list[Reject] = []
+    records, total = _stream_some(src, fmt, read_rejects_)
+    # a folder is read twice: its exportable rows counted from Arrow batches (the validation split is drawn over
+    # all of them), then its records streamed into the files
+    exportable = count_exportable(src) if not isinstance(records, list) else None
+    try:
+        with _writing(out), _progress() as progress:
+            task = progress.add_task(f"exporting to {out}", total=total or None)
+            result = run_export(
+                records,
+                out,
+                val_size=val_size,
+                val_fraction=val_fraction,
+                seed=seed,
+                extra_rejects=read_rejects_,
+                exportable=exportable,
+                on_record=lambda: progress.advance(task),
+            )
+    except ValueError as exc:  # SRC changed between the count and the export
+        raise fail(f"{src}: {exc}") from None
     console.print(
         f"exported {result.train_rows} train and {result.val_rows} val rows of {result.records} dialogues → {out}"
     )

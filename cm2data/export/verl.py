@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +107,119 @@ def hub_table(records: Sequence[Dialogue], split: str, *, start: int = 0) -> pa.
     return pa.Table.from_pylist(rows) if rows else pa.table({})
 
 
+#: Rows per parquet row group: a file of at most this many rows is one row group, as ``pq.write_table`` of the
+#: whole table writes it; a larger one is written a group at a time, so memory holds one group, not the file.
+ROW_GROUP_ROWS = 8192
+
+
+def verl_schema() -> pa.Schema:
+    """The columns :func:`to_verl_row` fills, as ``pyarrow.Table.from_pylist`` infers them from its rows; given
+    explicitly so that every row group of a file has the same schema, whatever the rows of that group hold."""
+    import pyarrow as pa
+
+    text = pa.string()
+    return pa.schema(
+        [
+            ("data_source", text),
+            ("agent_name", text),
+            ("prompt", pa.list_(pa.struct([("role", text), ("content", text)]))),
+            ("ability", text),
+            ("reward_model", pa.struct([("style", text), ("ground_truth", text)])),
+            (
+                "extra_info",
+                pa.struct(
+                    [
+                        ("index", pa.int64()),
+                        ("split", text),
+                        ("uuid", text),
+                        ("need_tools_kwargs", pa.bool_()),
+                        ("messages", text),
+                        ("tools", text),
+                        ("tools_kwargs", text),
+                        ("tool_selection", text),
+                    ]
+                ),
+            ),
+        ]
+    )
+
+
+class _RowGroups:
+    """One output parquet file, written :data:`ROW_GROUP_ROWS` rows at a time; a file without rows is written as
+    ``pa.table({})`` (no columns), as before."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+        self.writer: Any = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) == ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(self.rows, schema=verl_schema())
+        self.rows = []
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.rows:
+            self._flush()
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            pq.write_table(pa.table({}), self.path)
+
+
+def _not_exportable(d: Dialogue) -> Reject | None:
+    """The reject of a record VeRL has nothing to reward in (no checklist, no user turn), else None."""
+    if not d.checklists or not d.checklists[0]:
+        return Reject(d.id, "export_verl", "no_checklist", "the record has no checklist")
+    if not any(m.role == "user" for m in d.messages):
+        return Reject(d.id, "export_verl", "no_user_turn", "the record has no user message")
+    return None
+
+
+def count_exportable(folder: Path, *, split: str | None = None) -> int:
+    """How many of the records :func:`cm2data.sources.load` reads from a dataset folder :func:`export_verl` keeps
+    (a non-empty first checklist variant and a user message), counted from the shards' Arrow batches
+    (:func:`cm2data.folder_batches.read_parts`) without building a record where the screen clears the row."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from cm2data.folder_batches import read_parts
+
+    n = 0
+    for part in read_parts(folder, [], split=split):
+        if part.rows is None:
+            n += sum(1 for d in part.records if _not_exportable(d) is None)
+            continue
+        t = part.rows.combine_chunks()
+        checklists = t.column("checklists").chunk(0)
+        n_variants = pc.list_value_length(checklists).to_numpy(zero_copy_only=False)
+        variant_len = pc.list_value_length(pc.list_flatten(checklists)).to_numpy(zero_copy_only=False)
+        first = np.concatenate([[0], np.cumsum(n_variants)])[:-1]
+        has_checklist = n_variants > 0
+        has_checklist[has_checklist] = variant_len[first[has_checklist]] > 0
+        messages = t.column("messages").chunk(0)
+        is_user = pc.equal(pc.struct_field(pc.list_flatten(messages), "role"), "user").to_numpy(zero_copy_only=False)
+        parent = pc.list_parent_indices(messages).to_numpy(zero_copy_only=False)
+        users = np.bincount(parent[is_user], minlength=t.num_rows)
+        n += int(np.count_nonzero(has_checklist & (users > 0)))
+    return n
+
+
 def export_verl(
     records: Iterable[Dialogue],
     out: Path,
@@ -115,35 +228,49 @@ def export_verl(
     val_fraction: float = 0.0,
     seed: int = 42,
     extra_rejects: Iterable[Reject] = (),
+    exportable: int | None = None,
+    on_record: Callable[[], None] | None = None,
 ) -> VerlExportResult:
-    """Write ``train.parquet`` and ``val.parquet`` (possibly empty) plus ``rejects.jsonl`` and ``export.json``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Write ``train.parquet`` and ``val.parquet`` (possibly empty) plus ``rejects.jsonl`` and ``export.json``.
 
+    The validation split is a seeded shuffle of the positions of all exportable records, so their number must be
+    known before the first row is written: pass ``exportable`` (for a dataset folder, :func:`count_exportable`)
+    and ``records`` is read once, one record at a time — rendering a row needs the record, but only one is held,
+    and the files are written :data:`ROW_GROUP_ROWS` rows at a time; without it, ``records`` is first gathered into
+    a list and counted. The files are the same either way. ``extra_rejects`` is read after ``records`` (it may be
+    a list the reader of ``records`` fills); ``on_record()`` is called per record.
+    """
     out.mkdir(parents=True, exist_ok=True)
     result = VerlExportResult(out=out)
-    kept: list[Dialogue] = []
+    if exportable is None:
+        records = list(records)
+        exportable = sum(1 for d in records if _not_exportable(d) is None)
+    order = list(range(exportable))
+    random.Random(seed).shuffle(order)
+    n_val = val_size if val_size is not None else round(exportable * val_fraction)
+    n_val = max(0, min(n_val, exportable))
+    val_ids = set(order[:n_val])
+    del order
+    files = {split: _RowGroups(out / f"{split}.parquet") for split in ("train", "val")}
+    i = 0
     for d in records:
         result.records += 1
-        if not d.checklists or not d.checklists[0]:
-            result.rejects.append(Reject(d.id, "export_verl", "no_checklist", "the record has no checklist"))
-        elif not any(m.role == "user" for m in d.messages):
-            result.rejects.append(Reject(d.id, "export_verl", "no_user_turn", "the record has no user message"))
-        else:
-            kept.append(d)
-    order = list(range(len(kept)))
-    random.Random(seed).shuffle(order)
-    n_val = val_size if val_size is not None else round(len(kept) * val_fraction)
-    n_val = max(0, min(n_val, len(kept)))
-    val_ids = set(order[:n_val])
-    rows: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
-    for i, d in enumerate(kept):
+        if on_record is not None:
+            on_record()
+        reject = _not_exportable(d)
+        if reject is not None:
+            result.rejects.append(reject)
+            continue
+        if i == exportable:
+            raise ValueError(f"more exportable records than the {exportable} counted (record {d.id!r})")
         split = "val" if i in val_ids else "train"
-        rows[split].append(to_verl_row(d, i, split))
-    for split, data in rows.items():
-        table = pa.Table.from_pylist(data) if data else pa.table({})
-        pq.write_table(table, out / f"{split}.parquet")
-    result.train_rows, result.val_rows = len(rows["train"]), len(rows["val"])
+        files[split].add(to_verl_row(d, i, split))
+        i += 1
+    if i != exportable:
+        raise ValueError(f"{i} exportable records read, {exportable} counted")
+    for f in files.values():
+        f.close()
+    result.train_rows, result.val_rows = files["train"].count, files["val"].count
     result.rejects.extend(extra_rejects)
     write_rejects(result.rejects, out / "rejects.jsonl")
     (out / "export.json").write_text(json.dumps({**result.manifest(), "seed": seed}, indent=2) + "\n", encoding="utf-8")
