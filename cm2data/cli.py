@@ -164,16 +164,30 @@ def ingest(
     if is_hub_uri(src):
         _ingest_hub(src, out, fmt, split, strict=strict, shard_rows=shard_rows, fresh=fresh)
         return
-    from cm2data.ingest import write_ingested
+    from cm2data.ingest_local import EXAMPLES, EmptySourceError, check_source, ingest_local
 
+    if fmt not in FORMATS and fmt not in ("auto", "dataset"):
+        raise fail(f"unknown format {fmt!r}; choose one of: auto, dataset, {', '.join(FORMATS)}")
     split = split or store.DEFAULT_SPLIT
-    records, rejects = _load_some(Path(src), fmt)
-    with _writing(out):
-        path = write_ingested(out, records, rejects, split=split, source=str(Path(src)))
-    console.print(f"ingested [bold]{len(records)}[/] records from {src} into {out} (split {split})")
-    if rejects:
-        print_rejects(rejects, headline=f"[yellow]{len(rejects)} rows rejected[/] → {path}", by_rule=True)
-    if not records or (strict and rejects):
+    try:  # a SRC that cannot be read at all is told apart from an OUT that cannot be written
+        check_source(Path(src), fmt)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        with _writing(out), _progress() as progress:
+            task = progress.add_task(f"ingesting {src}", total=None)
+            result = ingest_local(Path(src), out, fmt, split=split, on_rows=lambda n: progress.advance(task, n))
+    except EmptySourceError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"ingested [bold]{result.records}[/] records from {src} into {out} (split {split})")
+    if result.rejected:
+        err.print(f"[yellow]{result.rejected} rows rejected[/] → {result.rejects_path}")
+        for rule, n in result.rules.most_common():
+            err.print(f"  {rule}: {n}")
+        print_rejects(result.examples, examples=EXAMPLES)
+        if result.rejected > EXAMPLES:
+            err.print(f"  … and {result.rejected - EXAMPLES} more (see the rejects file)")
+    if not result.records or (strict and result.rejected):
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -37,17 +37,24 @@ def write_ingested(
     """
     now = datetime.now(UTC).isoformat()
     for r in records:
-        if not r.provenance.source:
-            r.provenance.source = r.source or source
-        if r.provenance.created_at is None:
-            r.provenance.created_at = now
-        if not any(h.get("stage") == "ingest" for h in r.provenance.history):
-            r.provenance.stamp("ingest", input=source)
+        stamp_ingested(r, source, now)
     store.write_dataset(out, records, split=split)
     path = out / store.REJECTS_FILE
     write_rejects(rejects, path)
     discard_journal(out, split)  # the split is this ingest's now: an unfinished streamed ingest of it is void
     return path
+
+
+def stamp_ingested(record: Dialogue, source: str, now: str) -> None:
+    """A local ingest's stamps: an empty provenance source becomes the record's source or else ``source``, a missing
+    ``created_at`` becomes ``now``, and the history gets an ``ingest`` entry unless it has one."""
+    prov = record.provenance
+    if not prov.source:
+        prov.source = record.source or source
+    if prov.created_at is None:
+        prov.created_at = now
+    if not any(h.get("stage") == "ingest" for h in prov.history):
+        prov.stamp("ingest", input=source)
 
 
 def write_filtered(
@@ -202,16 +209,25 @@ class _Shard:
         if len(self._buffer) >= WRITE_BATCH:
             self._flush()
 
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Write rows already in the store's layout (after the records added before them), as one row group."""
+        self._flush()
+        self._write(batch)
+        self.records += batch.num_rows
+
     def _flush(self) -> None:
         if not self._buffer:
             return
         with store.paused_gc():
             batch = pa.RecordBatch.from_pylist([store.to_row(r) for r in self._buffer], schema=store.DIALOGUE_SCHEMA)
+        self._write(batch)
+        self._buffer.clear()
+
+    def _write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self.tmp.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.tmp, store.DIALOGUE_SCHEMA, compression="zstd")
         self._writer.write_batch(batch)
-        self._buffer.clear()
 
     def discard(self) -> None:
         if self._writer is not None:
