@@ -320,3 +320,21 @@ def test_an_arrow_stamp_left_out_is_caught(sample_path: Path, tmp_path: Path, mo
     monkeypatch.setattr(ingest_arrow, "stamped_history", lambda history, source, at: history or "[]")
     with pytest.raises(AssertionError):
         assert_same(folder, tmp_path)
+
+
+def test_a_shard_with_bytes_that_are_not_utf8(sample_path: Path, tmp_path: Path) -> None:
+    """Parquet does not check strings when read: such a shard is cut where the record path's decoding fails, with
+    the same reject, instead of its bytes being copied into the output."""
+    folder = tmp_path / "src"
+    store.write_dataset(folder, load(sample_path)[0])
+    shard = next(store.data_dir(folder).glob("*.parquet"))
+    table = pq.read_table(shard)
+    ids = table.column("id").combine_chunks()
+    data = bytearray(ids.buffers()[2].to_pybytes())
+    data[0] = 0xFF
+    bad_ids = pa.Array.from_buffers(
+        pa.string(), len(ids), [ids.buffers()[0], ids.buffers()[1], pa.py_buffer(bytes(data))]
+    )
+    pq.write_table(table.set_column(0, "id", bad_ids), shard)
+    result = assert_same(folder, tmp_path)
+    assert result.rules == {"parquet_unreadable": 1} and result.records == 0
