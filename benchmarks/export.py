@@ -15,6 +15,13 @@ afterwards: the data file parses, holds one row per exported dialogue, and every
 The target is ≥ 5,000 dialogues/s per style on one core::
 
     taskset -c 0 $VENV/bin/python benchmarks/export.py --n 100000 --json bench-export.json
+
+``--stream`` adds the streaming phases: the same records written as a dataset folder of ``n`` rows and one of
+``4n`` rows (four copies, ids made unique at the Arrow level), and ``cm2data export llamafactory`` and ``export
+verl`` run on each in a child process (so that its peak RSS is its own: ``VmHWM`` of the child, imports included).
+Peak RSS should stay roughly flat from ``n`` to ``4n``; ``--no-memory`` skips the in-memory phases::
+
+    taskset -c 1 $VENV/bin/python benchmarks/export.py --n 20000 --stream --no-memory
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cm2data import store
 from cm2data.export.llamafactory import RULES, ExportOptions, export_llamafactory
 from cm2data.export.verl import export_verl
 
@@ -101,13 +111,75 @@ def _check_llamafactory(out: Path, result: Any) -> list[str]:
     return problems
 
 
+def _stream_child(kind: str, folder: Path, out: Path) -> int:
+    """Run in a child process: ``cm2data export KIND FOLDER --out OUT``; print its figures as JSON."""
+    from cm2data.cli import app
+
+    vb = _validate_bench()
+    t0, c0 = time.perf_counter(), time.process_time()
+    app(["export", kind, str(folder), "--out", str(out)], standalone_mode=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    fig = {
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "peak_rss_mib": round(vb.PeakMemory._hwm() / 2**20, 1),
+    }
+    print(json.dumps(fig))
+    return 0
+
+
+def _write_folder(folder: Path, records: list[Any], copies: int) -> int:
+    """``records`` as a dataset folder of ``copies`` shards, each a copy with ids suffixed ``-k``; returns rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = store.records_table(records)
+    target = store.data_dir(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    for k in range(copies):
+        ids = pc.binary_join_element_wise(table.column("id"), f"-{k}", "")
+        pq.write_table(table.set_column(0, "id", ids), target / f"train-{k:05d}-of-{copies:05d}.parquet")
+    return table.num_rows * copies
+
+
+def _stream_phases(records: list[Any], tmp: Path) -> dict[str, Any]:
+    """The streaming exports of folders of n and 4n rows, each in a child process."""
+    phases: dict[str, Any] = {}
+    for copies in (1, 4):
+        folder = tmp / f"ds-x{copies}"
+        rows = _write_folder(folder, records, copies)
+        for kind in ("llamafactory", "verl"):
+            name = f"stream-{kind}-x{copies}"
+            cmd = [sys.executable, __file__, "--stream-child", kind, str(folder), str(tmp / name)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+            fig = json.loads(proc.stdout.strip().splitlines()[-1])
+            fig["rows"] = rows
+            fig["dialogues_per_cpu_s"] = round(rows / fig["cpu_seconds"], 1)
+            phases[name] = fig
+            print(
+                f"{name:<26} {rows:8d} rows {fig['seconds']:7.2f} s wall   {fig['cpu_seconds']:7.2f} s CPU "
+                f"{fig['dialogues_per_cpu_s']:9,.0f}/s   peak RSS {fig['peak_rss_mib']:7.1f} MiB (child)",
+                flush=True,
+            )
+        shutil.rmtree(folder)
+    return phases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="number of dialogues (default 100000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--broken", type=float, default=0.01, help="fraction of records to damage (default 0.01)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the figures here")
+    parser.add_argument("--stream", action="store_true", help="add the streaming exports of folders of n and 4n rows")
+    parser.add_argument("--no-memory", action="store_true", help="skip the exports of in-memory records")
+    parser.add_argument("--stream-child", nargs=3, metavar=("KIND", "FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.stream_child:
+        kind, folder, out = args.stream_child
+        return _stream_child(kind, Path(folder), Path(out))
     vb = _validate_bench()
     mem = vb.PeakMemory()
     print(
@@ -120,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     outputs: dict[str, Any] = {}
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cm2data-bench-export-") as tmp:
-        for style in ("inline", "native"):
+        if args.stream:
+            phases.update(_stream_phases(records, Path(tmp)))
+        for style in ("inline", "native") if not args.no_memory else ():
             out = Path(tmp) / style
             name = f"llamafactory-{style}"
             result, fig = _phase(
@@ -147,15 +221,17 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             outputs[style] = result
-        out = Path(tmp) / "verl"
-        _, fig = _phase("verl", args.n, mem, lambda: export_verl(records, out))
-        phases["verl"] = fig
+        if not args.no_memory:
+            out = Path(tmp) / "verl"
+            _, fig = _phase("verl", args.n, mem, lambda: export_verl(records, out))
+            phases["verl"] = fig
     slow = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_s"] < TARGET]
     slow_cpu = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_cpu_s"] < TARGET]
-    print(
-        f"target ≥ {TARGET:,.0f} dialogues/s per style: wall {'met' if not slow else 'missed: ' + ', '.join(slow)}"
-        f"; CPU time {'met' if not slow_cpu else 'missed: ' + ', '.join(slow_cpu)}"
-    )
+    if not args.no_memory:
+        print(
+            f"target ≥ {TARGET:,.0f} dialogues/s per style: wall {'met' if not slow else 'missed: ' + ', '.join(slow)}"
+            f"; CPU time {'met' if not slow_cpu else 'missed: ' + ', '.join(slow_cpu)}"
+        )
     for p in problems:
         print(f"  PROBLEM {p}")
     if args.json is not None:
