@@ -118,6 +118,20 @@ def test_another_layout_and_a_damaged_shard(bench: Any, tmp_path: Path) -> None:
     assert got["dialogues"] == 60 and [r.rule for r in read] == ["parquet_unreadable"]
 
 
+def test_a_shard_with_bytes_that_are_not_utf8(bench: Any, tmp_path: Path) -> None:
+    """Parquet does not check strings when it reads them: the batch holding bytes that are not UTF-8 is the
+    ``parquet_unreadable`` reject ``load`` makes of it (the rest of that shard unread), not counted rows."""
+    records, _ = bench.generate(300, seed=9, broken=0.05)
+    records[150].messages[0].content += " MARKER-QZX"
+    store.write_dataset(tmp_path / "ds", records, rows_per_file=120)
+    shard = sorted(store.data_dir(tmp_path / "ds").glob("*.parquet"))[1]
+    pq.write_table(pq.read_table(shard), shard, compression="none", use_dictionary=False)
+    shard.write_bytes(shard.read_bytes().replace(b"MARKER-QZX", b"\xff" * 10))
+    got = assert_same(tmp_path / "ds", batch_size=50)
+    _, read = folder_stats(tmp_path / "ds", batch_size=50)
+    assert [r.rule for r in read] == ["parquet_unreadable"] and got["dialogues"] == 120 + 60  # row 150 in batch 0
+
+
 def test_a_lax_screen_is_caught(bench: Any, arrow_damage: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A screen that clears every row lets unreadable rows into the figures: the comparison must notice."""
     rng = random.Random(2)
