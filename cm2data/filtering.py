@@ -106,6 +106,7 @@ def filter_folder(
         try:
             batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
             for batch in batches:
+                store.check_batch(batch)  # bytes that are not UTF-8: unreadable from here, as for the record path
                 rejected = gate.add_batch(batch, location=path.name, offset=offset)
                 offset += batch.num_rows
                 if on_progress is not None:

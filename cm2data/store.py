@@ -196,6 +196,18 @@ def _loads(value: str | None, default: Any) -> Any:
     return json.loads(value) if value else default
 
 
+def check_batch(batch: pa.RecordBatch) -> None:
+    """Raise what reading ``batch``'s rows as Python values raises (``UnicodeDecodeError`` for string bytes that are
+    not UTF-8, …), having checked the whole batch at once: parquet does not check strings when it reads them, so a
+    reader that keeps rows as Arrow (and never decodes them) must ask, or it would pass bytes :func:`from_row`'s
+    readers refuse."""
+    try:
+        batch.validate(full=True)
+    except pa.ArrowInvalid:
+        batch.to_pylist()  # the error the row-by-row readers meet, with their message
+        raise
+
+
 def from_row(row: dict[str, Any]) -> Dialogue:
     """Inverse of :func:`to_row` (raises ``pydantic.ValidationError`` or ``ValueError`` on bad rows)."""
     tools = [

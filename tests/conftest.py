@@ -25,6 +25,18 @@ REFERENCE = TESTS / "fixtures" / "cm2-reference"
 SAMPLE = TESTS.parent / "cm2data" / "data" / "sample" / "dialogues.json"
 
 
+def break_utf8(shard: Path, marker: str) -> None:
+    """Rewrite a parquet shard uncompressed and replace ``marker`` (a text of one of its rows) by bytes that are not
+    UTF-8: parquet does not check strings when read, so only a reader that decodes them (or validates the batch) sees
+    it."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(shard), shard, compression="none", use_dictionary=False)
+    data = shard.read_bytes()
+    assert marker.encode() in data
+    shard.write_bytes(data.replace(marker.encode(), b"\xff" * len(marker.encode())))
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return REFERENCE

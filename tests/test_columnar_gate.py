@@ -138,6 +138,24 @@ def test_a_dataset_folder_streams_like_load_then_run_gate(bench: Any, tmp_path: 
     assert dict(got.counts) == dict(expected.counts)
 
 
+def test_a_shard_with_bytes_that_are_not_utf8_is_unreadable_as_for_load(bench: Any, tmp_path: Path) -> None:
+    """Parquet does not check strings when read: a shard whose message text is not UTF-8 is a ``parquet_unreadable``
+    read reject from that batch on, as the record path reports it — not a crash, not an accepted row."""
+    from conftest import break_utf8
+
+    records, _ = bench.generate(300, seed=9, broken=0.05)
+    records[150].messages[0].content += " MARKER-QZX"
+    store.write_dataset(tmp_path / "ds", records, rows_per_file=120)
+    break_utf8(sorted(store.data_dir(tmp_path / "ds").glob("*.parquet"))[1], "MARKER-QZX")
+    loaded, read = load(tmp_path / "ds")
+    got = gate_dataset(tmp_path / "ds")
+    assert [(r.record_id, r.rule, r.message, r.location) for r in got.read_rejects] == [
+        (r.record_id, r.rule, r.message, r.location) for r in read
+    ]
+    assert [r.rule for r in got.read_rejects] == ["parquet_unreadable"] and len(loaded) == 180
+    assert _key(got) == _key(run_gate(loaded))
+
+
 # ------------------------------------------------------------------------------------------ Arrow-level damage
 
 

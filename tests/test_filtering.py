@@ -92,11 +92,23 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "sample": _folder(tmp, "sample", load(SAMPLE, "cm2")[0], 50_000),
         "damaged": _folder(tmp, "damaged", _damaged(3, 120), 25),
         "corpus": _folder(tmp, "corpus", _corpus(), 40),
+        "not_utf8": _not_utf8(tmp),
     }
 
 
+def _not_utf8(tmp: Path) -> Path:
+    """A folder whose second shard holds bytes that are not UTF-8 (unreadable from its batch on)."""
+    from conftest import break_utf8
+
+    records, _ = bench.generate(90, seed=4, broken=0.1)
+    records[40].messages[0].content += " MARKER-QZX"
+    folder = _folder(tmp, "not_utf8", records, 30)
+    break_utf8(sorted(store.data_dir(folder).glob("*.parquet"))[1], "MARKER-QZX")
+    return folder
+
+
 @pytest.mark.parametrize("stages", [("rules",), ALL], ids=["rules", "all"])
-@pytest.mark.parametrize("name", ["sample", "damaged", "corpus"])
+@pytest.mark.parametrize("name", ["sample", "damaged", "corpus", "not_utf8"])
 def test_streamed_filter_equals_the_record_path(
     sources: dict[str, Path], tmp_path: Path, name: str, stages: tuple[str, ...]
 ) -> None:

@@ -747,3 +747,22 @@ def test_streamed_build_shards_like_the_store(dataset: Path, tmp_path: Path) -> 
     assert (whole.root / "README.md").read_text().split("---\n\n", 1)[1] == (tree.root / "README.md").read_text().split(
         "---\n\n", 1
     )[1]
+
+
+def test_a_shard_with_bytes_that_are_not_utf8_fails_the_gate(dataset: Path, tmp_path: Path) -> None:
+    """Parquet does not check strings when read: bytes that are not UTF-8 make their shard unreadable (the record
+    path's reject, same message) and the publish stops — they are never copied into the Hub's files."""
+    from conftest import break_utf8
+
+    from cm2data.publish.errors import GateFailed
+    from cm2data.sources import load
+
+    records = store.read_dataset(dataset, split="train")
+    records[0].messages[0].content += " MARKER-QZX"
+    store.write_dataset(tmp_path / "src", records)
+    break_utf8(next(store.data_dir(tmp_path / "src").glob("*.parquet")), "MARKER-QZX")
+    _, read = load(tmp_path / "src")
+    with pytest.raises(GateFailed) as exc:
+        pub.build_tree(tmp_path / "src", tmp_path / "tree")
+    assert [(r.rule, r.message) for r in exc.value.read_rejects] == [(r.rule, r.message) for r in read]
+    assert [r.rule for r in read] == ["parquet_unreadable"]

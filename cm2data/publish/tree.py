@@ -181,6 +181,7 @@ def _read_chunks(path: Path, size: int, *, need_records: bool) -> Iterator[_Chun
     offset = 0
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
+            store.check_batch(batch)  # bytes that are not UTF-8: unreadable from here, as for the record path
             table = pa.Table.from_batches([batch])
             canonical = table.schema.equals(store.DIALOGUE_SCHEMA, check_metadata=False)
             records: list[Dialogue] | None = None

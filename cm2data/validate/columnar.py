@@ -485,7 +485,9 @@ def _gate_shard(gate: ColumnarGate, path: Path, pq: Any, batch_size: int, on_pro
     while True:
         try:
             batch = next(batches, None)
-        except Exception as exc:  # damaged pages surface only while reading
+            if batch is not None:
+                store.check_batch(batch)
+        except Exception as exc:  # damaged pages surface only while reading, bytes not UTF-8 when decoded
             gate.add_read_reject(
                 Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")
             )
