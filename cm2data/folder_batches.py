@@ -128,7 +128,7 @@ def _screened(
     from cm2data.validate.columnar_screens import screen_batch
 
     n = batch.num_rows
-    maybe_bad = screen_batch(batch, RuleConfig()).unreadable
+    maybe_bad = screen_batch(batch, RuleConfig(), rules=False).unreadable
     ids: list[str | None] = batch.column("id").to_pylist()
     build = maybe_bad.copy()
     here: set[str | None] = set()

@@ -222,6 +222,12 @@ def test_rows_damaged_at_the_arrow_level(bench: Any, tmp_path: Path) -> None:
     assert _key(got) == _key(expected)
     assert dict(got.counts) == dict(expected.counts)
     assert got.accepted_count == len(expected.accepted or [])
+    # the readers' screen (rules=False) finds the same unreadable rows as the whole screen, and proves no rule
+    batch = table.combine_chunks().to_batches()[0]
+    whole = screens.screen_batch(batch, RuleConfig())
+    reading = screens.screen_batch(batch, RuleConfig(), rules=False)
+    assert whole.unreadable.any() and np.array_equal(reading.unreadable, whole.unreadable)
+    assert reading.not_proven(["role_order"]).all() and reading.table.all()
 
 
 def test_batches_in_another_layout_are_read_row_by_row(bench: Any) -> None:

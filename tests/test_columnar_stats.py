@@ -143,8 +143,8 @@ def test_a_lax_screen_is_caught(bench: Any, arrow_damage: Any, monkeypatch: pyte
     assert_same(tmp_path / "ds")
     real = screens.screen_batch
 
-    def lax(batch: pa.RecordBatch, cfg: Any) -> screens.BatchScreen:
-        s = real(batch, cfg)
+    def lax(batch: pa.RecordBatch, cfg: Any, **kw: Any) -> screens.BatchScreen:
+        s = real(batch, cfg, **kw)
         s.unreadable = np.zeros(s.n, dtype=np.bool_)
         return s
 

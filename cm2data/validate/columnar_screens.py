@@ -348,9 +348,25 @@ def _json_column_ok(col: pa.Array, kind: str) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------------- the screens
 
+_NONE_INT = np.zeros(0, dtype=np.int64)
+_NONE_STR = pa.array([], pa.string())
+_NO_ITEMS = ItemColumns(
+    row=_NONE_INT,
+    variant=_NONE_INT,
+    turn=_NONE_INT,
+    item_id=_NONE_STR,
+    focus_on=_NONE_STR,
+    question=_NONE_STR,
+    pass_condition=_NONE_STR,
+    weight=np.zeros(0, dtype=np.float64),
+    bad_evidence_from=_NONE_INT,
+)
 
-def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig) -> BatchScreen:
-    """Screen every rule of the gate over ``batch`` (which must pass :func:`schema_ok`); see the module docstring."""
+
+def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig, *, rules: bool = True) -> BatchScreen:
+    """Screen every rule of the gate over ``batch`` (which must pass :func:`schema_ok`); see the module docstring.
+    ``rules=False``: only which rows certainly read (``unreadable``; no rule proven, every table row in doubt) — what
+    a reader that keeps rows as Arrow needs, for about a fifth of the cost."""
     n = batch.num_rows
     flags: dict[str, np.ndarray] = {}
     bad = _null(batch.column("id"))
@@ -385,6 +401,66 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig) -> BatchScreen:
     prev_calls[1:] = n_calls[:-1]
     prev_calls[first] = 0
     no_calls = n_calls == 0
+
+    # tools: read as from_row reads them
+    encoded = pc.dictionary_encode(batch.column("tools"))
+    infos = [_tools_info(t) for t in encoded.dictionary.to_pylist()]
+    infos.append(_tools_info(None))
+    toolset = _np(encoded.indices, len(infos) - 1).astype(np.int64)
+    readable = np.array([i[0] for i in infos], dtype=np.bool_)
+    dup = np.array([len(set(i[1])) != len(i[1]) for i in infos], dtype=np.bool_)
+    bad |= ~readable[toolset]
+    # -------------------------------------------------------------- checklists
+    variants, v_row = _flatten(batch.column("checklists"))
+    bad |= _any(_null(variants), v_row, n)
+    _, v_start = _starts(v_row, n)
+    blocks, b_var = _flatten(variants)
+    b_row = v_row[b_var]
+    bad |= _any(_null(blocks), b_row, n)
+    b_turn_arr = _field(blocks, "turn")
+    b_turn = _np(b_turn_arr, -1).astype(np.int64)
+    bad |= _any(b_turn < 0, b_row, n)
+    item_lists = _field(blocks, "items")
+    bad |= _any(_null(item_lists), b_row, n)
+    items, i_block = _flatten(item_lists)
+    i_row = b_row[i_block]
+    bad |= _any(_null(items), i_row, n)
+    for name in ("id", "focus_on", "question", "pass_condition", "required_for_next_turn", "weight", "evidence"):
+        bad |= _any(_null(_field(items, name)), i_row, n)
+    for name in ("failure_examples", "depends_on"):
+        values, parent = _flatten(_field(items, name))
+        bad |= _any(_null(values), i_row[parent], n)
+    extra = _field(items, "extra_info")
+    if extra.null_count < len(extra):
+        present = np.nonzero(~_null(extra))[0]
+        texts = pc.take(extra, pa.array(present))
+        is_object = _match(texts, JSON_DOCUMENT) & _match(texts, r"\A[ \t\n\r]*\{")
+        unsure = np.nonzero(~is_object)[0]
+        if len(unsure):
+            is_object[unsure] = [_json_ok(t, "dict") for t in pc.take(texts, pa.array(unsure)).to_pylist()]
+        bad |= _any(~is_object, i_row[present], n)
+    evidence, e_item = _flatten(_field(items, "evidence"))
+    e_row = i_row[e_item]
+    bad |= _any(_null(evidence), e_row, n)
+    e_turn = _np(_field(evidence, "turn"), -1).astype(np.int64)
+    e_step = _np(_field(evidence, "step"), -1).astype(np.int64)
+    bad |= _any((e_turn < 0) | (e_step < 0), e_row, n)
+    e_from = _field(evidence, "from")
+    snippet = _field(evidence, "snippet")
+    bad |= _any(_null(e_from) | _null(snippet), e_row, n)
+
+    # the other JSON-string columns, as from_row decodes them
+    bad |= ~_json_column_ok(batch.column("metadata"), "dict")
+    prov = batch.column("provenance")
+    bad |= ~_json_column_ok(_field(prov, "history"), "dicts")
+    review = batch.column("review")
+    bad |= ~_json_column_ok(_field(review, "decisions"), "dicts")
+    bad |= ~_json_column_ok(_field(review, "agreement"), "floats")
+    reviewers, r_row = _flatten(_field(review, "reviewers"))
+    bad |= _any(_null(reviewers), r_row, n)
+
+    if not rules:  # what reads, and nothing proven of any rule
+        return BatchScreen(n, bad, {}, np.ones(n, dtype=np.bool_), np.zeros(n, dtype=np.int64), _NONE_STR, _NO_ITEMS)
 
     # role_order and tool_call_response_match: the transitions the rules allow, every call run answered in full
     ok = (
@@ -461,65 +537,9 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig) -> BatchScreen:
         json_bad[tool_idx] = ~valid
     flags["tool_response_json_valid"] = _any(json_bad, m_row, n)
 
-    # tools: read as from_row reads them; duplicate_tools_by_name; tool_schema
-    encoded = pc.dictionary_encode(batch.column("tools"))
-    infos = [_tools_info(t) for t in encoded.dictionary.to_pylist()]
-    infos.append(_tools_info(None))
-    toolset = _np(encoded.indices, len(infos) - 1).astype(np.int64)
-    readable = np.array([i[0] for i in infos], dtype=np.bool_)
-    dup = np.array([len(set(i[1])) != len(i[1]) for i in infos], dtype=np.bool_)
-    bad |= ~readable[toolset]
+    # duplicate_tools_by_name; tool_schema
     flags["duplicate_tools_by_name"] = dup[toolset]
     flags["tool_schema"] = _tool_schema(calls, c_row, call_name, toolset, infos, n) | dup[toolset]
-
-    # -------------------------------------------------------------- checklists
-    variants, v_row = _flatten(batch.column("checklists"))
-    bad |= _any(_null(variants), v_row, n)
-    _, v_start = _starts(v_row, n)
-    blocks, b_var = _flatten(variants)
-    b_row = v_row[b_var]
-    bad |= _any(_null(blocks), b_row, n)
-    b_turn_arr = _field(blocks, "turn")
-    b_turn = _np(b_turn_arr, -1).astype(np.int64)
-    bad |= _any(b_turn < 0, b_row, n)
-    item_lists = _field(blocks, "items")
-    bad |= _any(_null(item_lists), b_row, n)
-    items, i_block = _flatten(item_lists)
-    i_row = b_row[i_block]
-    bad |= _any(_null(items), i_row, n)
-    for name in ("id", "focus_on", "question", "pass_condition", "required_for_next_turn", "weight", "evidence"):
-        bad |= _any(_null(_field(items, name)), i_row, n)
-    for name in ("failure_examples", "depends_on"):
-        values, parent = _flatten(_field(items, name))
-        bad |= _any(_null(values), i_row[parent], n)
-    extra = _field(items, "extra_info")
-    if extra.null_count < len(extra):
-        present = np.nonzero(~_null(extra))[0]
-        texts = pc.take(extra, pa.array(present))
-        is_object = _match(texts, JSON_DOCUMENT) & _match(texts, r"\A[ \t\n\r]*\{")
-        unsure = np.nonzero(~is_object)[0]
-        if len(unsure):
-            is_object[unsure] = [_json_ok(t, "dict") for t in pc.take(texts, pa.array(unsure)).to_pylist()]
-        bad |= _any(~is_object, i_row[present], n)
-    evidence, e_item = _flatten(_field(items, "evidence"))
-    e_row = i_row[e_item]
-    bad |= _any(_null(evidence), e_row, n)
-    e_turn = _np(_field(evidence, "turn"), -1).astype(np.int64)
-    e_step = _np(_field(evidence, "step"), -1).astype(np.int64)
-    bad |= _any((e_turn < 0) | (e_step < 0), e_row, n)
-    e_from = _field(evidence, "from")
-    snippet = _field(evidence, "snippet")
-    bad |= _any(_null(e_from) | _null(snippet), e_row, n)
-
-    # the other JSON-string columns, as from_row decodes them
-    bad |= ~_json_column_ok(batch.column("metadata"), "dict")
-    prov = batch.column("provenance")
-    bad |= ~_json_column_ok(_field(prov, "history"), "dicts")
-    review = batch.column("review")
-    bad |= ~_json_column_ok(_field(review, "decisions"), "dicts")
-    bad |= ~_json_column_ok(_field(review, "agreement"), "floats")
-    reviewers, r_row = _flatten(_field(review, "reviewers"))
-    bad |= _any(_null(reviewers), r_row, n)
 
     # turns and steps, as steps_per_turn and segment count them
     is_user = role == USER
