@@ -97,11 +97,7 @@ def _in_layout(batch: pa.RecordBatch) -> bool:
 
     if not schema_ok(batch.schema):
         return False
-    try:  # full: parquet strings are not checked to be UTF-8 when read, and an Arrow row is never decoded
-        batch.validate(full=True)
-    except pa.ArrowInvalid:
-        batch.to_pylist()  # raises the error the row-by-row reader meets (UnicodeDecodeError for bytes not UTF-8)
-        raise
+    store.check_batch(batch)  # parquet does not check strings to be UTF-8, and an Arrow row is never decoded
     return True
 
 
