@@ -5,8 +5,8 @@ Rows already in the store's layout (a dataset folder's shards, or parquet files 
 :data:`cm2data.store.DIALOGUE_SCHEMA`) are read as Arrow record batches (:mod:`cm2data.folder_batches`) and written
 as Arrow: a pydantic record is built only for a row the readability screen cannot clear, a later copy of an id, or
 a row not in the form the record path would write (:func:`cm2data.ingest_arrow.canonical_mask`). Other files are
-read record by record (:func:`cm2data.formats.read_records`) and converted :data:`cm2data.store.BATCH_ROWS` at a
-time. The output equals what :func:`cm2data.sources.load` followed by :func:`cm2data.ingest.write_ingested` writes:
+read record by record (:func:`cm2data.formats.read_records`) and converted :data:`RECORD_BATCH` at a time. The
+output equals what :func:`cm2data.sources.load` followed by :func:`cm2data.ingest.write_ingested` writes:
 the same rows in the same shards (``rows_per_file`` each), the same rejects in the same order, the same card.
 """
 
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from cm2data import store
 from cm2data.folder_batches import Part, _shard, read_parts
 from cm2data.formats import input_files, read_records
-from cm2data.ingest import _Shard, discard_journal, stamp_ingested
+from cm2data.ingest import WRITE_BATCH, _Shard, discard_journal, stamp_ingested
 from cm2data.ingest_arrow import canonical_mask, stamp_batch
 from cm2data.rejects import Reject
 from cm2data.schema import Dialogue
@@ -35,6 +35,8 @@ from cm2data.sources import duplicate_reject
 
 #: Rejects shown on the terminal; all of them go to the rejects file.
 EXAMPLES = 10
+#: Records read from a file held at a time (a synthetic dialogue is about 67 KiB as pydantic objects).
+RECORD_BATCH = WRITE_BATCH
 
 
 class EmptySourceError(ValueError):
@@ -76,20 +78,17 @@ def ingest_local(
     writer = _SplitWriter(out, split, rows_per_file)
     sink = _RejectSink(out, result)
     try:
-        for part in parts:
-            if isinstance(part, Reject):
-                sink.add(part)
-            elif part.rows is not None:
-                for batch in part.rows.to_batches():
-                    _write_rows(batch, writer, src, now, result)
-            else:
-                for start in range(0, len(part.records), store.BATCH_ROWS):
-                    chunk = part.records[start : start + store.BATCH_ROWS]
-                    for record in chunk:
-                        stamp_ingested(record, str(src), now)
-                    with store.paused_gc():
-                        rows = [store.to_row(r) for r in chunk]
-                    writer.add(pa.RecordBatch.from_pylist(rows, schema=store.DIALOGUE_SCHEMA))
+        # Each batch of records is freed (by reference counting) before the next: full collections would walk
+        # every batch's hundreds of thousands of objects again while the heap stays small, so they are held off.
+        with store.young_gc_only():
+            for part in parts:
+                if isinstance(part, Reject):
+                    sink.add(part)
+                elif part.rows is not None:
+                    for batch in part.rows.to_batches():
+                        _write_rows(batch, writer, src, now, result)
+                else:
+                    _write_records(part.records, writer, src, now)
         if not writer.rows and not sink.count:
             raise EmptySourceError(f"{src}: no rows found")
         result.files = writer.finish()
@@ -101,6 +100,17 @@ def ingest_local(
     discard_journal(out, split)  # the split is this ingest's now: an unfinished streamed ingest of it is void
     result.records = writer.rows
     return result
+
+
+def _write_records(records: list[Dialogue], writer: _SplitWriter, src: Path, now: str) -> None:
+    """Records read from a file (or a shard in another layout), stamped and written as rows."""
+    for start in range(0, len(records), store.BATCH_ROWS):
+        chunk = records[start : start + store.BATCH_ROWS]
+        for record in chunk:
+            stamp_ingested(record, str(src), now)
+        with store.paused_gc():
+            rows = [store.to_row(r) for r in chunk]
+        writer.add(pa.RecordBatch.from_pylist(rows, schema=store.DIALOGUE_SCHEMA))
 
 
 def _write_rows(batch: pa.RecordBatch, writer: _SplitWriter, src: Path, now: str, result: LocalIngest) -> None:
@@ -176,7 +186,7 @@ def _file_parts(files: list[Path], fmt: str, on_rows: Callable[[int], None] | No
             else:
                 seen.add(item.id)
                 records.append(item)
-                if len(records) >= store.BATCH_ROWS:
+                if len(records) >= RECORD_BATCH:
                     yield Part(records=records)
                     records = []
         if records:
