@@ -54,10 +54,10 @@ def read_parts(
         if split is not None and s != split:
             continue
         for path in paths:
-            yield from _shard(path, seen, rejects, batch_size, on_progress)
+            yield from read_shard(path, seen, rejects, batch_size, on_progress)
 
 
-def _shard(
+def read_shard(
     path: Path,
     seen: set[str],
     rejects: list[Reject],

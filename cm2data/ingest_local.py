@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cm2data import store
-from cm2data.folder_batches import Part, _shard, read_parts
+from cm2data.folder_batches import Part, read_parts, read_shard
 from cm2data.formats import input_files, read_records
 from cm2data.ingest import WRITE_BATCH, _Shard, discard_journal, stamp_ingested
 from cm2data.ingest_arrow import canonical_mask, stamp_batch
@@ -169,8 +169,8 @@ def _file_parts(files: list[Path], fmt: str, on_rows: Callable[[int], None] | No
     seen: set[str] = set()  # across files, as load dedupes across them
     rejects: list[Reject] = []
     for path in files:
-        if fmt == "auto" and _store_layout(path):
-            for part in _shard(path, seen, rejects, store.BATCH_ROWS, on_rows):
+        if fmt == "auto" and store.is_store_parquet(path):
+            for part in read_shard(path, seen, rejects, store.BATCH_ROWS, on_rows):
                 yield from _drain(rejects)
                 yield part
             yield from _drain(rejects)
@@ -196,17 +196,6 @@ def _file_parts(files: list[Path], fmt: str, on_rows: Callable[[int], None] | No
 def _drain(rejects: list[Reject]) -> Iterator[Reject]:
     yield from rejects
     rejects.clear()
-
-
-def _store_layout(path: Path) -> bool:
-    """A parquet file of the store's row layout (a damaged one is left to the format reader, which rejects it)."""
-    if path.suffix.lower() != ".parquet":
-        return False
-    try:
-        schema = pq.read_schema(path)
-    except Exception:  # pyarrow raises several types for damaged files
-        return False
-    return schema.equals(store.DIALOGUE_SCHEMA, check_metadata=False)
 
 
 # ------------------------------------------------------------------------------------------------------ writing

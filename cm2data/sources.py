@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cm2data import store
-from cm2data.formats import read_records
+from cm2data.formats import input_files, read_records
 from cm2data.rejects import Reject
 from cm2data.schema import Dialogue
 
@@ -61,7 +61,11 @@ def _iter(src: Path, fmt: str, split: str | None):
         return
     if fmt == "dataset":
         raise FileNotFoundError(f"{src} is not a cm2data dataset folder (no data/dialogues/*.parquet)")
-    yield from read_records(src, fmt)
+    if fmt != "auto":
+        yield from read_records(src, fmt)
+        return
+    for path in input_files(src):  # a parquet file in the store's layout holds rows, not OpenAI messages
+        yield from _iter_shard(path) if store.is_store_parquet(path) else read_records(path, fmt)
 
 
 def _iter_shard(path: Path):

@@ -261,6 +261,18 @@ def data_dir(folder: Path, config: str = DIALOGUES) -> Path:
     return folder / "data" / config
 
 
+def is_store_parquet(path: Path) -> bool:
+    """A parquet file in the store's row layout (:data:`DIALOGUE_SCHEMA`), inside a dataset folder or not (a damaged
+    one is left to the format readers, which reject it)."""
+    if path.suffix.lower() != ".parquet":
+        return False
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # pyarrow raises several types for damaged files
+        return False
+    return schema.equals(DIALOGUE_SCHEMA, check_metadata=False)
+
+
 def is_dataset_folder(folder: Path) -> bool:
     return folder.is_dir() and data_dir(folder).is_dir()
 

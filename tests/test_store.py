@@ -99,3 +99,19 @@ def test_an_empty_split_is_an_empty_file_without_row_groups(tmp_path: Path) -> N
     assert meta.num_rows == 0 and meta.num_row_groups == 0
     with pytest.raises(ValueError, match="corresponds to no data"):
         datasets.load_dataset(str(tmp_path), split="train")
+
+
+def test_a_store_parquet_file_outside_a_folder_loads_as_rows(sample_path: Path, tmp_path: Path) -> None:
+    """A shard copied out of its dataset folder still holds the store's rows: ``load`` (validate, stats, export)
+    reads it as the folder reads it, as ``ingest`` does — not as OpenAI rows that every one fail."""
+    import shutil
+
+    from cm2data.sources import load
+
+    store.write_dataset(tmp_path / "ds", load(sample_path)[0])
+    shard = next(store.data_dir(tmp_path / "ds").glob("*.parquet"))
+    shutil.copy(shard, tmp_path / "rows.parquet")
+    from_folder, folder_rejects = load(tmp_path / "ds")
+    from_file, file_rejects = load(tmp_path / "rows.parquet")
+    assert from_folder and not folder_rejects and not file_rejects
+    assert [d.model_dump() for d in from_file] == [d.model_dump() for d in from_folder]
