@@ -1,5 +1,5 @@
 """Benchmark: memory and speed of ``cm2data ingest hf://…`` (streamed, sharded) against ``cm2data ingest FILES``
-(local, every record in memory) on the same rows, at two sizes.
+(local, `cm2data ingest FILES`: streamed too since the local ingest streams) on the same rows, at two sizes.
 
 A Hub stand-in (tests/hub_standin) is started in this process and serves one dataset repo of nemotron-style JSON
 lines built from the shipped sample (33 dialogues repeated with fresh ids, ~``--files`` files). Each ingest runs as
