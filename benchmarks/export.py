@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,33 +53,6 @@ def _validate_bench() -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def _phase(name: str, n: int, mem: Any, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
-    """Run ``fn`` once: wall and CPU seconds, dialogues per wall and per CPU second, peak RSS of the phase.
-
-    Both rates are printed because a shared machine inflates wall time; on an idle core they agree.
-    """
-    before = mem.start()  # collects garbage first, so that no earlier phase's full collection lands here
-    t0, c0 = time.perf_counter(), time.process_time()
-    value = fn()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = mem.peak()
-    fig = {
-        "seconds": round(wall, 3),
-        "cpu_seconds": round(cpu, 3),
-        "dialogues_per_s": round(n / wall, 1),
-        "dialogues_per_cpu_s": round(n / cpu, 1),
-        "rss_before_mib": round(before / 2**20, 1),
-        "peak_rss_mib": round(peak / 2**20, 1),
-        "peak_rss_delta_mib": round((peak - before) / 2**20, 1),
-    }
-    print(
-        f"{name:<20} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / cpu:9,.0f}/s   "
-        f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})",
-        flush=True,
-    )
-    return value, fig
 
 
 def _check_llamafactory(out: Path, result: Any) -> list[str]:
@@ -187,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         f"python {sys.version.split()[0]}; peak memory: {mem.method}",
         flush=True,
     )
-    (records, broken_ids), gen = _phase("generate", args.n, mem, lambda: vb.generate(args.n, args.seed, args.broken))
+    (records, broken_ids), gen = vb.timed_phase(
+        "generate", args.n, mem, lambda: vb.generate(args.n, args.seed, args.broken)
+    )
     phases: dict[str, Any] = {"generate": gen}
     outputs: dict[str, Any] = {}
     problems: list[str] = []
@@ -197,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         for style in ("inline", "native") if not args.no_memory else ():
             out = Path(tmp) / style
             name = f"llamafactory-{style}"
-            result, fig = _phase(
+            result, fig = vb.timed_phase(
                 name,
                 args.n,
                 mem,
@@ -223,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             outputs[style] = result
         if not args.no_memory:
             out = Path(tmp) / "verl"
-            _, fig = _phase("verl", args.n, mem, lambda: export_verl(records, out))
+            _, fig = vb.timed_phase("verl", args.n, mem, lambda: export_verl(records, out))
             phases["verl"] = fig
     slow = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_s"] < TARGET]
     slow_cpu = [k for k, v in phases.items() if k.startswith("llamafactory") and v["dialogues_per_cpu_s"] < TARGET]

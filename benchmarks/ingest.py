@@ -27,7 +27,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,11 +62,7 @@ def _child(kind: str, src: Path, out: Path) -> dict[str, Any]:
         "streamed": lambda: ingest_local(src, out),
         "records": lambda: _records_ingest(src, out),
     }
-    before = mem.start()
-    t0, c0 = time.perf_counter(), time.process_time()
-    work[kind]()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = mem.peak()
+    _, wall, cpu, peak, before = _validate_bench().measured(mem, work[kind])
     return {"seconds": wall, "cpu_seconds": cpu, "peak": peak, "before": before, "method": mem.method}
 
 
@@ -77,21 +72,7 @@ def _phase(name: str, kind: str, n: int, src: Path, out: Path) -> dict[str, Any]
     if proc.returncode:
         raise RuntimeError(f"phase {name} failed:\n{proc.stderr}")
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    wall, cpu, peak, before = got["seconds"], got["cpu_seconds"], got["peak"], got["before"]
-    fig = {
-        "seconds": round(wall, 3),
-        "cpu_seconds": round(cpu, 3),
-        "dialogues_per_s": round(n / wall, 1),
-        "dialogues_per_cpu_s": round(n / cpu, 1),
-        "peak_rss_mib": round(peak / 2**20, 1),
-        "peak_rss_delta_mib": round((peak - before) / 2**20, 1),
-    }
-    print(
-        f"{name:<15} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / cpu:9,.0f}/s   "
-        f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})",
-        flush=True,
-    )
-    return fig
+    return _validate_bench().rate_figures(name, n, got["seconds"], got["cpu_seconds"], got["peak"], got["before"])
 
 
 def _read_all(folder: Path) -> int:

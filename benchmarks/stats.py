@@ -21,8 +21,6 @@ import importlib.util
 import json
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,28 +40,6 @@ def _validate_bench() -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def _phase(name: str, n: int, mem: Any, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
-    before = mem.start()
-    t0, c0 = time.perf_counter(), time.process_time()
-    value = fn()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = mem.peak()
-    fig = {
-        "seconds": round(wall, 3),
-        "cpu_seconds": round(cpu, 3),
-        "dialogues_per_s": round(n / wall, 1),
-        "dialogues_per_cpu_s": round(n / cpu, 1),
-        "peak_rss_mib": round(peak / 2**20, 1),
-        "peak_rss_delta_mib": round((peak - before) / 2**20, 1),
-    }
-    print(
-        f"{name:<12} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / cpu:9,.0f}/s   "
-        f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})",
-        flush=True,
-    )
-    return value, fig
 
 
 def _read_all(folder: Path) -> int:
@@ -99,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         records, _ = vb.generate(args.n, args.seed, args.broken)
         store.write_dataset(folder, records)
         del records
-        _, phases["read_table"] = _phase("read_table", args.n, mem, lambda: _read_all(folder))
-        (columnar, col_rejects), phases["columnar"] = _phase("columnar", args.n, mem, lambda: folder_stats(folder))
-        (expected, rec_rejects), phases["records"] = _phase("records", args.n, mem, lambda: _records_stats(folder))
+        _, phases["read_table"] = vb.timed_phase("read_table", args.n, mem, lambda: _read_all(folder))
+        (columnar, col_rejects), phases["columnar"] = vb.timed_phase(
+            "columnar", args.n, mem, lambda: folder_stats(folder)
+        )
+        (expected, rec_rejects), phases["records"] = vb.timed_phase(
+            "records", args.n, mem, lambda: _records_stats(folder)
+        )
     same = columnar == expected and json.dumps(columnar) == json.dumps(expected) and len(col_rejects) == rec_rejects
     cpu = {k: v["cpu_seconds"] for k, v in phases.items()}
     ratios = {

@@ -526,6 +526,45 @@ class GcTimer:
             self.collections += 1
 
 
+def rate_figures(name: str, n: int, wall: float, cpu: float, peak: int, before: int, width: int = 15) -> dict[str, Any]:
+    """The figures of one phase over ``n`` dialogues (seconds, CPU seconds, dialogues per wall and per CPU second,
+    peak RSS and its growth over ``before``, bytes in), printed on one line. Both rates, because a shared machine
+    inflates wall time; on an idle core they agree. Shared by the other data-path benchmarks (stats, export,
+    ingest), which load this file by path."""
+    print(
+        f"{name:<{width}} {wall:7.2f} s wall {n / wall:9,.0f}/s   {cpu:7.2f} s CPU {n / max(cpu, 1e-9):9,.0f}/s   "
+        f"peak RSS {peak / 2**20:7.1f} MiB (+{(peak - before) / 2**20:.1f})",
+        flush=True,
+    )
+    return {
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "dialogues_per_s": round(n / wall, 1),
+        "dialogues_per_cpu_s": round(n / cpu, 1) if cpu else None,
+        "rss_before_mib": round(before / 2**20, 1),
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "peak_rss_delta_mib": round((peak - before) / 2**20, 1),
+    }
+
+
+def measured(mem: PeakMemory, fn: Callable[[], Any]) -> tuple[Any, float, float, int, int]:
+    """Run ``fn`` once: its value, wall and CPU seconds, peak RSS and the RSS it started from (a full collection
+    first, untimed, so that no earlier phase's garbage is collected inside it)."""
+    before = mem.start()
+    t0, c0 = time.perf_counter(), time.process_time()
+    value = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return value, wall, cpu, mem.peak(), before
+
+
+def timed_phase(
+    name: str, n: int, mem: PeakMemory, fn: Callable[[], Any], width: int = 15
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`measured` and :func:`rate_figures`: ``fn``'s value and its figures."""
+    value, wall, cpu, peak, before = measured(mem, fn)
+    return value, rate_figures(name, n, wall, cpu, peak, before, width)
+
+
 def _phase(name: str, n: int, mem: PeakMemory, gct: GcTimer, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
     """Time ``fn`` (wall and CPU), its peak RSS and its time in the GC. A full collection runs first, untimed, so
     that each phase starts without garbage left by the previous one."""

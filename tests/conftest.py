@@ -25,6 +25,25 @@ REFERENCE = TESTS / "fixtures" / "cm2-reference"
 SAMPLE = TESTS.parent / "cm2data" / "data" / "sample" / "dialogues.json"
 
 
+def load_module(path: Path, name: str) -> Any:
+    """A Python file (a benchmark, another test module) loaded by path as module ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def bench() -> Any:
+    """benchmarks/validate.py: its synthetic-dialogue generator (``generate(n, seed, broken)``) and meters."""
+    return load_module(TESTS.parent / "benchmarks" / "validate.py", "cm2data_benchmark_validate")
+
+
 def break_utf8(shard: Path, marker: str) -> None:
     """Rewrite a parquet shard uncompressed and replace ``marker`` (a text of one of its rows) by bytes that are not
     UTF-8: parquet does not check strings when read, so only a reader that decodes them (or validates the batch) sees

@@ -7,16 +7,15 @@ wrongly cleared a bad row would drop a reject, so each comparison fails then (``
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import load_module
 
 from cm2data import store
 from cm2data.sources import load
@@ -31,23 +30,9 @@ FASTPATH = ROOT / "tests" / "test_gate_fastpath.py"
 BROKEN = ROOT / "tests" / "data" / "broken"
 
 
-def _module(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def bench() -> Any:
-    return _module(BENCH, "cm2data_benchmark_validate_columnar")
-
-
 @pytest.fixture(scope="module")
 def fastpath() -> Any:
-    return _module(FASTPATH, "cm2data_test_gate_fastpath_columnar")
+    return load_module(FASTPATH, "cm2data_test_gate_fastpath_columnar")
 
 
 def _key(result: Any) -> list[tuple[str | None, str, str]]:
@@ -325,7 +310,7 @@ def test_args_shape_clears_only_arguments_the_rule_passes(fastpath: Any) -> None
 
 
 def _tool_dicts() -> list[dict[str, Any]]:
-    module = _module(BENCH, "cm2data_benchmark_validate_columnar_tools")
+    module = load_module(BENCH, "cm2data_benchmark_validate_columnar_tools")
     return list(module._TOOL_DICTS.values())
 
 

@@ -8,11 +8,9 @@ comparison fails then (``test_a_lax_screen_is_caught``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import load_module
 from typer.testing import CliRunner
 
 from cm2data import store
@@ -32,23 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BROKEN = ROOT / "tests" / "data" / "broken"
 
 
-def _module(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def bench() -> Any:
-    return _module(ROOT / "benchmarks" / "validate.py", "cm2data_benchmark_validate_stats")
-
-
 @pytest.fixture(scope="module")
 def arrow_damage() -> Any:
-    return _module(ROOT / "tests" / "test_columnar_gate.py", "cm2data_test_columnar_gate_stats")._damage_row
+    return load_module(ROOT / "tests" / "test_columnar_gate.py", "cm2data_test_columnar_gate_stats")._damage_row
 
 
 def _reject_keys(rejects: list[Any]) -> list[tuple[Any, ...]]:

@@ -12,10 +12,8 @@ pass-through (a lax canonical screen, a lost reject) makes the comparison fail (
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,17 +50,6 @@ class _Clock(datetime):
 def pinned_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     for module in (cm2data.schema.records, cm2data.ingest, cm2data.ingest_local):
         monkeypatch.setattr(module, "datetime", _Clock)
-
-
-@pytest.fixture(scope="module")
-def bench() -> Any:
-    path = ROOT / "benchmarks" / "validate.py"
-    spec = importlib.util.spec_from_file_location("cm2data_benchmark_validate_ingest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def old_ingest(src: Path, out: Path) -> None:

@@ -5,8 +5,6 @@ The exporters hold one record at a time when given an iterator (VeRL: with the e
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,17 +23,6 @@ from cm2data.schema import Dialogue
 from cm2data.sources import load
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bench() -> Any:
-    path = ROOT / "benchmarks" / "validate.py"
-    spec = importlib.util.spec_from_file_location("cm2data_benchmark_validate_export", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
