@@ -110,7 +110,10 @@ def test_an_ingested_folder_ingested_again(sample_path: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("name", BROKEN_FILES)
 def test_broken_file(name: str, tmp_path: Path) -> None:
-    assert_same(BROKEN / name, tmp_path)
+    result = assert_same(BROKEN / name, tmp_path)
+    records, rejects = load(BROKEN / name)
+    assert (result.records, result.rejected) == (len(records), len(rejects))
+    assert result.records + result.rejected > 0  # every file gives records or rejects, never nothing
 
 
 def test_broken_corpus_as_a_folder(tmp_path: Path) -> None:
