@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from cm2data import store
 from cm2data.rejects import Reject
 from cm2data.schema import Dialogue
-from cm2data.sources import dataset_row, duplicate_reject
+from cm2data.sources import dataset_row, duplicate_reject, first_copies
 
 
 @dataclass
@@ -102,16 +102,8 @@ def _in_layout(batch: pa.RecordBatch) -> bool:
 
 
 def _by_row(rows: list[dict], seen: set[str], rejects: list[Reject], location: str, offset: int) -> Iterator[Part]:
-    records = []
-    for i, row in enumerate(rows):
-        item = dataset_row(row, f"{location}{offset + i}")
-        if isinstance(item, Reject):
-            rejects.append(item)
-        elif item.id in seen:
-            rejects.append(duplicate_reject(item))
-        else:
-            seen.add(item.id)
-            records.append(item)
+    items = (dataset_row(row, f"{location}{offset + i}") for i, row in enumerate(rows))
+    records = list(first_copies(items, seen, rejects))
     if records:
         yield Part(records=records)
 

@@ -6,7 +6,7 @@ reject with its location and rule, never an exception.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,22 @@ def stream(
     """:func:`load` one record at a time: yields the records :func:`load` returns, in the same order, and appends
     the rejects it returns to ``rejects`` as they are met. Holds one parquet batch and the ids seen, not the
     records, so a caller that lets each record go reads a dataset of any size in bounded memory."""
-    seen: set[str] = set()
-    for item in _iter(src, fmt, split):
-        if on_record is not None:
-            on_record()
+    items = _iter(src, fmt, split)
+    if on_record is not None:
+        items = _counted(items, on_record)
+    yield from first_copies(items, set(), rejects)
+
+
+def _counted(items: Iterator[Dialogue | Reject], on_record: Callable[[], None]) -> Iterator[Dialogue | Reject]:
+    for item in items:
+        on_record()
+        yield item
+
+
+def first_copies(items: Iterable[Dialogue | Reject], seen: set[str], rejects: list[Reject]) -> Iterator[Dialogue]:
+    """The records of ``items`` whose id is not in ``seen`` yet (adding it); the rejects among ``items``, and a
+    ``duplicate_id`` reject for every later copy, appended to ``rejects`` in order."""
+    for item in items:
         if isinstance(item, Reject):
             rejects.append(item)
         elif item.id in seen:

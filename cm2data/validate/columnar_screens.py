@@ -201,22 +201,22 @@ def _first_visible(arr: pa.Array) -> np.ndarray:
     return (first >= 0x21) & (first <= 0x7E)
 
 
+def _or_match(settled: np.ndarray, arr: pa.Array, pattern: str) -> np.ndarray:
+    """``settled``, with the strings it leaves False decided by an RE2 search for ``pattern`` instead."""
+    rest = np.nonzero(~settled)[0]
+    if len(rest):
+        settled[rest] = _match(pc.take(arr, pa.array(rest)), pattern)
+    return settled
+
+
 def _has_visible_ascii(arr: pa.Array) -> np.ndarray:
     """Per string: whether it holds a visible ASCII character (null: False): a visible first byte settles most."""
-    out = _first_visible(arr)
-    rest = np.nonzero(~out)[0]
-    if len(rest):
-        out[rest] = _match(pc.take(arr, pa.array(rest)), _VISIBLE_ASCII)
-    return out
+    return _or_match(_first_visible(arr), arr, _VISIBLE_ASCII)
 
 
 def _non_blank(arr: pa.Array) -> np.ndarray:
     """Per string: ``s.strip() != ""`` (null: False). A visible ASCII character settles most strings at once."""
-    out = _has_visible_ascii(arr)
-    rest = np.nonzero(~out)[0]
-    if len(rest):
-        out[rest] = _match(pc.take(arr, pa.array(rest)), _NON_BLANK)
-    return out
+    return _or_match(_has_visible_ascii(arr), arr, _NON_BLANK)
 
 
 def _contains_any(arr: pa.Array, needles: tuple[str, ...]) -> np.ndarray:
