@@ -367,3 +367,39 @@ def test_small_blocks_are_checked_like_the_hash_join(bench: Any, monkeypatch: py
     assert small.flags["checklist_dependencies"].any() and small.table.any()
     assert np.array_equal(small.flags["checklist_dependencies"], joined.flags["checklist_dependencies"])
     assert np.array_equal(small.table, joined.table)
+
+
+def test_tools_are_read_as_from_row_reads_them() -> None:
+    """Each tool object validated once and reused across tool sets gives what ``from_row``'s reading gives, cell by
+    cell: valid sets (tools repeated, reordered, duplicated), entries that are not tools, cells that are not lists,
+    and cells orjson reads otherwise than ``json.loads`` (integers beyond 64 bits, ``NaN``), which take the exact
+    reading."""
+    tool = {"function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}
+    other = {"function": {"name": "g", "description": "G.", "parameters": {"type": "object", "maximum": 1.5}}}
+    big = {"function": {"name": "h", "parameters": {"type": "object", "maximum": 123456789012345678901234}}}
+    cells: list[str | None] = [
+        json.dumps([tool, other]),
+        json.dumps([other, tool]),
+        json.dumps([tool, tool]),
+        json.dumps([tool, {"function": {"description": "no name"}}]),
+        json.dumps([tool, "not a tool"]),
+        json.dumps([big]),
+        json.dumps([{"function": {"name": "n", "parameters": {"minimum": float("nan")}}}]),
+        json.dumps({}),
+        json.dumps({"function": {}}),
+        json.dumps("text"),
+        "[1, 2",
+        "[]",
+        "",
+        None,
+    ]
+    screens._tools_info.cache_clear()
+    screens._TOOLS_SEEN.clear()
+    long_number = screens._match(pa.array(cells, pa.string()), screens._LONG_NUMBER)
+    read = [screens._tools_info(c, bool(long)) for c, long in zip(cells, long_number, strict=True)]
+    assert read == [screens._tools_info_exact(c) for c in cells]
+    readable = [True, True, True, False, False, True, True, True, False, False, False, True, True, True]
+    assert [r[0] for r in read] == readable
+    assert read[0][1] == ("f", "g") and read[1][1] == ("g", "f") and read[2][3][0] == read[2][3][1]
+    assert type(read[5][2][0]["maximum"]) is int  # json.loads' integer, not orjson's float
+    assert len(screens._TOOLS_SEEN) == 4  # f, g, the nameless entry, the string: each validated once

@@ -19,8 +19,10 @@ per-record screen of :mod:`cm2data.validate.screen` instead) — is "not proven"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,12 @@ from cm2data.validate.json_shapes import JSON_DOCUMENT, ArgsShape, args_shape, k
 from cm2data.validate.rules import _RESPONSE_MARKERS, RuleConfig
 from cm2data.validate.screen import _object_ok, _parse
 from cm2data.validate.tables import WEIGHT_TOLERANCE
+
+_dumps: Callable[[Any], bytes] | None
+try:  # comes with distilabel, as the screen's orjson parser
+    from orjson import dumps as _dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    _dumps = None
 
 USER, ASSISTANT, TOOL, SYSTEM, OTHER, NONE = 0, 1, 2, 3, 4, 5
 _ROLES = pa.array(["user", "assistant", "tool", "system"])
@@ -289,26 +297,72 @@ def _text_stats(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return words, n_alnum, chars - _segment_sums(_is_ws6(b), rel)
 
 
-@lru_cache(maxsize=16_384)
-def _tools_info(text: str | None) -> tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]]:
-    """For a ``tools`` cell: whether :func:`cm2data.store.from_row` reads it (exactly its code and pydantic's), the
-    tool names, their parameter schemas and a key per schema (equal keys: equal schemas)."""
+_NO_TOOLS: tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]] = (False, (), (), ())
+#: a run of digits orjson may read otherwise than json.loads (integers beyond 64 bits become floats)
+_LONG_NUMBER = "[0-9]{19}"
+#: each tool object seen (its orjson bytes) → its name, parameters and schema key, or None when it is not a tool
+_TOOLS_SEEN: dict[bytes, tuple[str, Any, str] | None] = {}
+
+
+def _tool_of(t: Any) -> Tool:
+    """One ``tools`` entry as :func:`cm2data.store.from_row` reads it (its code, then pydantic's)."""
+    return Tool.model_validate(
+        {
+            "name": t["function"]["name"],
+            "description": t["function"].get("description", ""),
+            "parameters": t["function"].get("parameters") or {},
+        }
+    )
+
+
+def _tools_info_exact(text: str | None) -> tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]]:
     try:
-        raw = store._loads(text, [])
-        tools = [
-            Tool.model_validate(
-                {
-                    "name": t["function"]["name"],
-                    "description": t["function"].get("description", ""),
-                    "parameters": t["function"].get("parameters") or {},
-                }
-            )
-            for t in raw
-        ]
+        tools = [_tool_of(t) for t in store._loads(text, [])]
     except Exception:
-        return False, (), (), ()
+        return _NO_TOOLS
     params = tuple(t.parameters for t in tools)
     return True, tuple(t.name for t in tools), params, tuple(repr(p) for p in params)
+
+
+@lru_cache(maxsize=16_384)
+def _tools_info(text: str | None, long_number: bool) -> tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]]:
+    """For a ``tools`` cell (``long_number``: whether it matches ``_LONG_NUMBER``): whether
+    :func:`cm2data.store.from_row` reads it (exactly its code and pydantic's), the tool names, their parameter schemas
+    and a key per schema (equal keys: equal schemas).
+
+    Tool sets differ from dialogue to dialogue but are made of few tools: each tool object is validated once (keyed
+    by its bytes as orjson writes them back). Only where orjson reads the cell as ``json.loads`` does — a list, no
+    digit run long enough to be an integer beyond 64 bits — else the exact reading decides."""
+    if _dumps is None or not text or long_number:
+        return _tools_info_exact(text)
+    try:
+        raw = _parse(text)
+    except Exception:  # NaN, lone surrogates, …: json.loads decides
+        return _tools_info_exact(text)
+    if type(raw) is not list:
+        return _tools_info_exact(text)
+    if len(_TOOLS_SEEN) > 100_000:
+        _TOOLS_SEEN.clear()
+    names: list[str] = []
+    params: list[Any] = []
+    keys: list[str] = []
+    for t in raw:
+        key = _dumps(t)
+        if key in _TOOLS_SEEN:
+            seen = _TOOLS_SEEN[key]
+        else:
+            try:
+                tool = _tool_of(t)
+                seen = (tool.name, tool.parameters, repr(tool.parameters))
+            except Exception:
+                seen = None
+            _TOOLS_SEEN[key] = seen
+        if seen is None:
+            return _NO_TOOLS
+        names.append(seen[0])
+        params.append(seen[1])
+        keys.append(seen[2])
+    return True, tuple(names), tuple(params), tuple(keys)
 
 
 _SHAPES: dict[str, ArgsShape | None] = {}
@@ -404,8 +458,9 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig, *, rules: bool = True) 
 
     # tools: read as from_row reads them
     encoded = pc.dictionary_encode(batch.column("tools"))
-    infos = [_tools_info(t) for t in encoded.dictionary.to_pylist()]
-    infos.append(_tools_info(None))
+    long_number = _match(encoded.dictionary, _LONG_NUMBER).tolist()
+    infos = [_tools_info(t, long) for t, long in zip(encoded.dictionary.to_pylist(), long_number, strict=True)]
+    infos.append(_tools_info(None, False))
     toolset = _np(encoded.indices, len(infos) - 1).astype(np.int64)
     readable = np.array([i[0] for i in infos], dtype=np.bool_)
     dup = np.array([len(set(i[1])) != len(i[1]) for i in infos], dtype=np.bool_)
@@ -724,15 +779,15 @@ def _tool_schema(
         return np.zeros(n, dtype=np.bool_)
     # every (tool set, tool name) of the batch as "set\x1fname", and its schema's number (equal schemas: one number,
     # numbered in order of first appearance)
-    names = [name for info in infos for name in info[1]]
-    reprs = [key for info in infos for key in info[3]]
-    params = [p for info in infos for p in info[2]]
+    names = list(chain.from_iterable(info[1] for info in infos))
+    reprs = list(chain.from_iterable(info[3] for info in infos))
+    params = list(chain.from_iterable(info[2] for info in infos))
     owner = np.repeat(np.arange(len(infos), dtype=np.int64), [len(info[1]) for info in infos])
-    seen: dict[str, int] = {}
-    schema_of = np.array([seen.setdefault(key, len(seen)) for key in reprs] + [0], dtype=np.int64)
+    numbered = pc.dictionary_encode(pa.array(reprs, pa.string()))  # numbers in order of first appearance
+    schema_of = np.append(_np(numbered.indices).astype(np.int64), 0)
     first = np.unique(schema_of[:-1], return_index=True)[1]
     schemas = [params[i] for i in first]
-    keys_of = [reprs[i] for i in first]
+    keys_of = numbered.dictionary.to_pylist()
     keys = pc.binary_join_element_wise(pa.array(owner).cast(pa.string()), pa.array(names, pa.string()), "\x1f")
     call_set = pa.array(toolset[c_row]).cast(pa.string())
     call_keys = pc.binary_join_element_wise(call_set, call_name, "\x1f")
