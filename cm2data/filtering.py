@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cm2data import store
-from cm2data.rejects import Reject, read_rejects, write_rejects
+from cm2data.rejects import Reject, read_rejects, unreadable, write_rejects
 from cm2data.validate import RuleConfig
 from cm2data.validate.columnar import ColumnarGate, ColumnarResult
 from cm2data.validate.gate import STAGES
@@ -102,27 +102,23 @@ def filter_folder(
             pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
     for path in (p for paths in store.split_files(src).values() for p in paths):
-        offset = 0
-        try:
-            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
-            for batch in batches:
-                store.check_batch(batch)  # bytes that are not UTF-8: unreadable from here, as for the record path
-                rejected = gate.add_batch(batch, location=path.name, offset=offset)
-                offset += batch.num_rows
-                if on_progress is not None:
-                    on_progress(batch.num_rows)
-                if rejected.any():
-                    for row in batch.filter(pa.array(rejected)).to_pylist():
-                        raw.setdefault(str(row.get("id")), row)
-                kept = batch if not rejected.any() else batch.filter(pa.array(~rejected))
-                if kept.num_rows:
-                    pending.append(_stamped(pa.Table.from_batches([kept]).cast(store.DIALOGUE_SCHEMA), entry))
-                    pending_rows += kept.num_rows
-                    flush(final=False)
-        except Exception as exc:  # pyarrow raises several types for damaged files; rows read so far stay checked
-            gate.add_read_reject(
-                Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")
-            )
+        # bytes that are not UTF-8 (store.check_batch): unreadable from there, as for the record path
+        for item in store.shard_batches(path, batch_size):
+            if isinstance(item, store.ShardUnreadable):
+                gate.add_read_reject(unreadable(*item))  # rows read so far stay checked
+                break
+            offset, batch, _ = item
+            rejected = gate.add_batch(batch, location=path.name, offset=offset)
+            if on_progress is not None:
+                on_progress(batch.num_rows)
+            if rejected.any():
+                for row in batch.filter(pa.array(rejected)).to_pylist():
+                    raw.setdefault(str(row.get("id")), row)
+            kept = batch if not rejected.any() else batch.filter(pa.array(~rejected))
+            if kept.num_rows:
+                pending.append(_stamped(pa.Table.from_batches([kept]).cast(store.DIALOGUE_SCHEMA), entry))
+                pending_rows += kept.num_rows
+                flush(final=False)
     flush(final=True)
     result = gate.finish()
     late = result.rejected_ids - raw.keys()  # rejected only by table or dataset-wide rules: already staged

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cm2data import store
-from cm2data.rejects import Reject
+from cm2data.rejects import Reject, unreadable
 from cm2data.schema import Dialogue
 from cm2data.sources import dataset_row, duplicate_reject, first_copies
 
@@ -64,41 +63,29 @@ def read_shard(
     batch_size: int,
     on_progress: Callable[[int], None] | None,
 ) -> Iterator[Part]:
-    """One shard, with the damaged-file handling of :func:`cm2data.sources._iter_shard`."""
-    offset = 0
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        rejects.append(Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", path.name))
-        return
-    while True:
-        try:
-            batch = next(batches, None)
-            in_layout = batch is not None and _in_layout(batch)
-            rows = batch.to_pylist() if batch is not None and not in_layout else None
-        except Exception as exc:  # damaged pages surface only while reading
-            where = f"{path.name}#{offset}"
-            rejects.append(Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", where))
+    """One shard; a damaged file or batch is a read reject (:func:`cm2data.store.shard_batches`)."""
+    location = f"{path.name}#"
+    for item in store.shard_batches(path, batch_size, read=_rows_unless_in_layout):
+        if isinstance(item, store.ShardUnreadable):
+            rejects.append(unreadable(*item))
             return
-        if batch is None:
-            return
-        location = f"{path.name}#"
+        offset, batch, rows = item
         if rows is not None:
             yield from _by_row(rows, seen, rejects, location, offset)
         else:
             yield from _screened(batch, seen, rejects, location, offset)
         if on_progress is not None:
             on_progress(batch.num_rows)
-        offset += batch.num_rows
 
 
-def _in_layout(batch: pa.RecordBatch) -> bool:
+def _rows_unless_in_layout(batch: pa.RecordBatch) -> list[dict] | None:
+    """``None`` for a batch in the store's layout (kept as Arrow), else its rows."""
     from cm2data.validate.columnar_screens import schema_ok
 
     if not schema_ok(batch.schema):
-        return False
+        return batch.to_pylist()
     store.check_batch(batch)  # parquet does not check strings to be UTF-8, and an Arrow row is never decoded
-    return True
+    return None
 
 
 def _by_row(rows: list[dict], seen: set[str], rejects: list[Reject], location: str, offset: int) -> Iterator[Part]:

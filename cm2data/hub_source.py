@@ -41,7 +41,7 @@ from cm2data import store
 from cm2data.formats import convert_row
 from cm2data.formats.rows import JSON_SUFFIXES, JSONL_SUFFIXES, PARQUET_SUFFIXES, _jsonl_rows, iter_rows
 from cm2data.ingest import IngestJournal, SourceItem, StreamResult, discard_journal, stream_ingest
-from cm2data.rejects import RecordError, Reject
+from cm2data.rejects import RecordError, Reject, unreadable
 from cm2data.schema import Dialogue
 from cm2data.sources import dataset_row
 
@@ -413,7 +413,7 @@ def _parquet_items(fs: Any, src: ResolvedSource, index: int, remote: str, row: i
             raise
         except Exception as exc:  # pyarrow raises several types for damaged files
             if row == 0:
-                yield SourceItem({"file": index, "row": 1, "offset": 0}, _unreadable(exc, uri), uri)
+                yield SourceItem({"file": index, "row": 1, "offset": 0}, unreadable(uri, exc), uri)
             return
         dataset = _is_dataset_shard(pf.schema_arrow.names)
         if fmt == "dataset" and not dataset:
@@ -437,7 +437,7 @@ def _parquet_items(fs: Any, src: ResolvedSource, index: int, remote: str, row: i
             except transport:
                 raise
             except Exception as exc:  # damaged pages surface only while reading
-                yield SourceItem({"file": index, "row": at + 1, "offset": 0}, _unreadable(exc, f"{uri}#{at}"), uri)
+                yield SourceItem({"file": index, "row": at + 1, "offset": 0}, unreadable(f"{uri}#{at}", exc), uri)
                 return
             if batch is None:
                 return
@@ -449,10 +449,6 @@ def _parquet_items(fs: Any, src: ResolvedSource, index: int, remote: str, row: i
                     {"file": index, "row": at + i + 1, "offset": 0}, _convert(item, location, fmt, dataset), location
                 )
             at += batch.num_rows
-
-
-def _unreadable(exc: Exception, location: str) -> Reject:
-    return Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", location)
 
 
 def _is_dataset_shard(names: list[str]) -> bool:

@@ -48,6 +48,12 @@ class Reject:
         return ", ".join(parts) or "?"
 
 
+def unreadable(location: str, error: Exception) -> Reject:
+    """The ``parquet_unreadable`` reject of a file or rows that did not read (``location``: the file, or
+    ``file#row``)."""
+    return Reject(None, "read", "parquet_unreadable", f"{type(error).__name__}: {error}", location)
+
+
 def count_by_rule(rejects: Iterable[Reject]) -> Counter[str]:
     return Counter(r.rule for r in rejects)
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from cm2data import store
 from cm2data.formats import input_files, read_records
-from cm2data.rejects import Reject
+from cm2data.rejects import Reject, unreadable
 from cm2data.schema import Dialogue
 
 
@@ -82,26 +82,13 @@ def _iter(src: Path, fmt: str, split: str | None):
 
 def _iter_shard(path: Path):
     """Records of one parquet shard of a dataset folder; a damaged shard or row becomes a reject."""
-    import pyarrow.parquet as pq
-
-    offset = 0
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        yield Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", path.name)
-        return
-    while True:
-        try:
-            batch = next(batches, None)
-            rows = batch.to_pylist() if batch is not None else []
-        except Exception as exc:  # damaged pages surface only while reading
-            yield Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")
+    for item in store.shard_batches(path, 4096, read=lambda batch: batch.to_pylist()):
+        if isinstance(item, store.ShardUnreadable):
+            yield unreadable(*item)
             return
-        if batch is None:
-            return
+        offset, _, rows = item
         for i, row in enumerate(rows):
             yield dataset_row(row, f"{path.name}#{offset + i}")
-        offset += batch.num_rows
 
 
 def duplicate_reject(record: Dialogue, location: str | None = None) -> Reject:

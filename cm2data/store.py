@@ -16,11 +16,11 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -206,6 +206,40 @@ def check_batch(batch: pa.RecordBatch) -> None:
     except pa.ArrowInvalid:
         batch.to_pylist()  # the error the row-by-row readers meet, with their message
         raise
+
+
+class ShardUnreadable(NamedTuple):
+    """Where a parquet shard stopped reading (its file name when it did not open, else ``name#offset`` of the
+    first row not read) and what was raised."""
+
+    location: str
+    error: Exception
+
+
+def shard_batches(
+    path: Path, batch_size: int = BATCH_ROWS, read: Callable[[pa.RecordBatch], Any] = check_batch
+) -> Iterator[tuple[int, pa.RecordBatch, Any] | ShardUnreadable]:
+    """One parquet shard batch by batch: ``(offset of the batch's first row, batch, read(batch))``, and, when the
+    file does not open, a page does not decode or ``read`` raises (``check_batch``: bytes that are not UTF-8;
+    ``to_pylist``: the same, as the row readers meet it), a last :class:`ShardUnreadable` — the rows before it stay
+    read. Every reader of dataset folders walks shards with this, so a damaged file is the same reject everywhere."""
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        yield ShardUnreadable(path.name, exc)
+        return
+    offset = 0
+    while True:
+        try:
+            batch = next(batches, None)
+            value = read(batch) if batch is not None else None
+        except Exception as exc:  # damaged pages surface only while reading
+            yield ShardUnreadable(f"{path.name}#{offset}", exc)
+            return
+        if batch is None:
+            return
+        yield offset, batch, value
+        offset += batch.num_rows
 
 
 def from_row(row: dict[str, Any]) -> Dialogue:

@@ -764,5 +764,7 @@ def test_a_shard_with_bytes_that_are_not_utf8_fails_the_gate(dataset: Path, tmp_
     _, read = load(tmp_path / "src")
     with pytest.raises(GateFailed) as exc:
         pub.build_tree(tmp_path / "src", tmp_path / "tree")
-    assert [(r.rule, r.message) for r in exc.value.read_rejects] == [(r.rule, r.message) for r in read]
+    assert [(r.rule, r.message, r.location) for r in exc.value.read_rejects] == [
+        (r.rule, r.message, r.location) for r in read
+    ]
     assert [r.rule for r in read] == ["parquet_unreadable"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pytest
 
 from cm2data import store
@@ -115,3 +116,41 @@ def test_a_store_parquet_file_outside_a_folder_loads_as_rows(sample_path: Path, 
     from_file, file_rejects = load(tmp_path / "rows.parquet")
     assert from_folder and not folder_rejects and not file_rejects
     assert [d.model_dump() for d in from_file] == [d.model_dump() for d in from_folder]
+
+
+def test_shard_batches_walks_a_shard_and_stops_where_it_stops_reading(tmp_path: Path) -> None:
+    """Offsets and what ``read`` returns per batch; a file that does not open ends at once (its name); bytes that
+    are not UTF-8 in the third batch end the walk there (``name#offset`` of that batch), the two batches before it
+    read; every reader of a dataset folder reports the latter the same way."""
+    from conftest import break_utf8
+
+    from cm2data.sources import load
+    from cm2data.validate.columnar import gate_dataset
+
+    records = [_call_dialogue(i, {"q": f"v{i}"}) for i in range(10)]
+    records[7].messages[3].content = "done MARKER-QZX"
+    store.write_dataset(tmp_path / "ds", records)
+    (shard,) = store.split_files(tmp_path / "ds")["train"]
+    walked = list(store.shard_batches(shard, 3, read=lambda b: b.column("id").to_pylist()))
+    assert [(offset, ids) for offset, _, ids in walked] == [
+        (0, ["d0", "d1", "d2"]),
+        (3, ["d3", "d4", "d5"]),
+        (6, ["d6", "d7", "d8"]),
+        (9, ["d9"]),
+    ]
+    break_utf8(shard, "MARKER-QZX")
+    *read, end = store.shard_batches(shard, 3)
+    assert [item[0] for item in read] == [0, 3] and isinstance(end, store.ShardUnreadable)
+    assert end.location == f"{shard.name}#6" and isinstance(end.error, UnicodeDecodeError | pa.ArrowInvalid)
+    loaded, rejects = load(tmp_path / "ds")
+    gated = gate_dataset(tmp_path / "ds")
+    assert [r.id for r in loaded] == [] and [(r.rule, r.location) for r in rejects] == [
+        ("parquet_unreadable", f"{shard.name}#0")
+    ]
+    assert [(r.rule, r.message, r.location) for r in gated.read_rejects] == [
+        (r.rule, r.message, r.location) for r in rejects
+    ]
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(shard.read_bytes()[:100])
+    (end,) = store.shard_batches(truncated)
+    assert isinstance(end, store.ShardUnreadable) and end.location == "truncated.parquet"

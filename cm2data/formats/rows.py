@@ -174,24 +174,12 @@ def _iter_json_array(path: Path, text: str) -> Iterator[RowItem]:
 
 
 def _iter_parquet(path: Path) -> Iterator[RowItem]:
-    import pyarrow.parquet as pq
+    from cm2data.store import ShardUnreadable, shard_batches
 
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        yield path.name, RecordError("parquet_unreadable", f"{type(exc).__name__}: {exc}")
-        return
-    offset = 0
-    batches = pf.iter_batches(batch_size=2048)
-    while True:
-        try:
-            batch = next(batches, None)
-            rows = batch.to_pylist() if batch is not None else []
-        except Exception as exc:  # damaged pages surface only while reading
-            yield f"{path.name}#{offset}", RecordError("parquet_unreadable", f"{type(exc).__name__}: {exc}")
+    for item in shard_batches(path, 2048, read=lambda batch: batch.to_pylist()):
+        if isinstance(item, ShardUnreadable):
+            yield item.location, RecordError("parquet_unreadable", f"{type(item.error).__name__}: {item.error}")
             return
-        if batch is None:
-            return
+        offset, _, rows = item
         for i, row in enumerate(rows):
             yield f"{path.name}#{offset + i}", row
-        offset += batch.num_rows

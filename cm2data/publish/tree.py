@@ -24,7 +24,7 @@ from cm2data.export.registry import EXPORTERS, Exporter, TableBuilder
 from cm2data.publish import arrow_views
 from cm2data.publish import manifest as mf
 from cm2data.publish.errors import GateFailed, PublishError
-from cm2data.rejects import Reject, read_rejects
+from cm2data.rejects import Reject, read_rejects, unreadable
 from cm2data.schema import Dialogue
 from cm2data.validate import RuleConfig
 from cm2data.validate.columnar import ColumnarGate
@@ -178,32 +178,27 @@ def _read_chunks(path: Path, size: int, *, need_records: bool) -> Iterator[_Chun
     in :mod:`cm2data.sources`)."""
     from pydantic import ValidationError
 
-    offset = 0
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
-            store.check_batch(batch)  # bytes that are not UTF-8: unreadable from here, as for the record path
-            table = pa.Table.from_batches([batch])
-            canonical = table.schema.equals(store.DIALOGUE_SCHEMA, check_metadata=False)
-            records: list[Dialogue] | None = None
-            rejects: list[Reject] = []
-            if need_records or not canonical:
-                records = []
-                for i, row in enumerate(batch.to_pylist()):
-                    try:
-                        records.append(store.from_row(row))
-                    except (ValidationError, ValueError, KeyError, TypeError) as exc:
-                        where = f"{path.name}#{offset + i}"
-                        rejects.append(Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0], where))
-                if not canonical or rejects:  # the gate then sees only the rows that read (each reported once)
-                    table = store.records_table(records)
-            yield _Chunk(table.cast(store.DIALOGUE_SCHEMA), records, rejects)
-            offset += batch.num_rows
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        yield _Chunk(
-            pa.table({}),
-            [],
-            [Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")],
-        )
+    # bytes that are not UTF-8 (store.check_batch): unreadable from there, as for the record path
+    for item in store.shard_batches(path, size):
+        if isinstance(item, store.ShardUnreadable):
+            yield _Chunk(pa.table({}), [], [unreadable(*item)])
+            return
+        offset, batch, _ = item
+        table = pa.Table.from_batches([batch])
+        canonical = table.schema.equals(store.DIALOGUE_SCHEMA, check_metadata=False)
+        records: list[Dialogue] | None = None
+        rejects: list[Reject] = []
+        if need_records or not canonical:
+            records = []
+            for i, row in enumerate(batch.to_pylist()):
+                try:
+                    records.append(store.from_row(row))
+                except (ValidationError, ValueError, KeyError, TypeError) as exc:
+                    where = f"{path.name}#{offset + i}"
+                    rejects.append(Reject(row.get("id"), "read", "record_schema", str(exc).splitlines()[0], where))
+            if not canonical or rejects:  # the gate then sees only the rows that read (each reported once)
+                table = store.records_table(records)
+        yield _Chunk(table.cast(store.DIALOGUE_SCHEMA), records, rejects)
 
 
 def publish_keys(

@@ -37,7 +37,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from cm2data import store
-from cm2data.rejects import Reject
+from cm2data.rejects import Reject, unreadable
 from cm2data.schema import Dialogue
 from cm2data.validate.checklist import steps_per_turn
 from cm2data.validate.columnar_screens import BatchScreen, _pl, schema_ok, screen_batch
@@ -457,8 +457,6 @@ def gate_dataset(
     """Load and validate a dataset folder's ``dialogues`` config shard by shard, batch by batch: the read rejects of
     :func:`cm2data.sources.load` (unreadable files and rows, later copies of an id) and the gate's rejects and counts
     over the records it reads, as :func:`run_gate` finds them."""
-    import pyarrow.parquet as pq
-
     gate = ColumnarGate(config, stages=stages, rules=rules, dedupe=True)
     files = store.split_files(folder, store.DIALOGUES)
     threshold = gc.get_threshold()
@@ -468,36 +466,22 @@ def gate_dataset(
             if split is not None and s != split:
                 continue
             for path in paths:
-                _gate_shard(gate, path, pq, batch_size, on_progress)
+                _gate_shard(gate, path, batch_size, on_progress)
     finally:
         gc.set_threshold(*threshold)
     return gate.finish()
 
 
-def _gate_shard(gate: ColumnarGate, path: Path, pq: Any, batch_size: int, on_progress: Any) -> None:
-    """One shard, with the damaged-file handling of :func:`cm2data.sources._iter_shard`."""
-    offset = 0
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        gate.add_read_reject(Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", path.name))
-        return
-    while True:
-        try:
-            batch = next(batches, None)
-            if batch is not None:
-                store.check_batch(batch)
-        except Exception as exc:  # damaged pages surface only while reading, bytes not UTF-8 when decoded
-            gate.add_read_reject(
-                Reject(None, "read", "parquet_unreadable", f"{type(exc).__name__}: {exc}", f"{path.name}#{offset}")
-            )
+def _gate_shard(gate: ColumnarGate, path: Path, batch_size: int, on_progress: Any) -> None:
+    """One shard; a damaged file or batch is a read reject (:func:`cm2data.store.shard_batches`)."""
+    for item in store.shard_batches(path, batch_size):
+        if isinstance(item, store.ShardUnreadable):
+            gate.add_read_reject(unreadable(*item))
             return
-        if batch is None:
-            return
+        offset, batch, _ = item
         gate.add_batch(batch, location=path.name, offset=offset)
         if on_progress is not None:
             on_progress(batch.num_rows)
-        offset += batch.num_rows
 
 
 def gate_records(
