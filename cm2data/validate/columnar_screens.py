@@ -298,8 +298,8 @@ def _text_stats(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _NO_TOOLS: tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]] = (False, (), (), ())
-#: a run of digits orjson may read otherwise than json.loads (integers beyond 64 bits become floats)
-_LONG_NUMBER = "[0-9]{19}"
+#: orjson reads an integer beyond 64 bits as a float, json.loads as an int: a float this large may have been one
+_HUGE = 2.0**63
 #: each tool object seen (its orjson bytes) → its name, parameters and schema key, or None when it is not a tool
 _TOOLS_SEEN: dict[bytes, tuple[str, Any, str] | None] = {}
 
@@ -315,6 +315,21 @@ def _tool_of(t: Any) -> Tool:
     )
 
 
+def _has_huge_float(value: Any) -> bool:
+    """Whether a value orjson parsed holds a float of magnitude 2**63 or more (JSON values nest as dicts and lists)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is float:
+            if abs(v) >= _HUGE:
+                return True
+        elif type(v) is dict:
+            stack.extend(v.values())
+        elif type(v) is list:
+            stack.extend(v)
+    return False
+
+
 def _tools_info_exact(text: str | None) -> tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]]:
     try:
         tools = [_tool_of(t) for t in store._loads(text, [])]
@@ -325,15 +340,14 @@ def _tools_info_exact(text: str | None) -> tuple[bool, tuple[str, ...], tuple[An
 
 
 @lru_cache(maxsize=16_384)
-def _tools_info(text: str | None, long_number: bool) -> tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]]:
-    """For a ``tools`` cell (``long_number``: whether it matches ``_LONG_NUMBER``): whether
-    :func:`cm2data.store.from_row` reads it (exactly its code and pydantic's), the tool names, their parameter schemas
-    and a key per schema (equal keys: equal schemas).
+def _tools_info(text: str | None) -> tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]]:
+    """For a ``tools`` cell: whether :func:`cm2data.store.from_row` reads it (exactly its code and pydantic's), the
+    tool names, their parameter schemas and a key per schema (equal keys: equal schemas).
 
     Tool sets differ from dialogue to dialogue but are made of few tools: each tool object is validated once (keyed
-    by its bytes as orjson writes them back). Only where orjson reads the cell as ``json.loads`` does — a list, no
-    digit run long enough to be an integer beyond 64 bits — else the exact reading decides."""
-    if _dumps is None or not text or long_number:
+    by its bytes as orjson writes them back). Only where orjson reads the cell as ``json.loads`` does — a list, and
+    no float a 64-bit overflow could have made — else the exact reading decides."""
+    if _dumps is None or not text:
         return _tools_info_exact(text)
     try:
         raw = _parse(text)
@@ -351,6 +365,8 @@ def _tools_info(text: str | None, long_number: bool) -> tuple[bool, tuple[str, .
         if key in _TOOLS_SEEN:
             seen = _TOOLS_SEEN[key]
         else:
+            if _has_huge_float(t):  # equal bytes, equal values: a tool found in the cache never needs this
+                return _tools_info_exact(text)
             try:
                 tool = _tool_of(t)
                 seen = (tool.name, tool.parameters, repr(tool.parameters))
@@ -458,9 +474,8 @@ def screen_batch(batch: pa.RecordBatch, cfg: RuleConfig, *, rules: bool = True) 
 
     # tools: read as from_row reads them
     encoded = pc.dictionary_encode(batch.column("tools"))
-    long_number = _match(encoded.dictionary, _LONG_NUMBER).tolist()
-    infos = [_tools_info(t, long) for t, long in zip(encoded.dictionary.to_pylist(), long_number, strict=True)]
-    infos.append(_tools_info(None, False))
+    infos = [_tools_info(t) for t in encoded.dictionary.to_pylist()]
+    infos.append(_tools_info(None))
     toolset = _np(encoded.indices, len(infos) - 1).astype(np.int64)
     readable = np.array([i[0] for i in infos], dtype=np.bool_)
     dup = np.array([len(set(i[1])) != len(i[1]) for i in infos], dtype=np.bool_)
