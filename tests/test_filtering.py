@@ -122,6 +122,24 @@ def test_streamed_filter_equals_the_record_path(
     assert _rejects(tmp_path / "stream")[0][0] == "old-1", "the input's earlier rejects are carried over"
 
 
+def test_an_error_of_the_filter_itself_is_raised_not_called_a_damaged_file(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only reading a shard makes ``parquet_unreadable``: an exception in what the filter does with a batch it read
+    stops the filter with that exception (it was once reported as a damaged file, and the batch's kept rows were
+    lost), and nothing is placed in ``out``."""
+    import cm2data.filtering as filtering
+
+    def broken(table: Any, entry: Any) -> Any:
+        raise RuntimeError("the filter's own bug")
+
+    monkeypatch.setattr(filtering, "_stamped", broken)
+    with pytest.raises(RuntimeError, match="the filter's own bug"):
+        filter_folder(sources["damaged"], tmp_path / "out", config=RuleConfig())
+    assert not (tmp_path / "out" / store.REJECTS_FILE).exists()
+    assert not list(store.data_dir(tmp_path / "out").glob("*.parquet"))
+
+
 def test_late_table_rejects_are_removed_from_staged_shards(sources: dict[str, Path], tmp_path: Path) -> None:
     """With the tables, some records fail only a table rule: their rows were staged before the gate knew."""
     done = filter_folder(sources["corpus"], tmp_path / "out", config=RuleConfig(), stages=ALL, rows_per_file=30)
