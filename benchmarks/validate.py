@@ -178,8 +178,24 @@ def _item(
     }
 
 
-def dialogue_data(rng: random.Random, index: int) -> dict[str, Any]:
-    """One valid synthetic dialogue as plain data (see the module docstring for its shape)."""
+def _tools_of(names: list[str], index: int, variants: int) -> list[dict[str, Any]]:
+    """The dialogue's tool objects: the catalog's, or with ``variants`` > 1 one of that many descriptions per tool
+    (picked from the dialogue's index, not the random stream): as in real corpora, where nearly every dialogue has
+    its own tool set built from many distinct tool objects."""
+    if variants <= 1:
+        return [_TOOL_DICTS[n] for n in names]
+    out = []
+    for k, name in enumerate(names):
+        v = (index * 7919 + k * 104_729 + _TOOL_NAMES.index(name) * 15_485_863) % variants
+        tool = dict(_TOOL_DICTS[name])
+        tool["description"] = f"{tool['description']} Catalog entry {v}."
+        out.append(tool)
+    return out
+
+
+def dialogue_data(rng: random.Random, index: int, tool_variants: int = 1) -> dict[str, Any]:
+    """One valid synthetic dialogue as plain data (see the module docstring for its shape; ``tool_variants``: see
+    :func:`_tools_of`)."""
     did = f"bench-{index:08d}"
     names = rng.sample(_TOOL_NAMES, rng.randint(3, 4))
     messages: list[dict[str, Any]] = []
@@ -258,7 +274,7 @@ def dialogue_data(rng: random.Random, index: int) -> dict[str, Any]:
     return {
         "id": did,
         "source": "benchmark",
-        "tools": [_TOOL_DICTS[n] for n in names],
+        "tools": _tools_of(names, index, tool_variants),
         "messages": messages,
         "checklists": [blocks],
         "metadata": {"domain": rng.choice(["travel", "finance", "food"])},
@@ -266,9 +282,9 @@ def dialogue_data(rng: random.Random, index: int) -> dict[str, Any]:
     }
 
 
-def make_dialogue(rng: random.Random, index: int) -> Dialogue:
+def make_dialogue(rng: random.Random, index: int, tool_variants: int = 1) -> Dialogue:
     """One valid synthetic dialogue, validated by pydantic."""
-    return Dialogue.model_validate(dialogue_data(rng, index))
+    return Dialogue.model_validate(dialogue_data(rng, index, tool_variants))
 
 
 # ------------------------------------------------------------------------------------------------ the breakages
@@ -417,12 +433,15 @@ BREAKAGES: dict[str, tuple[Callable[[Dialogue], None], str]] = {
 }
 
 
-def generate(n: int, seed: int = 0, broken: float = 0.01) -> tuple[list[Dialogue], dict[str, str]]:
+def generate(
+    n: int, seed: int = 0, broken: float = 0.01, tool_variants: int = 1
+) -> tuple[list[Dialogue], dict[str, str]]:
     """``n`` dialogues, of which ``round(n * broken)`` (spread evenly) are broken; returns them and
-    ``{id: breakage kind}`` for the broken ones (kinds taken in turn from :data:`BREAKAGES`)."""
+    ``{id: breakage kind}`` for the broken ones (kinds taken in turn from :data:`BREAKAGES`). ``tool_variants`` > 1:
+    distinct tool objects per tool (:func:`_tools_of`); the same dialogues otherwise."""
     rng = random.Random(seed)
     with store.young_gc_only():  # as when loading: no full collections while the records pile up
-        records = [make_dialogue(rng, i) for i in range(n)]
+        records = [make_dialogue(rng, i, tool_variants) for i in range(n)]
     n_broken = round(n * broken)
     kinds = list(BREAKAGES)
     broken_ids: dict[str, str] = {}
@@ -687,6 +706,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=100_000, help="number of dialogues (default 100000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--broken", type=float, default=0.01, help="fraction of records to break (default 0.01)")
+    parser.add_argument(
+        "--tool-variants",
+        type=int,
+        default=1,
+        metavar="K",
+        help="descriptions per tool (default 1: eight tool objects in all; e.g. 1000: nearly every dialogue its own "
+        "tool set, as in real corpora)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the figures here")
     parser.add_argument("--no-stream", action="store_true", help="skip the stream phase")
     parser.add_argument("--only", choices=["all", "columnar"], default="all", help="phases to run (default all)")
@@ -701,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     gct = GcTimer()
     load_start = os.getloadavg()
     print(
-        f"cm2data validation benchmark: n={args.n} seed={args.seed} broken={args.broken}; "
+        f"cm2data validation benchmark: n={args.n} seed={args.seed} broken={args.broken} "
+        f"tool_variants={args.tool_variants}; "
         f"python {sys.version.split()[0]}; cm2data from {Path(cm2data.__file__).parent}; "
         f"peak memory: {mem.method}",
         flush=True,
@@ -717,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cm2data-bench-") as tmp:
         folder = Path(tmp) / "dataset"
         (records, broken_ids), gen = _phase(
-            "generate", args.n, mem, gct, lambda: generate(args.n, args.seed, args.broken)
+            "generate", args.n, mem, gct, lambda: generate(args.n, args.seed, args.broken, args.tool_variants)
         )
         box = {"records": records}  # so that the generated records can be freed before loading
         del records
@@ -789,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
             "n": args.n,
             "seed": args.seed,
             "broken": args.broken,
+            "tool_variants": args.tool_variants,
             "python": sys.version.split()[0],
             "memory_method": mem.method,
             "parquet_files": len(files),
@@ -846,6 +875,7 @@ def _columnar_only(
             "n": args.n,
             "seed": args.seed,
             "broken": args.broken,
+            "tool_variants": args.tool_variants,
             "python": sys.version.split()[0],
             "memory_method": mem.method,
             "parquet_files": len(files),

@@ -62,6 +62,32 @@ def test_exactly_the_broken_records_are_rejected(bench, tmp_path: Path) -> None:
     ]
 
 
+def test_tool_variants_give_each_dialogue_its_own_tools_and_change_nothing_else(bench) -> None:  # type: ignore[no-untyped-def]
+    """``--tool-variants``: the same dialogues and breakages as the default, but tool descriptions drawn from many
+    variants, so that nearly every dialogue has its own tool set (as in real corpora); the gate still rejects
+    exactly the broken records, and the columnar gate agrees."""
+    from cm2data.validate.columnar import gate_records
+
+    plain, broken = bench.generate(200, seed=11, broken=0.1)
+    varied, broken_varied = bench.generate(200, seed=11, broken=0.1, tool_variants=1000)
+    assert broken_varied == broken
+    for a, b in zip(plain, varied, strict=True):
+        assert [t.name for t in a.tools] == [t.name for t in b.tools]
+        assert a.model_copy(update={"tools": []}) == b.model_copy(update={"tools": []})
+
+    def tool_objects(records: list[Dialogue]) -> set[str]:
+        return {json.dumps(t.model_dump()) for d in records for t in d.tools}
+
+    assert len(tool_objects(plain)) == len(bench._TOOL_NAMES) and len(tool_objects(varied)) >= 500
+    assert len({json.dumps([t.model_dump() for t in d.tools]) for d in varied}) == len(varied)
+    result = run_gate(varied)
+    assert bench.check_rejections(result, broken) == [] and result.rejected_ids == set(broken)
+    columnar = gate_records(varied)
+    assert [(r.record_id, r.rule, r.message) for r in columnar.rejects] == [
+        (r.record_id, r.rule, r.message) for r in result.rejects
+    ]
+
+
 def test_steps_per_turn_matches_segment(bench) -> None:  # type: ignore[no-untyped-def]
     """The gate counts steps without ``segment``; the counts must be the same on any role sequence."""
     records, _ = bench.generate(20, seed=5, broken=0.5)
