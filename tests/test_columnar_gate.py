@@ -390,6 +390,9 @@ def test_tools_are_read_as_from_row_reads_them() -> None:
         json.dumps({"function": {}}),
         json.dumps("text"),
         "[1, 2",
+        json.dumps([{"function": {**tool["function"], "description": "Another description."}}]),
+        json.dumps([{"function": {**tool["function"], "description": 5}}]),
+        json.dumps([["f", tool["function"]["parameters"]]]),
         "[]",
         "",
         None,
@@ -398,9 +401,12 @@ def test_tools_are_read_as_from_row_reads_them() -> None:
     screens._TOOLS_SEEN.clear()
     read = [screens._tools_info(c) for c in cells]
     assert read == [screens._tools_info_exact(c) for c in cells]
-    readable = [True, True, True, False, False, True, True, True, True, False, False, False, True, True, True]
+    readable = [True, True, True, False, False, True, True, True, True, False, False, False, True, False, False]
+    readable += [True, True, True]
     assert [r[0] for r in read] == readable
     assert read[0][1] == ("f", "g") and read[1][1] == ("g", "f") and read[2][3][0] == read[2][3][1]
     assert type(read[5][2][0]["maximum"][0]) is int  # json.loads' integer, not orjson's float
     assert type(read[6][2][0]["maximum"][0]) is float  # the same bytes once orjson wrote them: a float
-    assert len(screens._TOOLS_SEEN) == 4  # f, g, the nameless entry, the string: each validated once
+    assert read[12][1] == ("f",) and read[12][2][0] is read[0][2][0]  # another description: f as validated before
+    # f, g, the nameless entry, the string, the description that is not a string, the list: each validated once
+    assert len(screens._TOOLS_SEEN) == 6

@@ -300,7 +300,7 @@ def _text_stats(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _NO_TOOLS: tuple[bool, tuple[str, ...], tuple[Any, ...], tuple[str, ...]] = (False, (), (), ())
 #: orjson reads an integer beyond 64 bits as a float, json.loads as an int: a float this large may have been one
 _HUGE = 2.0**63
-#: each tool object seen (its orjson bytes) → its name, parameters and schema key, or None when it is not a tool
+#: each tool object seen (:func:`_tool_key`) → its name, parameters and schema key, or None when it is not a tool
 _TOOLS_SEEN: dict[bytes, tuple[str, Any, str] | None] = {}
 
 
@@ -313,6 +313,16 @@ def _tool_of(t: Any) -> Tool:
             "parameters": t["function"].get("parameters") or {},
         }
     )
+
+
+def _tool_key(t: Any, dumps: Callable[[Any], bytes]) -> bytes:
+    """The cache key of one ``tools`` entry: what :func:`_tool_of` makes of it depends only on these bytes. A
+    description that is a string changes nothing but the description (which the screens do not keep), so it is left
+    out — corpora repeat a tool with many descriptions; the leading NUL keeps such keys apart from whole entries."""
+    f = t.get("function") if type(t) is dict else None
+    if type(f) is dict and type(f.get("description", "")) is str:
+        return b"\x00" + dumps([f.get("name"), f.get("parameters")])
+    return dumps(t)
 
 
 def _has_huge_float(value: Any) -> bool:
@@ -344,9 +354,9 @@ def _tools_info(text: str | None) -> tuple[bool, tuple[str, ...], tuple[Any, ...
     """For a ``tools`` cell: whether :func:`cm2data.store.from_row` reads it (exactly its code and pydantic's), the
     tool names, their parameter schemas and a key per schema (equal keys: equal schemas).
 
-    Tool sets differ from dialogue to dialogue but are made of few tools: each tool object is validated once (keyed
-    by its bytes as orjson writes them back). Only where orjson reads the cell as ``json.loads`` does — a list, and
-    no float a 64-bit overflow could have made — else the exact reading decides."""
+    Tool sets differ from dialogue to dialogue but are made of few tools: each tool is validated once (keyed by its
+    name and parameters as orjson writes them back, :func:`_tool_key`). Only where orjson reads the cell as
+    ``json.loads`` does — a list, and no float a 64-bit overflow could have made — else the exact reading decides."""
     if _dumps is None or not text:
         return _tools_info_exact(text)
     try:
@@ -361,7 +371,7 @@ def _tools_info(text: str | None) -> tuple[bool, tuple[str, ...], tuple[Any, ...
     params: list[Any] = []
     keys: list[str] = []
     for t in raw:
-        key = _dumps(t)
+        key = _tool_key(t, _dumps)
         if key in _TOOLS_SEEN:
             seen = _TOOLS_SEEN[key]
         else:
